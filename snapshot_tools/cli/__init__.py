@@ -1,0 +1,43 @@
+"""The ``snapshot-tools`` command line: builds the Typer app from one module per command."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import typer
+
+from kms_plugin.cli_runner import run_app
+from snapshot_tools.errors import Error
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+app = typer.Typer(
+    name="snapshot-tools",
+    help="Inspect, check and rewrite etcd snapshots holding Kubernetes objects encrypted at rest.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Each command lives in its own module and registers itself on ``app``.
+    import importlib
+
+    for name in ("status", "check"):
+        try:
+            importlib.import_module(f"snapshot_tools.cli.{name}")
+        except ModuleNotFoundError as exc:  # a command not written yet
+            if exc.name != f"snapshot_tools.cli.{name}":
+                raise
+
+
+_register()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    sys.exit(run_app(app, "snapshot-tools", Error, argv))

@@ -1,0 +1,905 @@
+"""Read one encryption config file and validate it the way kube-apiserver would.
+
+Accepted documents (YAML or JSON, one document per file):
+
+* ``apiVersion: apiserver.config.k8s.io/v1``, ``kind: EncryptionConfiguration``;
+* the legacy alias ``apiVersion: v1``, ``kind: EncryptionConfig`` (still registered upstream
+  "due to a docs bug"; older RKE writes it);
+* K3s/RKE2 ``server/cred/encryption-config.json`` is a plain EncryptionConfiguration (compact
+  JSON), so it needs nothing special;
+* RKE's ``cluster.rkestate`` (JSON ``FullState``). RKE keeps the provider file it deployed to
+  ``/etc/kubernetes/ssl/encryption.yaml`` as a YAML *string* in
+  ``currentState.encryptionConfig`` (and the planned one in ``desiredState.encryptionConfig``;
+  they differ during a key rotation, which commits currentState first). Each non-empty, distinct
+  string becomes one config: currentState first, then desiredState. When a state has no such
+  string but ``rkeConfig.services.kubeApi.secretsEncryptionConfig`` is enabled with a
+  ``customConfig`` object, that object is used instead (RKE renders it into the same file).
+
+Decoding is strict like ``loadConfig`` (``serializer.EnableStrict``): unknown and duplicate
+fields are errors, and so is a value of the wrong type. Validation then follows
+``ValidateEncryptionConfiguration`` and the masking check of
+``getTransformerOverridesAndKMSPluginProbes``; reasons use upstream's wording. Every problem
+becomes a :class:`~snapshot_tools.errors.ConfigError` naming the file, the field position
+(``resources[0].providers[1].aescbc.keys[0].secret``), the YAML line when known, and the reason.
+Key material is never echoed, nor are parser snippets of the offending line. Not modelled: the
+``KMSv1`` feature gate and the v1 name-uniqueness rule that applies only with automatic reload.
+
+References: ``staging/src/k8s.io/apiserver/pkg/apis/apiserver/v1/{types_encryption,defaults,
+register}.go``, ``.../apiserver/validation/validation_encryption.go``,
+``.../server/options/encryptionconfig/config.go`` (``loadConfig``,
+``getTransformerOverridesAndKMSPluginProbes``, ``transformerFromOverrides``); rancher/rke
+``cluster/state.go`` (``FullState``/``State.EncryptionConfig``), ``cluster/encryption.go``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from snapshot_tools.errors import ConfigError
+from snapshot_tools.resources import parse_group_resource
+
+__all__ = [
+    "EncryptionConfig",
+    "KMSProvider",
+    "ProviderEntry",
+    "Rule",
+    "StaticKey",
+    "ConfigFileError",
+    "config_error",
+    "load_config_file",
+    "parse_config_text",
+    "parse_duration",
+]
+
+STATIC_PROVIDERS = ("aescbc", "aesgcm", "secretbox")
+PROVIDER_KINDS = ("identity", *STATIC_PROVIDERS, "kms")
+KEY_SIZES = {"aescbc": (16, 24, 32), "aesgcm": (16, 24, 32), "secretbox": (32,)}
+TYPE_METAS = {
+    ("apiserver.config.k8s.io/v1", "EncryptionConfiguration"),
+    ("v1", "EncryptionConfig"),  # legacy alias, v1/register.go
+}
+DEFAULT_KMS_TIMEOUT_S = 3.0
+DEFAULT_KMS_CACHESIZE = 1000
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # far above any real config; stops a snapshot being slurped
+
+# Upstream reason texts (validation_encryption.go).
+_MORE_THAN_ONE = (
+    "more than one provider specified in a single element, "
+    "should split into different list elements"
+)
+_NO_PROVIDER = (
+    "provider does not contain any of the expected providers: "
+    "KMS, AESGCM, AESCBC, Secretbox, Identity"
+)
+_BASE64 = "secrets must be base64 encoded"
+_EVENTS = (
+    "'*.events.k8s.io' objects are stored using the 'events' API group in etcd. "
+    "Use 'events' instead in the config file"
+)
+_EXTENSIONS = "'extensions' group has been removed and cannot be used for encryption"
+_STAR = "use '*.' to encrypt all the resources from core API group or *.* to encrypt all resources"
+_OVERLAP = (
+    "using overlapping resources such as 'secrets' and '*.' in the same resource list "
+    "is not allowed as they will be masked"
+)
+_NON_REST = "resources which do not have REST API/s cannot be encrypted"
+_CAPITAL = "resource name should not contain capital letters"
+_ACROSS = "encrypting the same resource across groups is not supported"
+_DUPLICATE = "the same resource cannot be specified multiple times"
+
+_B64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0
+}
+# Unknown field names are echoed only when they look like field names: a long or base64-ish
+# name might be key material that slipped into the wrong place.
+_SAFE_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,19}")
+
+Path_ = tuple[Any, ...]  # a field position: ("resources", 0, "providers", 1, "aescbc")
+
+
+# --------------------------------------------------------------------------------------------
+# data model
+
+
+@dataclass(frozen=True)
+class StaticKey:
+    """One aescbc/aesgcm/secretbox key as a config lists it. ``secret`` never shows in repr."""
+
+    provider: str
+    name: str
+    secret: bytes = field(repr=False)
+    config: str
+    config_index: int
+    position: str
+
+    @property
+    def fingerprint(self) -> str:
+        """8 hex chars of sha256(provider ":" secret): same material -> same fingerprint."""
+        return hashlib.sha256(self.provider.encode() + b":" + self.secret).hexdigest()[:8]
+
+    def __repr__(self) -> str:
+        return (
+            f"StaticKey(provider={self.provider!r}, name={self.name!r}, "
+            f"fingerprint={self.fingerprint!r}, config={self.config!r}, "
+            f"config_index={self.config_index}, position={self.position!r})"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class KMSProvider:
+    """A ``kms`` provider entry (no key material: the KEK lives in the KMS)."""
+
+    name: str
+    api_version: str  # "v1" | "v2"
+    endpoint: str
+    timeout_s: float
+    cachesize: int | None  # v1 only (default 1000, <0 disables); None for v2
+    config: str
+    config_index: int
+    position: str
+
+    @property
+    def provider(self) -> str:
+        """The storage form this provider writes: ``kms-v1`` or ``kms-v2``."""
+        return f"kms-{self.api_version}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the provider as stored data sees it: API version and name only."""
+        return hashlib.sha256(f"kms:{self.api_version}:{self.name}".encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    """One ``providers[]`` element. ``keys`` for static providers, ``kms`` for KMS."""
+
+    kind: str  # identity | aescbc | aesgcm | secretbox | kms
+    keys: tuple[StaticKey, ...] = ()
+    kms: KMSProvider | None = None
+    position: str = ""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One ``resources[]`` entry: the selectors as written and their providers in order."""
+
+    resources: tuple[str, ...]
+    providers: tuple[ProviderEntry, ...]
+    position: str
+
+    @property
+    def group_resources(self) -> tuple[tuple[str, str], ...]:
+        return tuple(parse_group_resource(r) for r in self.resources)
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """A validated config. ``path`` labels it in reports: the file as given, plus
+    ``#currentState``/``#desiredState`` for configs taken from an RKE state file."""
+
+    path: str
+    index: int
+    rules: tuple[Rule, ...]
+    file: str = ""
+    _lookup: dict[tuple[str, str], tuple[ProviderEntry, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        lookup: dict[tuple[str, str], tuple[ProviderEntry, ...]] = {}
+        for rule in self.rules:
+            for gr in rule.group_resources:
+                # Same exact resource in two entries: upstream appends the providers.
+                lookup[gr] = lookup.get(gr, ()) + rule.providers
+        object.__setattr__(self, "_lookup", lookup)
+        if not self.file:
+            object.__setattr__(self, "file", self.path)
+
+    def providers_for(self, group: str, resource: str) -> tuple[ProviderEntry, ...] | None:
+        """The providers kube-apiserver uses for ``group``/``resource``: exact entry, else
+        ``<group>.*``, else ``*.*``; ``None`` when no rule covers it (bare identity)."""
+        for gr in ((group, resource), (group, "*"), ("*", "*")):
+            found = self._lookup.get(gr)
+            if found is not None:
+                return found
+        return None
+
+    def covers(self, group: str, resource: str) -> bool:
+        return self.providers_for(group, resource) is not None
+
+    def write_provider(self, group: str, resource: str) -> ProviderEntry | None:
+        """The provider new writes use: the first listed (may be ``identity``). ``None`` when
+        the resource is not covered - the apiserver then writes plaintext too, but through
+        the bare identity transformer, which no provider entry represents."""
+        providers = self.providers_for(group, resource)
+        return providers[0] if providers else None
+
+    def identity_listed(self, group: str, resource: str) -> bool:
+        """Whether an ``identity`` provider is listed for the resource. False when uncovered,
+        although plaintext of an uncovered resource still reads (see :meth:`covers`)."""
+        return any(p.kind == "identity" for p in self.providers_for(group, resource) or ())
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+
+
+def _fmt_path(path: Path_) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+class ConfigFileError(ConfigError):
+    """A ConfigError that knows where: ``file``, field ``position``, ``line`` and ``reason``."""
+
+    def __init__(
+        self, file: str, position: str | None, reason: str, line: int | None = None, more: int = 0
+    ) -> None:
+        self.file = file
+        self.position = position
+        self.line = line
+        self.reason = reason
+        where = f"{file}: "
+        if position:
+            where += position + (f" (line {line})" if line else "") + ": "
+        elif line:
+            where += f"line {line}: "
+        tail = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+        super().__init__(f"{where}{reason}{tail}")
+
+
+def config_error(
+    source: str, position: str | None, reason: str, line: int | None = None, more: int = 0
+) -> ConfigFileError:
+    """``source: position (line N): reason`` (``more`` counts further problems found)."""
+    return ConfigFileError(source, position, reason, line, more)
+
+
+class _Problems:
+    """Collects (position, line, reason) while walking one document."""
+
+    def __init__(self, source: str, lines: dict[Path_, int]) -> None:
+        self.source = source
+        self.lines = lines
+        self.items: list[tuple[str, int | None, str]] = []
+
+    def add(self, path: Path_, reason: str) -> None:
+        line = None
+        for n in range(len(path), -1, -1):  # nearest enclosing field that has a line
+            line = self.lines.get(tuple(path[:n]))
+            if line is not None:
+                break
+        self.items.append((_fmt_path(path), line, reason))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            position, line, reason = self.items[0]
+            raise config_error(self.source, position, reason, line, len(self.items) - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# text -> data (+ line numbers)
+
+
+def _line_map(root: yaml.Node) -> tuple[dict[Path_, int], list[tuple[Path_, int]]]:
+    """Field position -> 1-based line of its key (or list item), and duplicate keys found."""
+    lines: dict[Path_, int] = {(): root.start_mark.line + 1}
+    dups: list[tuple[Path_, int]] = []
+    stack: list[tuple[Path_, yaml.Node]] = [((), root)]
+    while stack:
+        path, node = stack.pop()
+        if len(path) > 32:  # nothing valid is this deep; also stops alias loops
+            continue
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for knode, vnode in node.value:
+                if not isinstance(knode, yaml.ScalarNode):
+                    continue
+                sub = (*path, knode.value)
+                if knode.value in seen:
+                    dups.append((sub, knode.start_mark.line + 1))
+                seen.add(knode.value)
+                lines.setdefault(sub, knode.start_mark.line + 1)
+                stack.append((sub, vnode))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, vnode in enumerate(node.value):
+                sub = (*path, i)
+                lines.setdefault(sub, vnode.start_mark.line + 1)
+                stack.append((sub, vnode))
+    return lines, dups
+
+
+def _load_text(text: str, source: str, json_first: bool) -> tuple[Any, dict[Path_, int]]:
+    """Parse one YAML (or JSON) document; never lets a parser quote file content.
+
+    YAML is tried first because it gives line numbers (JSON is YAML); JSON that PyYAML cannot
+    read (rare escapes) falls back to the json module. ``json_first`` skips YAML (big files).
+    """
+    looks_json = text.lstrip().startswith(("{", "["))
+    if json_first and looks_json:
+        return _load_json(text, source), {}
+    try:
+        return _load_yaml(text, source)
+    except ConfigError as exc:
+        if looks_json and str(getattr(exc, "reason", "")).startswith("invalid YAML"):
+            return _load_json(text, source), {}
+        raise
+
+
+def _load_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise config_error(
+            source, None, f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno
+        ) from None
+
+
+def _load_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise config_error(source, None, "empty file: expected an EncryptionConfiguration")
+        lines, dups = _line_map(node)
+        if dups:
+            path, line = dups[0]
+            raise config_error(source, _fmt_path(path), "duplicate field", line)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        # str(exc) would include a snippet of the offending line - possibly a secret.
+        mark = exc.problem_mark or exc.context_mark
+        parts = [t for t in (exc.context, exc.problem) if t]
+        reason = f"invalid YAML: {', '.join(parts) or 'syntax error'}"
+        if mark is not None:
+            reason += f" (column {mark.column + 1})"
+        raise config_error(source, None, reason, mark.line + 1 if mark else None) from None
+    except yaml.YAMLError:
+        raise config_error(source, None, "invalid YAML") from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+# --------------------------------------------------------------------------------------------
+# Go-compatible scalars
+
+
+def parse_duration(text: str) -> float:
+    """Go ``time.ParseDuration`` -> seconds (``3s``, ``500ms``, ``1m30s``, ``1.5h``, ``0``).
+
+    Raises ValueError for anything Go rejects (a bare number other than 0, unknown units).
+    """
+    s = text
+    sign = 1.0
+    if s[:1] in ("+", "-"):
+        sign = -1.0 if s[0] == "-" else 1.0
+        s = s[1:]
+    if s == "0":
+        return 0.0
+    if not s:
+        raise ValueError("empty duration")
+    total = 0.0
+    pos = 0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if m is None:
+            raise ValueError(f"invalid duration {text!r}")
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    return sign * total
+
+
+def _decode_secret(secret: str) -> bytes | None:
+    """Go ``base64.StdEncoding.DecodeString``: padded standard alphabet; CR/LF are skipped."""
+    cleaned = secret.replace("\r", "").replace("\n", "")
+    if not _B64.fullmatch(cleaned):
+        return None
+    return base64.b64decode(cleaned)
+
+
+# --------------------------------------------------------------------------------------------
+# document -> EncryptionConfig
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "object"
+    return "value of another type"
+
+
+def _list_or_null(value: Any) -> bool:
+    """Empty or missing (a wrong type was already reported as such)."""
+    return value is None or isinstance(value, list)
+
+
+class _Builder:
+    """Walks one decoded document, records problems, builds the model when there are none."""
+
+    def __init__(self, source: str, label: str, index: int, lines: dict[Path_, int]) -> None:
+        self.p = _Problems(source, lines)
+        self.label = label
+        self.index = index
+        self.kms_names: set[str] = set()
+
+    # -- strict decoding helpers -------------------------------------------------------
+
+    def fields(self, obj: Any, path: Path_, allowed: tuple[str, ...]) -> dict[str, Any] | None:
+        if not isinstance(obj, dict):
+            self.p.add(path, f"expected an object, got {_type_name(obj)}")
+            return None
+        for key in obj:
+            if key not in allowed:
+                shown = str(key) if _SAFE_FIELD.fullmatch(str(key)) else "<field>"
+                self.p.add((*path, shown), f'unknown field "{shown}"')
+        return obj
+
+    def string(self, obj: dict[str, Any], key: str, path: Path_) -> str:
+        value = obj.get(key)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            self.p.add((*path, key), f"expected a string, got {_type_name(value)}")
+            return ""
+        return value
+
+    def list_of(self, obj: dict[str, Any], key: str, path: Path_) -> list[Any]:
+        value = obj.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.p.add((*path, key), f"expected a list, got {_type_name(value)}")
+            return []
+        return value
+
+    # -- the document ------------------------------------------------------------------
+
+    def build(self, doc: Any, require_type_meta: bool) -> EncryptionConfig:
+        top = self.fields(doc, (), ("apiVersion", "kind", "resources"))
+        if top is None:
+            self.p.raise_if_any()
+            raise AssertionError("unreachable")
+        self._type_meta(top, require_type_meta)
+        rules = self._resources(top)
+        self.p.raise_if_any()
+        self._masking(rules)
+        self.p.raise_if_any()
+        return EncryptionConfig(path=self.label, index=self.index, rules=tuple(rules))
+
+    def _type_meta(self, top: dict[str, Any], required: bool) -> None:
+        api_version = self.string(top, "apiVersion", ())
+        kind = self.string(top, "kind", ())
+        if not required and not api_version and not kind:
+            return
+        if not kind:
+            self.p.add(("kind",), "kind is required: expected EncryptionConfiguration")
+        elif not api_version:
+            self.p.add(
+                ("apiVersion",), "apiVersion is required: expected apiserver.config.k8s.io/v1"
+            )
+        elif (api_version, kind) not in TYPE_METAS:
+            self.p.add(
+                ("kind",),
+                "not an encryption config: expected apiVersion apiserver.config.k8s.io/v1 "
+                "kind EncryptionConfiguration (or the legacy apiVersion v1 kind EncryptionConfig)",
+            )
+
+    def _resources(self, top: dict[str, Any]) -> list[Rule]:
+        entries = self.list_of(top, "resources", ())
+        if not entries:
+            if _list_or_null(top.get("resources")):
+                self.p.add(("resources",), "at least one resources is required")
+            return []
+        rules = []
+        for i, entry in enumerate(entries):
+            path: Path_ = ("resources", i)
+            obj = self.fields(entry, path, ("resources", "providers"))
+            if obj is None:
+                continue
+            rule = self._rule(obj, path)
+            if rule is not None:
+                rules.append(rule)
+        return rules
+
+    def _rule(self, obj: dict[str, Any], path: Path_) -> Rule | None:
+        rpath = (*path, "resources")
+        names = self.list_of(obj, "resources", path)
+        selectors: list[str] = []
+        for j, name in enumerate(names):
+            if not isinstance(name, str):
+                self.p.add((*rpath, j), f"expected a string, got {_type_name(name)}")
+            else:
+                selectors.append(name)
+        if not names and _list_or_null(obj.get("resources")):
+            self.p.add(rpath, f"at least one {_fmt_path(rpath)} is required")
+        if len(selectors) == len(names):
+            self._overlap(selectors, rpath)
+            self._selector_names(selectors, rpath)
+        ppath = (*path, "providers")
+        items = self.list_of(obj, "providers", path)
+        if not items and _list_or_null(obj.get("providers")):
+            self.p.add(ppath, f"at least one {_fmt_path(ppath)} is required")
+        providers = []
+        for j, item in enumerate(items):
+            entry = self._provider(item, (*ppath, j))
+            if entry is not None:
+                providers.append(entry)
+        if len(selectors) != len(names) or len(providers) != len(items):
+            return None
+        return Rule(tuple(selectors), tuple(providers), _fmt_path(path))
+
+    # -- resource selectors ------------------------------------------------------------
+
+    def _overlap(self, selectors: list[str], path: Path_) -> None:
+        if len(selectors) < 2:
+            return
+        grs = [parse_group_resource(s) for s in selectors]
+        duplicate = overlap = False
+        for i, r1 in enumerate(grs):
+            for j, r2 in enumerate(grs):
+                if i == j:
+                    continue
+                if r1 == r2:
+                    duplicate = True
+                    continue
+                if r1 == ("*", "*") or (r1[0] == r2[0] and "*" in (r1[1], r2[1])):
+                    overlap = True
+        if duplicate:
+            self.p.add(path, _DUPLICATE)
+        if overlap:
+            self.p.add(path, _OVERLAP)
+
+    def _selector_names(self, selectors: list[str], path: Path_) -> None:
+        for j, res in enumerate(selectors):
+            group, resource = parse_group_resource(res)
+            reason = None
+            if res.lower() != res:
+                reason = _CAPITAL
+            elif res == "*":
+                reason = _STAR
+            elif res in ("apiserveripinfo", "serviceipallocations", "servicenodeportallocations"):
+                reason = _NON_REST
+            elif group == "events.k8s.io":
+                reason = _EVENTS
+            elif group == "extensions":
+                reason = _EXTENSIONS
+            elif group == "*" and resource != "*":
+                reason = _ACROSS
+            if reason:
+                self.p.add((*path, j), reason)
+
+    def _masking(self, rules: list[Rule]) -> None:
+        # getTransformerOverridesAndKMSPluginProbes: a later selector may not fall under an
+        # earlier `<group>.*` or `*.*` rule (exact duplicates are appended, not errors).
+        seen: set[tuple[str, str]] = set()
+        for i, rule in enumerate(rules):
+            for j, gr in enumerate(rule.group_resources):
+                for mask in ((gr[0], "*"), ("*", "*")):
+                    if mask in seen:
+                        shown, earlier = _gr_yaml(gr), _gr_yaml(mask)
+                        reason = f'resource "{shown}" is masked by earlier rule "{earlier}"'
+                        self.p.add(("resources", i, "resources", j), reason)
+                        return
+                seen.add(gr)
+
+    # -- providers ---------------------------------------------------------------------
+
+    def _provider(self, item: Any, path: Path_) -> ProviderEntry | None:
+        obj = self.fields(item, path, PROVIDER_KINDS)
+        if obj is None:
+            return None
+        present = [k for k in PROVIDER_KINDS if obj.get(k) is not None]
+        if not present:
+            self.p.add(path, _NO_PROVIDER)
+            return None
+        if len(present) > 1:
+            self.p.add(path, _MORE_THAN_ONE)
+            return None
+        kind = present[0]
+        sub = (*path, kind)
+        body = obj[kind]
+        position = _fmt_path(sub)
+        if kind == "identity":
+            if self.fields(body, sub, ()) is None:
+                return None
+            return ProviderEntry("identity", position=position)
+        if kind == "kms":
+            kms = self._kms(body, sub)
+            return ProviderEntry("kms", kms=kms, position=position) if kms else None
+        keys = self._keys(kind, body, sub)
+        return ProviderEntry(kind, keys=keys, position=position) if keys else None
+
+    def _keys(self, kind: str, body: Any, path: Path_) -> tuple[StaticKey, ...]:
+        obj = self.fields(body, path, ("keys",))
+        if obj is None:
+            return ()
+        kpath = (*path, "keys")
+        items = self.list_of(obj, "keys", path)
+        if not items:
+            if _list_or_null(obj.get("keys")):
+                self.p.add(kpath, "at least one keys is required")
+            return ()
+        keys = []
+        ok = True
+        for i, item in enumerate(items):
+            key = self._key(kind, item, (*kpath, i))
+            if key is None:
+                ok = False
+            else:
+                keys.append(key)
+        return tuple(keys) if ok else ()
+
+    def _key(self, kind: str, item: Any, path: Path_) -> StaticKey | None:
+        obj = self.fields(item, path, ("name", "secret"))
+        if obj is None:
+            return None
+        before = len(self.p.items)
+        name = self.string(obj, "name", path)
+        secret_text = self.string(obj, "secret", path)
+        if len(self.p.items) != before:
+            return None
+        if not name:
+            self.p.add((*path, "name"), "name is a mandatory field for a key")
+        if not secret_text:
+            self.p.add((*path, "secret"), "secret is a mandatory field for a key")
+            return None
+        secret = _decode_secret(secret_text)
+        if secret is None:
+            self.p.add((*path, "secret"), _BASE64)
+            return None
+        sizes = KEY_SIZES[kind]
+        if len(secret) not in sizes:
+            self.p.add(
+                (*path, "secret"),
+                f"secret is not of the expected length, got {len(secret)}, "
+                f"expected one of [{' '.join(map(str, sizes))}]",
+            )
+            return None
+        if not name:
+            return None
+        return StaticKey(kind, name, secret, self.label, self.index, _fmt_path(path))
+
+    def _kms(self, body: Any, path: Path_) -> KMSProvider | None:
+        obj = self.fields(body, path, ("apiVersion", "name", "endpoint", "cachesize", "timeout"))
+        if obj is None:
+            return None
+        before = len(self.p.items)
+        api_version = self.string(obj, "apiVersion", path) or "v1"  # defaults.go
+        name = self.string(obj, "name", path)
+        endpoint = self.string(obj, "endpoint", path)
+        timeout_s = DEFAULT_KMS_TIMEOUT_S
+        raw_timeout = obj.get("timeout")
+        if raw_timeout is not None:
+            if not isinstance(raw_timeout, str):
+                self.p.add((*path, "timeout"), 'expected a duration string such as "3s"')
+            else:
+                try:
+                    timeout_s = parse_duration(raw_timeout)
+                except ValueError:
+                    self.p.add(
+                        (*path, "timeout"),
+                        "invalid duration (use a Go duration such as 3s, 500ms, 1m30s)",
+                    )
+        cachesize = obj.get("cachesize")
+        if cachesize is not None and (
+            isinstance(cachesize, bool)
+            or not isinstance(cachesize, int)
+            or not -(2**31) <= cachesize < 2**31
+        ):
+            self.p.add((*path, "cachesize"), "expected a 32-bit integer")
+            cachesize = None
+        if len(self.p.items) != before:
+            return None
+        if cachesize is None and api_version == "v1":
+            cachesize = DEFAULT_KMS_CACHESIZE
+        # validateKMSConfiguration order: name, timeout, endpoint, cachesize, apiVersion.
+        if not name:
+            self.p.add((*path, "name"), "name is a mandatory field for a provider")
+        if api_version != "v1" and ":" in name:
+            self.p.add((*path, "name"), f"invalid KMS provider name {name}, must not contain ':'")
+        if api_version != "v1" and name in self.kms_names:
+            self.p.add((*path, "name"), f"duplicate KMS provider name {name}, names must be unique")
+        self.kms_names.add(name)
+        if timeout_s <= 0:
+            self.p.add((*path, "timeout"), "timeout should be a positive value")
+        if not endpoint:
+            self.p.add((*path, "endpoint"), "endpoint is a mandatory field for a kms")
+        else:
+            try:
+                scheme = urlsplit(endpoint).scheme
+            except ValueError:
+                self.p.add((*path, "endpoint"), "invalid endpoint for kms provider")
+            else:
+                if scheme != "unix":
+                    self.p.add(
+                        (*path, "endpoint"),
+                        f'unsupported scheme "{scheme}" for KMS provider, only unix is supported',
+                    )
+        if api_version != "v1" and cachesize is not None:
+            self.p.add((*path, "cachesize"), "cachesize is not supported in v2")
+        if api_version == "v1" and cachesize == 0:
+            self.p.add(
+                (*path, "cachesize"), "cachesize should be a positive value, or negative to disable"
+            )
+        if api_version not in ("v1", "v2"):
+            self.p.add(
+                (*path, "apiVersion"),
+                f"unsupported apiVersion {api_version} for KMS provider, "
+                "only v1 and v2 are supported",
+            )
+        if len(self.p.items) != before:
+            return None
+        position = _fmt_path(path)
+        return KMSProvider(
+            name, api_version, endpoint, timeout_s, cachesize, self.label, self.index, position
+        )
+
+
+def _gr_yaml(gr: tuple[str, str]) -> str:
+    """``grYAMLString``: ``*.`` for the core wildcard, else ``resource.group`` / ``resource``."""
+    group, resource = gr
+    if group == "" and resource == "*":
+        return "*."
+    return f"{resource}.{group}" if group else resource
+
+
+def parse_config_text(
+    text: str,
+    source: str,
+    index: int = 0,
+    label: str | None = None,
+    *,
+    json_first: bool = False,
+    require_type_meta: bool = True,
+) -> EncryptionConfig:
+    """Parse and validate one EncryptionConfiguration document.
+
+    ``source`` names the file in errors; ``label`` (default ``source``) is the config's
+    ``path`` and every key's ``config``.
+    """
+    data, lines = _load_text(text, source, json_first)
+    return parse_config_data(data, source, index, label, lines, require_type_meta=require_type_meta)
+
+
+def parse_config_data(
+    data: Any,
+    source: str,
+    index: int = 0,
+    label: str | None = None,
+    lines: dict[Path_, int] | None = None,
+    *,
+    require_type_meta: bool = True,
+) -> EncryptionConfig:
+    """Validate an already decoded document (see :func:`parse_config_text`)."""
+    builder = _Builder(source, label or source, index, lines or {})
+    return builder.build(data, require_type_meta)
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def read_text(path: Path, shown: str) -> str:
+    """A config file's text, or a one-line ConfigError (missing, unreadable, binary, huge)."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise config_error(shown, None, "no such file or directory") from None
+    except IsADirectoryError:
+        raise config_error(shown, None, "is a directory") from None
+    except OSError as exc:
+        raise config_error(shown, None, f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise config_error(shown, None, "too large for an encryption config")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise config_error(shown, None, "not a text file (invalid UTF-8)") from None
+
+
+def _is_rke_state(data: Any) -> bool:
+    return (
+        isinstance(data, dict)
+        and ("currentState" in data or "desiredState" in data)
+        and not {"kind", "apiVersion", "resources"} & set(data)
+    )
+
+
+def _rke_configs(data: Any, shown: str, start_index: int) -> list[EncryptionConfig]:
+    """Configs kept in an RKE ``FullState``: currentState first, then a differing desiredState."""
+    if not isinstance(data, dict):
+        raise config_error(shown, None, "not an RKE cluster state (expected a JSON object)")
+    found: list[tuple[str, Any]] = []
+    for section in ("currentState", "desiredState"):
+        state = data.get(section)
+        if not isinstance(state, dict):
+            continue
+        text = state.get("encryptionConfig")
+        if isinstance(text, str) and text.strip():
+            payload: Any = ("text", text)
+        else:
+            custom = _dig(state, "rkeConfig", "services", "kubeApi", "secretsEncryptionConfig")
+            enabled = isinstance(custom, dict) and bool(custom.get("enabled"))
+            if not enabled or not isinstance(custom.get("customConfig"), dict):
+                continue
+            payload = ("data", custom["customConfig"])
+        if all(payload != p for _, p in found):
+            found.append((section, payload))
+    if not found:
+        raise config_error(
+            shown,
+            None,
+            "RKE state holds no encryption config (currentState.encryptionConfig and "
+            "desiredState.encryptionConfig are empty; is secrets encryption enabled?)",
+        )
+    configs = []
+    for n, (section, (kind, payload)) in enumerate(found):
+        label = f"{shown}#{section}"
+        if kind == "text":
+            where = f"{shown} ({section}.encryptionConfig)"
+            cfg = parse_config_text(payload, where, start_index + n, label)
+        else:
+            field_path = "rkeConfig.services.kubeApi.secretsEncryptionConfig.customConfig"
+            where = f"{shown} ({section}.{field_path})"
+            cfg = parse_config_data(payload, where, start_index + n, label, require_type_meta=False)
+        configs.append(_with_file(cfg, shown))
+    return configs
+
+
+def _dig(obj: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _with_file(cfg: EncryptionConfig, file: str) -> EncryptionConfig:
+    return EncryptionConfig(path=cfg.path, index=cfg.index, rules=cfg.rules, file=file)
+
+
+def load_config_file(
+    path: str | Path, start_index: int = 0, shown: str | None = None
+) -> list[EncryptionConfig]:
+    """Load one file: one config, or up to two from an RKE ``cluster.rkestate``.
+
+    ``shown`` is how the file is named in labels and errors (default: the path as given).
+    """
+    p = Path(path)
+    shown = shown if shown is not None else str(path)
+    text = read_text(p, shown)
+    # YAML first for line numbers (JSON is YAML); a state file is big and JSON only.
+    data, lines = _load_text(text, shown, json_first=p.suffix.lower() == ".rkestate")
+    if p.suffix.lower() == ".rkestate" or _is_rke_state(data):
+        return _rke_configs(data, shown, start_index)
+    cfg = parse_config_data(data, shown, start_index, shown, lines)
+    return [cfg]

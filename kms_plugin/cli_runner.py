@@ -16,6 +16,15 @@ from typing import TYPE_CHECKING
 import click
 import typer
 
+try:  # Typer >= 0.20 vendors click: its exceptions do not derive from click's own.
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # pragma: no cover - older Typer uses click directly
+    _TyperClickException = click.ClickException  # type: ignore[misc,assignment]
+
+_EXIT = (click.exceptions.Exit, typer.Exit)
+_ABORT = (click.exceptions.Abort, typer.Abort)
+_CLICK_ERRORS = (click.ClickException, _TyperClickException)
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -44,12 +53,12 @@ def run_app(
             prog_name=prog,
             standalone_mode=False,
         )
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         return int(exc.exit_code)
-    except click.ClickException as exc:
+    except _CLICK_ERRORS as exc:
         _say(prog, f"{exc.format_message()} (see '{prog} --help')")
         return int(getattr(exc, "exit_code", USAGE_EXIT))
-    except click.exceptions.Abort:
+    except _ABORT:
         _say(prog, "interrupted")
         return INTERRUPTED_EXIT
     except KeyboardInterrupt:

@@ -1,0 +1,58 @@
+"""Small rendering helpers shared by the commands: output format, plain tables, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import sys
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+
+class OutputFormat(str, enum.Enum):
+    """``--output`` choices."""
+
+    table = "table"
+    json = "json"
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces; plain text that survives pipes and grep."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*headers).rstrip()]
+    out.extend(fmt.format(*row).rstrip() for row in rows)
+    return "\n".join(out)
+
+
+@contextlib.contextmanager
+def progress_reporter(label: str, min_seconds: float = 1.0) -> Iterator[Callable[[int], None] | None]:
+    """A callback that shows a count on stderr when it is a terminal and the work is long.
+
+    Quiet (``None``) when stderr is not a terminal, so pipelines and CI logs stay clean.
+    """
+    if not sys.stderr.isatty():
+        yield None
+        return
+    start = time.monotonic()
+    shown = False
+
+    def update(done: int) -> None:
+        nonlocal shown
+        if time.monotonic() - start >= min_seconds:
+            sys.stderr.write(f"\r{label}: {done:,} records")
+            sys.stderr.flush()
+            shown = True
+
+    try:
+        yield update
+    finally:
+        if shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()

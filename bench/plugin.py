@@ -1,0 +1,166 @@
+"""Benchmark the KMS plugin over its unix socket: Encrypt and Decrypt next to Status (the floor).
+
+Starts ``kms-plugin serve`` on a fresh keyring, then for each concurrency drives Status, Encrypt
+and Decrypt with the same clients (client processes x threads, each thread one
+:class:`~kms_plugin.client.KMSv2Client` call at a time) for ``--duration`` seconds and prints
+per-call latency at the client (p50/p99) and calls/s. Ratio = method p50 / Status p50 and
+Status calls/s / method calls/s (targets: <= 1.3).
+
+    /work/venv/bin/python bench/plugin.py [--flavour sync|aio] [--workers 4] [--duration 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+KMS_PLUGIN = [sys.executable, "-c", "from kms_plugin.cli import main; main()"]
+
+
+def _client_proc(endpoint: str, method: str, threads: int, duration: float, q: mp.Queue) -> None:
+    from kms_plugin.client import KMSv2Client
+
+    client = KMSv2Client(endpoint, timeout=10)
+    enc = client.encrypt(os.urandom(32))
+    seed = os.urandom(32)
+    calls = {
+        "Status": lambda: client.status(),
+        "Encrypt": lambda: client.encrypt(seed),
+        "Decrypt": lambda: client.decrypt(enc.ciphertext, enc.key_id),
+    }
+    fn = calls[method]
+    for _ in range(20):
+        fn()  # warm up
+    barrier = threading.Barrier(threads)
+    results: list[list[float]] = []
+    errors = [0]
+
+    def worker() -> None:
+        lat: list[float] = []
+        barrier.wait()
+        end = time.perf_counter() + duration
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= end:
+                break
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - counted, reported
+                errors[0] += 1
+                continue
+            lat.append(time.perf_counter() - t0)
+        results.append(lat)
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    client.close()
+    q.put(([x for lat in results for x in lat], errors[0]))
+
+
+def run_cell(endpoint: str, method: str, concurrency: int, duration: float, procs: int) -> tuple[list[float], int]:
+    procs = min(procs, concurrency)
+    per = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
+    ctx = mp.get_context("fork")
+    q: mp.Queue = ctx.Queue()
+    ps = [ctx.Process(target=_client_proc, args=(endpoint, method, n, duration, q)) for n in per]
+    for p in ps:
+        p.start()
+    lat: list[float] = []
+    errors = 0
+    for _ in ps:
+        part, err = q.get()
+        lat.extend(part)
+        errors += err
+    for p in ps:
+        p.join()
+    return lat, errors
+
+
+def summarise(lat: list[float], errors: int, seconds: float) -> dict:
+    lat.sort()
+    n = len(lat)
+    return {
+        "calls": n,
+        "errors": errors,
+        "rate": n / seconds,
+        "p50": lat[n // 2] * 1e3 if n else float("nan"),
+        "p99": lat[min(n - 1, int(n * 0.99))] * 1e3 if n else float("nan"),
+        "mean": statistics.fmean(lat) * 1e3 if n else float("nan"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flavour", default="sync", choices=["sync", "aio"])
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--duration", type=float, default=3.0)
+    ap.add_argument("--concurrency", default="1,8,64")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved slices per cell")
+    ap.add_argument("--client-procs", type=int, default=2, help="client processes (GIL)")
+    ap.add_argument("--profile", help="write a cProfile of the server to this file")
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="kmsb", dir="/tmp")
+    try:
+        keyring = Path(tmp, "k.json")
+        subprocess.run([*KMS_PLUGIN, "keyring", "init", str(keyring)], check=True, capture_output=True)
+        sock = Path(tmp, "p.sock")
+        endpoint = f"unix://{sock}"
+        cmd = [
+            *KMS_PLUGIN, "serve", "--listen", endpoint, "--keyring", str(keyring),
+            "--health-addr", "off", "--server-flavour", args.flavour,
+            "--max-workers", str(args.workers), "--log-level", "error",
+        ]
+        if args.profile:
+            cmd = [sys.executable, "-m", "cProfile", "-o", args.profile,
+                   "-c", "from kms_plugin.cli import main; main()", *cmd[3:]]
+        server = subprocess.Popen(cmd)
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        print(f"server: {args.flavour}, {args.workers} workers; clients: up to "
+              f"{args.client_procs} processes; {args.duration:g}s per cell; cores: {os.cpu_count()}")
+        print(f"{'conc':>4} {'method':<8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'x floor p50':>11} {'floor/rate':>10} {'errors':>6}")
+        methods = ("Status", "Encrypt", "Decrypt")
+        for conc in (int(c) for c in args.concurrency.split(",")):
+            # Interleave short slices so drift (other load on the box) hits all methods alike.
+            lat: dict[str, list[float]] = {m: [] for m in methods}
+            errs = dict.fromkeys(methods, 0)
+            for _ in range(args.rounds):
+                for method in methods:
+                    part, e = run_cell(endpoint, method, conc, args.duration / args.rounds,
+                                       args.client_procs)
+                    lat[method].extend(part)
+                    errs[method] += e
+            floor = summarise(lat["Status"], errs["Status"], args.duration)
+            for method in methods:
+                r = summarise(lat[method], errs[method], args.duration)
+                ratio = r["p50"] / floor["p50"]
+                slow = floor["rate"] / r["rate"]
+                print(f"{conc:>4} {method:<8} {r['rate']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} "
+                      f"{ratio:>11.2f} {slow:>10.2f} {r['errors']:>6}", flush=True)
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

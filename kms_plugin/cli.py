@@ -1,0 +1,208 @@
+"""``kms-plugin``: serve the KMS v2 plugin, manage keyring files, query a running plugin.
+
+Thin: each command parses options, calls one library function, renders the result.
+Errors from :mod:`kms_plugin.errors` become one line on stderr and an exit code
+(``cli_runner.run_app``): 0 ok, 1 unhealthy, 2 usage/config, 4 plugin unreachable.
+
+References: pip ``Command._main``; Typer ``add_typer`` (STYLE.md 8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from kms_plugin.cli_runner import run_app
+from kms_plugin.errors import ConfigError, Error, InvalidCiphertext, PluginError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="A KMS v2 plugin for kube-apiserver with a local keyring of AES-256 KEKs.",
+)
+keyring_app = typer.Typer(
+    no_args_is_help=True, pretty_exceptions_show_locals=False, help="Manage keyring files."
+)
+app.add_typer(keyring_app, name="keyring")
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class Output(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def _mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ConfigError(f"--socket-mode {text!r} is not an octal mode such as 0600") from None
+    if mode & ~0o777:
+        raise ConfigError(f"--socket-mode {text!r} must be within 0777")
+    return mode
+
+
+@app.command()
+def serve(
+    listen: str = typer.Option(..., help="unix:///path/to/socket or unix:///@abstract-name"),
+    keyring: Path = typer.Option(..., help="Keyring JSON file (mode 0600)."),
+    health_addr: str = typer.Option(
+        "127.0.0.1:8787", help="HOST:PORT for /healthz /readyz /livez /metrics, or 'off'."
+    ),
+    socket_mode: str = typer.Option("0600", help="Mode of the socket file (octal)."),
+    enable_v1: bool = typer.Option(False, "--enable-v1", help="Also serve KMS v1beta1."),
+    annotation_domain: str = typer.Option(
+        "kms-plugin.local", help="The one domain plugin annotations may use."
+    ),
+    drain_timeout: float = typer.Option(10.0, help="Seconds in-flight calls get on SIGTERM."),
+    log_format: LogFormat = typer.Option(LogFormat.text, help="Log format on stderr."),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    max_workers: int = typer.Option(4, help="gRPC worker threads (sync server)."),
+    server_flavour: str = typer.Option("sync", hidden=True, help="sync or aio (benchmarks)."),
+    debug_call_delay: float = typer.Option(0.0, hidden=True, help="Tests: delay each call."),
+) -> None:
+    """Serve KMS v2 on a unix socket until SIGTERM/SIGINT."""
+    from kms_plugin.logs import setup_logging
+    from kms_plugin.server import ServeConfig, serve as run_server
+
+    if drain_timeout < 0:
+        raise ConfigError("--drain-timeout must not be negative")
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"--log-level {log_level!r}: use debug, info, warning or error")
+    setup_logging(log_format.value, log_level)
+    config = ServeConfig(
+        listen=listen,
+        keyring=keyring,
+        health_addr=health_addr,
+        socket_mode=_mode(socket_mode),
+        enable_v1=enable_v1,
+        annotation_domain=annotation_domain,
+        drain_timeout=drain_timeout,
+        max_workers=max_workers,
+        flavour=server_flavour,
+        debug_call_delay=debug_call_delay,
+    )
+    raise typer.Exit(run_server(config))
+
+
+@app.command()
+def status(
+    endpoint: str = typer.Option(..., help="unix:///path/to/socket or unix:///@name"),
+    roundtrip: bool = typer.Option(False, "--roundtrip", help="Also Encrypt+Decrypt a random value."),
+    timeout: float = typer.Option(3.0, help="Per-call timeout in seconds."),
+    output: Output = typer.Option(Output.table, help="table or json."),
+) -> None:
+    """Call Status (and optionally a round trip); exit 0 only when healthy."""
+    from kms_plugin.client import KMSv2Client
+
+    facts: dict[str, str] = {}
+    problems: list[str] = []
+    with KMSv2Client(endpoint, timeout=timeout) as client:
+        st = client.status()
+        facts.update(version=st.version, healthz=st.healthz, key_id=st.key_id)
+        if st.version not in ("v2", "v2beta1"):
+            problems.append(f"version {st.version!r} is not v2")
+        if st.healthz != "ok":
+            problems.append(f"healthz: {st.healthz}")
+        if not st.key_id:
+            problems.append("key_id is empty")
+        if roundtrip:
+            facts["roundtrip"] = _roundtrip(client, st.key_id, problems)
+    if output is Output.json:
+        typer.echo(json.dumps({**facts, "healthy": not problems}, indent=2))
+    else:
+        for name, value in facts.items():
+            typer.echo(f"{name + ':':<10} {value}")
+    if problems:
+        typer.echo(f"kms-plugin: unhealthy: {'; '.join(problems)}", err=True)
+        raise typer.Exit(1)
+
+
+def _roundtrip(client: object, key_id: str, problems: list[str]) -> str:
+    seed = os.urandom(32)
+    try:
+        enc = client.encrypt(seed)  # type: ignore[attr-defined]
+        if enc.key_id != key_id:
+            problems.append(f"Encrypt key_id {enc.key_id} differs from Status key_id {key_id}")
+        plain = client.decrypt(enc.ciphertext, enc.key_id, enc.annotations)  # type: ignore[attr-defined]
+    except (InvalidCiphertext, PluginError) as exc:
+        problems.append(f"roundtrip: {exc}")
+        return "failed"
+    if plain != seed:
+        problems.append("roundtrip: Decrypt returned a different value")
+        return "failed"
+    return "ok"
+
+
+@keyring_app.command("init")
+def keyring_init(
+    file: Path = typer.Argument(..., help="Keyring file to create (mode 0600)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+) -> None:
+    """Create a keyring with one fresh active KEK."""
+    from kms_plugin.keks.local import Keyring, save_keyring
+
+    keyring = Keyring.generate()
+    save_keyring(file, keyring, replace=force)
+    typer.echo(f"created {file}: KEK {keyring.active.id} active, key_id {keyring.active_key_id}")
+
+
+@keyring_app.command("rotate")
+def keyring_rotate(file: Path = typer.Argument(..., help="Keyring file to rotate in place.")) -> None:
+    """Add a new active KEK; the previous active one becomes decrypt-only."""
+    from kms_plugin.keks.local import Keyring, save_keyring
+
+    old = Keyring.load(file)
+    new = old.rotated()
+    save_keyring(file, new, replace=True)
+    typer.echo(
+        f"rotated {file}: KEK {new.active.id} active (key_id {new.active_key_id}); "
+        f"{old.active.id} is now decrypt-only"
+    )
+
+
+@keyring_app.command("list")
+def keyring_list(
+    file: Path = typer.Argument(..., help="Keyring file."),
+    output: Output = typer.Option(Output.table, help="table or json."),
+) -> None:
+    """Show KEK ids, states, ages and key_ids (never key material)."""
+    from kms_plugin.keks.local import Keyring
+
+    rows = Keyring.load(file).describe(time.time())
+    if output is Output.json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'ID':<18} {'STATE':<13} {'CREATED':<28} {'AGE':>8}  KEY_ID")
+    for row in rows:
+        typer.echo(
+            f"{row['id']:<18} {row['state']:<13} {row['created']:<28} "
+            f"{_age(row['age_seconds']):>8}  {row['key_id']}"
+        )
+
+
+def _age(seconds: int) -> str:
+    seconds = max(seconds, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def main() -> None:
+    sys.exit(run_app(app, "kms-plugin", Error))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""The composition root of ``kms-plugin serve``: socket lifecycle, gRPC server, signals, drain.
+
+* A stale socket file (connect refused: its process died) is replaced; a socket with a live
+  listener, or a path that is not a socket, is never touched (:class:`ConfigError`, exit 2).
+* The socket is bound under umask 0177 and then given ``--socket-mode``, so it is never more
+  open than asked, and removed on exit if it is still ours (same inode).
+* SIGTERM/SIGINT: ``/readyz`` turns 503, the server stops accepting calls and in-flight ones get
+  up to ``--drain-timeout`` seconds to finish; then exit 0.
+
+References: aws-encryption-provider ``cmd/server/main.go`` and ``pkg/server/server.go``; grpc
+``examples/python/uds``; STYLE.md item 10.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from kms_plugin.endpoint import UnixEndpoint, parse_unix_endpoint
+from kms_plugin.errors import ConfigError
+from kms_plugin.health import HealthMonitor, HealthServer, parse_health_addr
+from kms_plugin.keks.local import LocalKeyringBackend
+from kms_plugin.metrics import PluginMetrics
+from kms_plugin.proto import kms_v1beta1_pb2_grpc, kms_v2_pb2_grpc
+from kms_plugin.service import (
+    DEFAULT_ANNOTATION_DOMAIN,
+    KMSService,
+    V1Servicer,
+    V2Servicer,
+    check_annotation_domain,
+)
+
+log = logging.getLogger("kms_plugin.server")
+
+DEFAULT_HEALTH_ADDR = "127.0.0.1:8787"
+FLAVOURS = ("sync", "aio")
+_SERVER_OPTIONS = [
+    # Requests are a 32-byte seed plus at most 32 KiB of annotations; bound what we accept.
+    ("grpc.max_receive_message_length", 256 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024),
+]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``serve`` needs, built and validated by the CLI."""
+
+    listen: str
+    keyring: Path
+    health_addr: str = DEFAULT_HEALTH_ADDR
+    socket_mode: int = 0o600
+    enable_v1: bool = False
+    annotation_domain: str = DEFAULT_ANNOTATION_DOMAIN
+    drain_timeout: float = 10.0
+    max_workers: int = 4
+    flavour: str = "sync"
+    probe_interval: float = 10.0
+    debug_call_delay: float = 0.0
+
+
+def prepare_socket(ep: UnixEndpoint) -> None:
+    """Make ``ep`` bindable: remove a stale socket file, refuse a live or foreign one."""
+    if ep.abstract:
+        if _listening("\0" + ep.path):
+            raise ConfigError(f"abstract socket @{ep.path} already has a live listener; not stealing it")
+        return
+    parent = Path(ep.path).parent
+    if not parent.is_dir():
+        raise ConfigError(f"socket directory {parent} does not exist")
+    try:
+        st = os.lstat(ep.path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"{ep.path} exists and is not a socket; refusing to replace it")
+    if _listening(ep.path):
+        raise ConfigError(
+            f"socket {ep.path} has a live listener (another plugin running?); not stealing it"
+        )
+    log.info("removing stale socket %s (connection refused)", ep.path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(ep.path)
+
+
+def _listening(address: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(address)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except TimeoutError:
+            return True  # a listener with a full backlog is still alive
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                return False
+            raise ConfigError(f"cannot probe socket {address.lstrip(chr(0))}: {exc.strerror}") from None
+        return True
+
+
+class PluginServer:
+    """One plugin instance: backend, service, gRPC server on the socket, health HTTP server."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        if config.flavour not in FLAVOURS:
+            raise ConfigError(f"unknown server flavour {config.flavour!r}")
+        self.config = config
+        self.endpoint = parse_unix_endpoint(config.listen)
+        self.metrics = PluginMetrics()
+        domain = check_annotation_domain(config.annotation_domain)
+        health_addr = parse_health_addr(config.health_addr)
+        self.backend = LocalKeyringBackend(config.keyring, on_reload=self._reloaded)
+        self.metrics.set_keyring(self.backend.keyring)
+        self.monitor = HealthMonitor(self.backend, interval=config.probe_interval)
+        self.service = KMSService(self.backend, self.metrics, self.monitor, domain)
+        self.service.debug_delay = config.debug_call_delay
+        self.health: HealthServer | None = None
+        if health_addr is not None:
+            self.health = HealthServer(health_addr, self.monitor, self.metrics)
+        self._inode: int | None = None
+        self._server: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+
+    def _reloaded(self, result: str, keyring: Any, _reason: str) -> None:  # noqa: ANN401
+        self.metrics.reloads.labels(result).inc()
+        if keyring is not None:
+            self.metrics.set_keyring(keyring)
+
+    # -- start ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        prepare_socket(self.endpoint)
+        if self.config.flavour == "sync":
+            self._server = grpc.server(
+                futures.ThreadPoolExecutor(self.config.max_workers, thread_name_prefix="kms-rpc"),
+                options=_SERVER_OPTIONS,
+            )
+            kms_v2_pb2_grpc.add_KeyManagementServiceServicer_to_server(
+                V2Servicer(self.service), self._server
+            )
+            if self.config.enable_v1:
+                kms_v1beta1_pb2_grpc.add_KeyManagementServiceServicer_to_server(
+                    V1Servicer(self.service), self._server
+                )
+            self._bind()
+            self._server.start()
+        else:
+            self._start_aio()
+        self.monitor.start()
+        if self.health is not None:
+            self.health.start()
+        log.info(
+            "serving KMS v2%s on %s (%s server), key_id %s, %d KEK(s)%s",
+            " and v1beta1" if self.config.enable_v1 else "",
+            self.endpoint.display,
+            self.config.flavour,
+            self.backend.keyring.active_key_id,
+            len(self.backend.keyring.keks),
+            f"; health on http://{self.health.host}:{self.health.port}" if self.health else "",
+        )
+
+    def _bind(self) -> None:
+        ep = self.endpoint
+        # umask 0177 while binding: the socket never exists with a wider mode than 0600.
+        old = os.umask(0o177)
+        try:
+            self._server.add_insecure_port(ep.grpc_target)
+        except RuntimeError:
+            raise ConfigError(f"cannot bind {ep.display}") from None
+        finally:
+            os.umask(old)
+        if not ep.abstract:
+            os.chmod(ep.path, self.config.socket_mode)
+            self._inode = os.stat(ep.path).st_ino
+
+    def _start_aio(self) -> None:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def boot() -> None:
+            self._server = grpc.aio.server(options=_SERVER_OPTIONS)
+            kms_v2_pb2_grpc.add_KeyManagementServiceServicer_to_server(
+                V2Servicer(self.service, asyncio=True), self._server
+            )
+            if self.config.enable_v1:
+                kms_v1beta1_pb2_grpc.add_KeyManagementServiceServicer_to_server(
+                    V1Servicer(self.service, asyncio=True), self._server
+                )
+            self._bind()
+            await self._server.start()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(boot())
+            except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+
+        self._loop_thread = threading.Thread(target=run, name="grpc-aio", daemon=True)
+        self._loop_thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+
+    # -- stop ----------------------------------------------------------------------------
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight calls finish within ``grace`` s, remove the socket."""
+        grace = self.config.drain_timeout if grace is None else grace
+        self.monitor.draining = True
+        if self._server is not None:
+            if self._loop is not None:
+                fut = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
+                fut.result(timeout=grace + 5)
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            else:
+                self._server.stop(grace).wait(grace + 5)
+        self.monitor.stop()
+        if self.health is not None:
+            self.health.stop()
+        self._remove_socket()
+
+    def _remove_socket(self) -> None:
+        if self.endpoint.abstract or self._inode is None:
+            return
+        try:
+            if os.lstat(self.endpoint.path).st_ino == self._inode:
+                os.unlink(self.endpoint.path)
+        except FileNotFoundError:
+            pass
+
+
+def serve(config: ServeConfig) -> int:
+    """Run until SIGTERM/SIGINT, then drain and return 0."""
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server = PluginServer(config)
+        server.start()
+        while not stop.wait(3600):
+            pass
+        log.info(
+            "%s received: draining for up to %gs",
+            signal.Signals(received[0]).name,
+            config.drain_timeout,
+        )
+        server.stop()
+        log.info("stopped")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0

@@ -153,3 +153,30 @@ def test_library_report_has_no_key_material() -> None:
     for key in _manifest(case)["keys"].values():
         assert key["secret_b64"] not in text
         assert key["hex"] not in text
+
+
+def test_human_report_lists_findings_without_material(capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped example: after a rotation that dropped the old key, history makes them retired."""
+    examples = Path(__file__).resolve().parent.parent / "examples" / "aescbc"
+    args = ["check", str(examples / "etcd-snapshot.db"), "-c", str(examples / "new-key-only.yaml")]
+    with pytest.raises(SystemExit) as info:
+        main([*args, "-c", str(examples / "encryption-config.yaml")])
+    out = capsys.readouterr().out
+    assert info.value.code == 1
+    first = out.splitlines()[0]
+    assert first == "14 objects: 0 current, 0 stale, 14 retired, 0 unreadable"
+    assert "ACTIVE  KEY TYPE  NAME" in out
+    assert out.count("retired  ") == 14
+    assert "/registry/secrets/default/basic-auth" in out
+    assert "hint: retired" in out
+    for key in _manifest("b-aescbc")["keys"].values():
+        assert key["secret_b64"] not in out and key["hex"] not in out
+    for text in (examples / "new-key-only.yaml").read_text().split():
+        if len(text) == 44 and text.endswith("="):
+            assert text not in out
+    # Without the old config the same objects are unreadable: no such key.
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out = capsys.readouterr().out
+    assert info.value.code == 1
+    assert out.count("unreadable (no-such-key)") == 14

@@ -108,13 +108,46 @@ def render_check(report: CheckReport) -> str:
         rows = [
             [
                 o.verdict + (f" ({o.reason})" if o.reason else ""),
-                o.key,
                 str(o.revision) + ("" if o.latest in (None, True) else " (old)"),
                 o.provider,
                 o.key_name or "-",
                 "yes" if o.plaintext else "",
+                o.key,  # last: keys can be very long
             ]
             for o in listed
         ]
-        lines.append(render_table(["VERDICT", "KEY", "REVISION", "PROVIDER", "KEY NAME", "PLAINTEXT"], rows))
+        lines.append(render_table(["VERDICT", "REVISION", "PROVIDER", "KEY NAME", "PLAINTEXT", "ETCD KEY"], rows))
+        lines.append("")
+    lines.extend(_hints(report))
     return "\n".join(lines) + "\n"
+
+
+def _hints(report: CheckReport) -> list[str]:
+    """One actionable line per kind of finding; names keys, never material."""
+    reasons = report.reasons
+    hints = []
+    if reasons.get("no-such-key"):
+        hints.append(
+            "hint: no-such-key - add the config (or key) that held these keys with another --config; "
+            "without it they are lost"
+        )
+    if reasons.get("wrong-key"):
+        hints.append(
+            "hint: wrong-key - a key of that name exists but its material does not decrypt these values "
+            "(an older key reused the name, or the values were moved or tampered with)"
+        )
+    if reasons.get("kms-unavailable"):
+        hints.append("hint: kms-unavailable - start the KMS plugin, or pass --kms NAME=unix:///... / --keyring NAME=FILE")
+    if reasons.get("plaintext-rejected"):
+        hints.append(
+            "hint: plaintext-rejected - stored unencrypted but no config lists identity for the resource; "
+            "add identity (last) to the current config or re-encrypt"
+        )
+    if report.counts.get("retired"):
+        hints.append(
+            "hint: retired - a cluster restored with the current config cannot read these; keep their keys in "
+            "the current config (after the write key) or re-encrypt the snapshot"
+        )
+    if report.counts.get("stale"):
+        hints.append("hint: stale - readable now, but written with a key or provider that is not the write key")
+    return hints

@@ -20,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 
 

@@ -32,7 +32,7 @@ def status(
 
     hash, revision, total_keys and total_size equal `etcdutl snapshot status -w json` (etcd 3.5:
     total keys counts every pair in every bucket). resources counts live keys per resource
-    (/registry/secrets, or /registry/<group>/<plural> for dotted API groups). storage_forms is a
+    (`/registry/secrets`, or `/registry/<group>/<plural>` for dotted API groups). storage_forms is a
     list of {resource, form, name, count}: live values under the prefix per storage form
     (identity, aescbc, aesgcm, secretbox, kms-v1, kms-v2, unknown) and key or KMS provider name
     (null for identity). The file is only read. Exit 0 ok, 2 usage, 3 unreadable or damaged

@@ -423,3 +423,18 @@ def decode_object(plaintext: bytes) -> dict[str, Any]:
             "not a Kubernetes object (neither k8s protobuf nor JSON with apiVersion and kind)"
         )
     return _decode_json(obj)
+
+
+def decode_metadata(raw: bytes) -> dict[str, Any] | None:
+    """``metadata`` of a typed object's protobuf (``raw`` from :func:`decode_object`).
+
+    Every top-level Kubernetes kind carries ``ObjectMeta`` as field 1, so this works for kinds
+    we have no schema for (Deployments, Namespaces, ...). ``None`` when it cannot be parsed.
+    """
+    try:
+        for number, wire, a, b in _fields(raw, 0, len(raw)):
+            if number == 1 and wire == _LEN:
+                return _object_meta(raw, a, b)
+    except _WireError:
+        return None
+    return None

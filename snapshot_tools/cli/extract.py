@@ -1,0 +1,124 @@
+"""``snapshot-tools extract``: chosen objects of a snapshot as manifests ``kubectl apply`` accepts."""
+
+from __future__ import annotations
+
+import enum
+import sys
+from pathlib import Path  # noqa: TC003 - Typer reads the annotation at run time
+from typing import Annotated
+
+import typer
+
+from snapshot_tools.check import parse_assignments
+from snapshot_tools.cli import app
+from snapshot_tools.extract import RAW_ANNOTATION, ExtractOptions, ExtractResult, render_json, render_yaml, run_extract
+
+_PROG = "snapshot-tools"
+
+
+class ManifestFormat(str, enum.Enum):
+    """``extract --output`` choices."""
+
+    yaml = "yaml"
+    json = "json"
+
+
+@app.command()
+def extract(
+    snapshot: Annotated[Path, typer.Argument(help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy.")],
+    config: Annotated[
+        list[str],
+        typer.Option(
+            "--config",
+            "-c",
+            help="EncryptionConfiguration file or directory; repeat for history. The first is the current one.",
+        ),
+    ],
+    kms: Annotated[
+        list[str] | None,
+        typer.Option("--kms", help="NAME=unix:///path.sock: reach KMS provider NAME through this plugin socket."),
+    ] = None,
+    keyring: Annotated[
+        list[str] | None,
+        typer.Option("--keyring", help="NAME=FILE: unwrap KMS provider NAME's data keys from a kms-plugin keyring file."),
+    ] = None,
+    resource: Annotated[
+        list[str] | None,
+        typer.Option("--resource", "-r", help="Resource to extract (secrets, configmaps, deployments.apps, ...); repeatable. Default: secrets."),
+    ] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Only objects in this namespace.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Only objects with this name.")] = None,
+    revision: Annotated[
+        int | None,
+        typer.Option("--revision", help="The objects as they were at this etcd revision (default: the latest live ones)."),
+    ] = None,
+    output: Annotated[ManifestFormat, typer.Option("--output", "-o", help="yaml or json; both give one v1 List.")] = ManifestFormat.yaml,
+    strip_server_fields: Annotated[
+        bool,
+        typer.Option("--strip-server-fields", help="Drop uid, resourceVersion, creationTimestamp, generation, ... for a clean re-create."),
+    ] = False,
+    show_managed_fields: Annotated[
+        bool, typer.Option("--show-managed-fields", help="Keep metadata.managedFields (dropped by default, as kubectl does).")
+    ] = False,
+    etcd_prefix: Annotated[str, typer.Option("--etcd-prefix", help="kube-apiserver --etcd-prefix.")] = "/registry",
+) -> None:
+    """Decrypt and decode objects into one v1 List on stdout (Secret values included).
+
+    Exit 0 when every matched object was written, 1 when nothing matched or some object could not
+    be read (listed on stderr, the rest still written), 2 on a usage or config error, 3 on a
+    missing or damaged snapshot, 4 when a KMS needed to decrypt could not be reached.
+    """
+    opts = ExtractOptions(
+        snapshot=str(snapshot),
+        configs=config,
+        kms=parse_assignments(kms or [], "--kms"),
+        keyrings=parse_assignments(keyring or [], "--keyring"),
+        resources=resource or ("secrets",),
+        namespace=namespace,
+        name=name,
+        revision=revision,
+        strip_server_fields=strip_server_fields,
+        show_managed_fields=show_managed_fields,
+        etcd_prefix=etcd_prefix,
+    )
+    result = run_extract(opts)
+    if result.matched == 0:
+        print(f"{_PROG}: no object matched", file=sys.stderr)
+        raise typer.Exit(1)
+    _report(result)
+    if result.items:
+        text = render_json(result.manifest()) if output is ManifestFormat.json else render_yaml(result.manifest())
+        _write_stdout(text)
+    raise typer.Exit(result.exit_code)
+
+
+def _report(result: ExtractResult) -> None:
+    """Diagnostics on stderr: what was skipped and why, and what is on its way to stdout."""
+    for s in result.skipped:
+        via = f"{s.provider} key {s.key_name}" if s.key_name else s.provider
+        print(f"{_PROG}: skipped {s.key} (revision {s.revision}): unreadable ({s.reason}; {via})", file=sys.stderr)
+    if result.skipped:
+        print(f"{_PROG}: {len(result.skipped)} of {result.matched} object(s) could not be read", file=sys.stderr)
+    if result.kms_unavailable:
+        print(f"{_PROG}: warning: a KMS plugin could not be reached", file=sys.stderr)
+    if result.raw_kinds:
+        print(
+            f"{_PROG}: warning: no schema for {', '.join(sorted(result.raw_kinds))}: written with metadata "
+            f"and the stored protobuf in annotation {RAW_ANNOTATION}; such objects cannot be applied as-is",
+            file=sys.stderr,
+        )
+    if result.secrets:
+        print(f"{_PROG}: warning: writing decrypted Secret data to stdout", file=sys.stderr)
+    elif result.decrypted:
+        print(f"{_PROG}: warning: writing decrypted data to stdout", file=sys.stderr)
+
+
+def _write_stdout(text: str) -> None:
+    # UTF-8 whatever the locale: manifests carry unicode values and kubectl reads UTF-8.
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(text)
+    else:
+        buffer.write(text.encode("utf-8"))
+        buffer.flush()

@@ -1,13 +1,15 @@
-"""A read-only, bounds-checked bbolt (etcd's storage engine) reader in pure Python.
+"""A read-only, bounds-checked bbolt (etcd's storage engine) reader and a bulk writer, in pure Python.
 
-Public entry point for the page-level reader: open a :class:`DB` over an mmap (or bytes), walk
-buckets, iterate pairs in key order, and map which pages are reachable or free. Every damaged
-structure raises :class:`snapshot_tools.errors.SnapshotError` naming the byte offset.
+Public entry point for the page-level reader and the bulk writer: open a :class:`DB` over an
+mmap (or bytes), walk buckets, iterate pairs in key order, and map which pages are reachable or
+free; :func:`write_db` rebuilds a compact file from logical contents. Every damaged structure
+raises :class:`snapshot_tools.errors.SnapshotError` naming the byte offset.
 
-Layout mirrors bbolt: ``layout`` (constants, struct formats), ``meta``, ``page``, ``db``.
+Layout mirrors bbolt: ``layout`` (constants, struct formats), ``meta``, ``page``, ``db``;
+``writer`` rebuilds a compact file from logical contents.
 
 References: etcd-io/bbolt ``db.go``, ``bucket.go``, ``cursor.go``, ``tx_check.go``,
-``internal/common/{page,meta,bucket}.go``.
+``internal/common/{page,meta,bucket}.go``; the writer: ``node.go``, ``tx.go`` (``WriteTo``).
 """
 
 from __future__ import annotations
@@ -16,5 +18,18 @@ from snapshot_tools.bbolt.db import DB, Bucket, PageMap
 from snapshot_tools.bbolt.layout import fnv64a
 from snapshot_tools.bbolt.meta import Meta, choose_meta, read_meta
 from snapshot_tools.bbolt.page import Node
+from snapshot_tools.bbolt.writer import BucketContents, WriteStats, write_db
 
-__all__ = ["DB", "Bucket", "Meta", "Node", "PageMap", "choose_meta", "fnv64a", "read_meta"]
+__all__ = [
+    "DB",
+    "Bucket",
+    "BucketContents",
+    "Meta",
+    "Node",
+    "PageMap",
+    "WriteStats",
+    "choose_meta",
+    "fnv64a",
+    "read_meta",
+    "write_db",
+]

@@ -83,6 +83,7 @@ def copy_snapshot(
     page_size: int | None = None,
     force: bool = False,
     verify: Verify | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> WriteResult:
     """Rebuild ``src`` at ``dst_path`` with the values ``transform`` replaces; verify; publish.
 
@@ -91,7 +92,9 @@ def copy_snapshot(
     file is re-read with our reader: every page must be reachable exactly once (``tx.Check``),
     keys in order, entry counts per bucket as written, the ``key`` bucket's last revision as in
     the input, and ``verify(bucket_path, key, value)`` truthy for every rewritten value.
-    ``page_size`` defaults to the input's. The input is only read.
+    ``page_size`` defaults to the input's. The input is only read. ``before_commit()`` runs after
+    verification and before the file is published; raising there leaves nothing at ``dst_path``
+    (a caller that finds problems only once every record was seen aborts this way).
 
     Raises:
         OutputError: ``dst_path`` is the input, exists without ``force``, cannot be written, or
@@ -119,6 +122,8 @@ def copy_snapshot(
             raise OutputError(f"{out.target}: cannot write the output: {exc.strerror or exc}") from None
         out.sync()
         revision = _verify_output(out.temp_path, stats.counts, state.marks, verify, src.revision)
+        if before_commit is not None:
+            before_commit()
         out.commit()
     assert stats.sha256 is not None
     return WriteResult(

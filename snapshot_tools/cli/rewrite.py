@@ -1,0 +1,160 @@
+"""``snapshot-tools reencrypt`` and ``decrypt``: offline rewrites of a whole snapshot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path  # noqa: TC003 - Typer reads the annotation at run time
+from typing import Annotated
+
+import typer
+
+from snapshot_tools.check import parse_assignments
+from snapshot_tools.cli import app
+from snapshot_tools.cli.output import OutputFormat, render_table
+from snapshot_tools.reencrypt import RewriteOptions, RewriteSummary, run_rewrite
+
+SnapshotArg = Annotated[Path, typer.Argument(help="etcd snapshot file to read (never modified).")]
+ConfigOpt = Annotated[
+    list[str],
+    typer.Option("--config", "-c", help="EncryptionConfiguration file or directory that can read the values; repeatable."),
+]
+OutOpt = Annotated[Path, typer.Option("--output-file", "-o", help="Where to write the new snapshot (mode 0600).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+LatestOpt = Annotated[
+    bool, typer.Option("--latest-only", help="Rewrite only the newest revision of each key; history keeps the old forms.")
+]
+KmsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--kms", help="NAME=unix:///path.sock: KMS provider NAME through this plugin socket (read and wrap)."),
+]
+KeyringOpt = Annotated[
+    list[str] | None,
+    typer.Option("--keyring", help="NAME=FILE: KMS provider NAME from a kms-plugin keyring file (read and wrap)."),
+]
+SkipOpt = Annotated[
+    bool, typer.Option("--skip-unreadable", help="Copy values nothing can read unchanged (and list them) instead of stopping.")
+]
+PrefixOpt = Annotated[str, typer.Option("--etcd-prefix", help="kube-apiserver --etcd-prefix.")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="Summary as table or json.")]
+
+
+@app.command()
+def reencrypt(
+    snapshot: SnapshotArg,
+    config: ConfigOpt,
+    to: Annotated[Path, typer.Option("--to", help="The new EncryptionConfiguration: its write provider/key is the target.")],
+    output_file: OutOpt,
+    force: ForceOpt = False,
+    latest_only: LatestOpt = False,
+    kms: KmsOpt = None,
+    keyring: KeyringOpt = None,
+    decrypt_uncovered: Annotated[
+        bool,
+        typer.Option("--decrypt-uncovered", help="Write encrypted values of resources NEW does not cover as plaintext."),
+    ] = False,
+    skip_unreadable: SkipOpt = False,
+    etcd_prefix: PrefixOpt = "/registry",
+    fmt: FormatOpt = OutputFormat.table,
+) -> None:
+    """Re-encrypt every stored revision under the write key of --to, offline, into a new snapshot.
+
+    Values are read with the configs given (and --to), written as a kube-apiserver started with
+    --to would write them, verified by decrypting the output with --to alone, then the file is
+    renamed into place. Exit 0 done; 1 unreadable or uncovered values (nothing written); 2 usage
+    or config error, or an existing output without --force; 3 damaged snapshot; 4 a KMS needed
+    could not be reached.
+    """
+    _run(
+        RewriteOptions(
+            snapshot=str(snapshot),
+            configs=config,
+            output=str(output_file),
+            to=str(to),
+            force=force,
+            latest_only=latest_only,
+            kms=parse_assignments(kms or [], "--kms"),
+            keyrings=parse_assignments(keyring or [], "--keyring"),
+            decrypt_uncovered=decrypt_uncovered,
+            skip_unreadable=skip_unreadable,
+            etcd_prefix=etcd_prefix,
+        ),
+        fmt,
+    )
+
+
+@app.command()
+def decrypt(
+    snapshot: SnapshotArg,
+    config: ConfigOpt,
+    output_file: OutOpt,
+    force: ForceOpt = False,
+    latest_only: LatestOpt = False,
+    kms: KmsOpt = None,
+    keyring: KeyringOpt = None,
+    skip_unreadable: SkipOpt = False,
+    etcd_prefix: PrefixOpt = "/registry",
+    fmt: FormatOpt = OutputFormat.table,
+) -> None:
+    """Write a plaintext copy of the snapshot (for a migration): every encrypted value decrypted.
+
+    The output holds every Secret in the clear: keep it like the keys themselves. Exit codes as
+    for reencrypt.
+    """
+    print(
+        "snapshot-tools: warning: the output will hold every encrypted value as plaintext; "
+        "protect it like the keys themselves",
+        file=sys.stderr,
+    )
+    _run(
+        RewriteOptions(
+            snapshot=str(snapshot),
+            configs=config,
+            output=str(output_file),
+            force=force,
+            latest_only=latest_only,
+            kms=parse_assignments(kms or [], "--kms"),
+            keyrings=parse_assignments(keyring or [], "--keyring"),
+            skip_unreadable=skip_unreadable,
+            etcd_prefix=etcd_prefix,
+        ),
+        fmt,
+    )
+
+
+def _run(opts: RewriteOptions, fmt: OutputFormat) -> None:
+    summary = run_rewrite(opts)
+    if summary.decrypted_uncovered:
+        print(
+            f"snapshot-tools: warning: {len(summary.decrypted_uncovered)} encrypted values of resources the new "
+            "config does not cover were written as plaintext",
+            file=sys.stderr,
+        )
+    if summary.skipped_unreadable:
+        print(
+            f"snapshot-tools: warning: {len(summary.skipped_unreadable)} unreadable values were copied unchanged: "
+            + ", ".join(summary.skipped_unreadable[:20]),
+            file=sys.stderr,
+        )
+    if summary.latest_only:
+        print(
+            "snapshot-tools: warning: --latest-only: older revisions still hold the old forms "
+            "(use snapshot-tools check --all-revisions to see them)",
+            file=sys.stderr,
+        )
+    if fmt is OutputFormat.json:
+        json.dump(summary.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_summary(summary))
+
+
+def render_summary(s: RewriteSummary) -> str:
+    rows = [[src, dst, str(n)] for (src, dst), n in sorted(s.transitions.items())]
+    lines = [
+        f"wrote {s.output}: {s.revisions_rewritten} revisions rewritten of {s.records} records, "
+        f"{s.bytes_in:,} bytes in, {s.bytes_out:,} bytes out, {s.seconds:.2f} s",
+    ]
+    if rows:
+        lines += ["", render_table(["FROM", "TO", "REVISIONS"], rows)]
+    return "\n".join(lines) + "\n"

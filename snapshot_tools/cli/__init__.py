@@ -28,7 +28,7 @@ def _register() -> None:
     # Each command lives in its own module and registers itself on ``app``.
     import importlib
 
-    for name in ("status", "check", "extract"):
+    for name in ("status", "check", "extract", "rewrite"):
         try:
             importlib.import_module(f"snapshot_tools.cli.{name}")
         except ModuleNotFoundError as exc:  # a command not written yet

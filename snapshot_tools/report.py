@@ -6,17 +6,20 @@ fingerprint and the config file they came from.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from snapshot_tools.errors import UsageError
 from snapshot_tools.resolve import VERDICTS
 
 if TYPE_CHECKING:
+    from collections.abc import Collection, Iterator
+
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.resolve import Resolution, Resolver
-    from snapshot_tools.resources import ResourceRef
-    from snapshot_tools.snapshot import Record
 
 FAIL_ON_CHOICES = ("unreadable", "retired", "stale", "plaintext")
 DEFAULT_FAIL_ON = "unreadable,retired"
@@ -32,6 +35,12 @@ def parse_fail_on(text: str) -> frozenset[str]:
             f"--fail-on: unknown {', '.join(sorted(unknown))}; choose from {', '.join(FAIL_ON_CHOICES)}"
         )
     return frozenset(items)
+
+
+# One judged value as the report keeps it: (etcd key, base, name, revision, resolution, latest),
+# base = (resource, group, namespace) shared by every object under one key prefix, or None.
+# Compact on purpose: 100,000 of these are a few MB; dicts are built only when rendering.
+Row = tuple  # tuple[bytes, tuple[str, str, str | None] | None, str | None, int, Resolution, bool | None]
 
 
 @dataclass(slots=True)
@@ -54,17 +63,17 @@ class ObjectResult:
     latest: bool | None = None
 
     @classmethod
-    def make(
-        cls, rec: Record, ref: ResourceRef | None, res: Resolution, latest: bool | None
-    ) -> ObjectResult:
+    def from_row(cls, row: Row) -> ObjectResult:
+        ekey, base, name, revision, res, latest = row
         key = res.key
+        resource, group, namespace = base if base is not None else (None, None, None)
         return cls(
-            key=rec.key.decode("utf-8", "backslashreplace"),
-            resource=ref.resource if ref is not None else None,
-            group=ref.group if ref is not None else None,
-            namespace=ref.namespace if ref is not None else None,
-            name=ref.name if ref is not None else None,
-            revision=rec.mod_revision,
+            key=ekey.decode("utf-8", "backslashreplace"),
+            resource=resource,
+            group=group,
+            namespace=namespace,
+            name=name,
+            revision=revision,
             provider=res.provider,
             key_name=res.key_name,
             key_fingerprint=getattr(key, "fingerprint", None),
@@ -98,29 +107,83 @@ class ObjectResult:
 
 @dataclass
 class CheckReport:
-    """The whole answer of ``check``; :meth:`exit_code` applies ``--fail-on``."""
+    """The whole answer of ``check``; :meth:`exit_code` applies ``--fail-on``.
+
+    Objects are kept as compact rows (:data:`Row`); :attr:`objects` and :meth:`json_chunks`
+    render them on demand.
+    """
 
     snapshot: dict[str, Any] = field(default_factory=dict)
     configs: list[dict[str, Any]] = field(default_factory=list)
     keys: list[dict[str, Any]] = field(default_factory=list)
-    objects: list[ObjectResult] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VERDICTS, 0))
-    reasons: dict[str, int] = field(default_factory=dict)
-    plaintext: int = 0
+    rows: list[Row] = field(default_factory=list)
     uncovered_plaintext: int = 0
     _keyset: KeySet | None = None
+    _tally: tuple[int, dict[str, int], dict[str, int], int] | None = field(default=None, repr=False)
 
     @classmethod
     def begin(cls, keyset: KeySet) -> CheckReport:
         return cls(configs=[{"path": c.path} for c in keyset.configs], _keyset=keyset)
 
-    def add(self, obj: ObjectResult) -> None:
-        self.objects.append(obj)
-        self.counts[obj.verdict] += 1
-        if obj.reason:
-            self.reasons[obj.reason] = self.reasons.get(obj.reason, 0) + 1
-        if obj.plaintext:
-            self.plaintext += 1
+    def add_row(
+        self,
+        etcd_key: bytes,
+        base: tuple[str, str, str | None] | None,
+        name: str | None,
+        revision: int,
+        res: Resolution,
+        latest: bool | None,
+    ) -> None:
+        """Record one judged value (see :data:`Row`)."""
+        self.rows.append((etcd_key, base, name, revision, res, latest))
+
+    def _counted(self) -> tuple[int, dict[str, int], dict[str, int], int]:
+        # Counted from the rows when asked, not per add: many rows share one Resolution.
+        tally = self._tally
+        if tally is None or tally[0] != len(self.rows):
+            results = list(map(itemgetter(4), self.rows))
+            per_res = Counter(map(id, results))
+            by_id = {id(res): res for res in results}
+            counts = dict.fromkeys(VERDICTS, 0)
+            reasons: dict[str, int] = {}
+            plaintext = 0
+            for rid, n in per_res.items():
+                res = by_id[rid]
+                counts[res.verdict] += n
+                if res.reason:
+                    reasons[res.reason] = reasons.get(res.reason, 0) + n
+                if res.plaintext_flag:
+                    plaintext += n
+            tally = self._tally = (len(self.rows), counts, reasons, plaintext)
+        return tally
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Objects per verdict."""
+        return self._counted()[1]
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        """Unreadable objects per reason."""
+        return self._counted()[2]
+
+    @property
+    def plaintext(self) -> int:
+        """Objects stored unencrypted although the current config encrypts their resource."""
+        return self._counted()[3]
+
+    @property
+    def objects(self) -> list[ObjectResult]:
+        """Every judged value as an :class:`ObjectResult` (built on each access)."""
+        return [ObjectResult.from_row(r) for r in self.rows]
+
+    def objects_where(self, verdicts: Collection[str], plaintext: bool = False) -> list[ObjectResult]:
+        """The objects with one of ``verdicts`` (and, with ``plaintext``, the plaintext ones)."""
+        return [
+            ObjectResult.from_row(r)
+            for r in self.rows
+            if r[4].verdict in verdicts or (plaintext and r[4].plaintext_flag)
+        ]
 
     def finish(self, resolver: Resolver) -> None:
         """Build the key table once every object is judged."""
@@ -133,7 +196,7 @@ class CheckReport:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "objects": len(self.objects),
+            "objects": len(self.rows),
             **self.counts,
             "plaintext": self.plaintext,
             "reasons": dict(sorted(self.reasons.items())),
@@ -159,6 +222,78 @@ class CheckReport:
             "summary": self.summary(),
             "objects": [o.to_json() for o in self.objects],
         }
+
+    def json_chunks(self, batch: int = 2048) -> Iterator[str]:
+        """:meth:`to_json` as JSON text in pieces: the head indented, one object per line.
+
+        Equal to ``json.loads``-ing :meth:`to_json`'s dump, but built without a dict per object:
+        the fields shared by many objects (resource, key, verdict) are encoded once per
+        distinct value, so 100,000 objects render in a fraction of a second and memory stays
+        at one batch of lines.
+        """
+        head = json.dumps({**self.to_json_head(), "objects": []}, indent=2)
+        tail = '"objects": []\n}'
+        assert head.endswith(tail)
+        if not self.rows:
+            yield head + "\n"
+            return
+        yield head[: -len(tail)] + '"objects": [\n'
+        enc = _ENCODE_STR
+        bases: dict[int, str] = {}
+        outcomes: dict[tuple[int, object], str] = {}
+        lines: list[str] = []
+        n = len(self.rows)
+        for i, (ekey, base, name, revision, res, latest) in enumerate(self.rows, 1):
+            b = bases.get(id(base))  # ids are stable: the rows keep every base alive
+            if b is None:
+                b = bases[id(base)] = _base_fragment(base)
+            o = outcomes.get((id(res), latest))
+            if o is None:
+                o = outcomes[(id(res), latest)] = _outcome_fragment(res, latest)
+            lines.append(
+                '    {"key": %s, %s, "name": %s, "revision": %d, %s}'
+                % (enc(ekey.decode("utf-8", "backslashreplace")), b,
+                   "null" if name is None else enc(name), revision, o)
+            )  # fmt: skip
+            if len(lines) >= batch or i == n:
+                yield ",\n".join(lines) + (",\n" if i < n else "\n")
+                lines.clear()
+        yield "  ]\n}\n"
+
+    def to_json_head(self) -> dict[str, Any]:
+        """Everything of :meth:`to_json` but the objects."""
+        return {
+            "snapshot": self.snapshot,
+            "configs": self.configs,
+            "keys": self.keys,
+            "summary": self.summary(),
+        }
+
+
+_ENCODE_STR = json.encoder.encode_basestring_ascii  # what json.dumps uses for str: same bytes
+
+
+def _base_fragment(base: tuple[str, str, str | None] | None) -> str:
+    if base is None:
+        return '"resource": null, "group": null, "namespace": null'
+    resource, group, namespace = base
+    return f'"resource": {json.dumps(resource)}, "group": {json.dumps(group)}, "namespace": {json.dumps(namespace)}'
+
+
+def _outcome_fragment(res: Resolution, latest: bool | None) -> str:
+    key = res.key
+    fields = {
+        "provider": res.provider,
+        "key_name": res.key_name,
+        "key_fingerprint": getattr(key, "fingerprint", None),
+        "config": getattr(key, "config", None),
+        "verdict": res.verdict,
+        "reason": res.reason,
+        "plaintext": res.plaintext_flag,
+    }
+    if latest is not None:
+        fields["latest"] = latest
+    return json.dumps(fields)[1:-1]
 
 
 def key_table(keyset: KeySet, use: dict[tuple[str, str, str], int]) -> list[dict[str, Any]]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path  # noqa: TC003 - Typer reads the annotation at run time
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 
-from snapshot_tools.check import CheckOptions, parse_assignments, run_check
+from snapshot_tools.check import CheckOptions, parse_assignments, parse_aws_kms, run_check
 from snapshot_tools.cli import app
 from snapshot_tools.cli.output import OutputFormat, progress_reporter, render_table
 from snapshot_tools.report import DEFAULT_FAIL_ON, CheckReport, parse_fail_on
@@ -36,6 +35,20 @@ def check(
         list[str] | None,
         typer.Option("--keyring", help="NAME=FILE: unwrap KMS provider NAME's data keys from a kms-plugin keyring file."),
     ] = None,
+    aws_kms: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--aws-kms",
+            help="NAME[=KEY]: unwrap KMS provider NAME's data keys straight from AWS KMS; KEY (ARN, key id or alias) gives the current key_id.",
+        ),
+    ] = None,
+    aws_region: Annotated[str | None, typer.Option("--aws-region", help="AWS region for --aws-kms.")] = None,
+    aws_endpoint_url: Annotated[
+        str | None, typer.Option("--aws-endpoint-url", help="AWS KMS endpoint URL for --aws-kms.")
+    ] = None,
+    aws_encryption_context: Annotated[
+        str, typer.Option("--aws-encryption-context", help="k=v[,k=v...]: the plugin's static encryption context.")
+    ] = "",
     all_revisions: Annotated[
         bool, typer.Option("--all-revisions", help="Judge every stored revision, deleted keys included.")
     ] = False,
@@ -56,11 +69,14 @@ def check(
     3 on a damaged snapshot, 4 when a KMS needed for the verdicts could not be reached.
     """
     policy = parse_fail_on(fail_on)
+    aws_names = parse_aws_kms(aws_kms or [])
     opts = CheckOptions(
         snapshot=str(snapshot),
         configs=config,
         kms=parse_assignments(kms or [], "--kms"),
         keyrings=parse_assignments(keyring or [], "--keyring"),
+        aws_kms=aws_names,
+        aws=_aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if aws_names else None,
         all_revisions=all_revisions,
         resources=resource or (),
         etcd_prefix=etcd_prefix,
@@ -70,8 +86,7 @@ def check(
     if report.snapshot.get("trailer") == "mismatch":
         print("snapshot-tools: warning: the snapshot's SHA-256 trailer does not match its contents", file=sys.stderr)
     if output is OutputFormat.json:
-        json.dump(report.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        write_json(report, sys.stdout)
     else:
         sys.stdout.write(render_check(report))
     if report.kms_unavailable:
@@ -80,6 +95,34 @@ def check(
             file=sys.stderr,
         )
     raise typer.Exit(report.exit_code(policy))
+
+
+def write_json(report: CheckReport, out: TextIO) -> None:
+    """The ``--output json`` document: indented head, one object per line, written in pieces."""
+    for chunk in report.json_chunks():
+        out.write(chunk)
+
+
+def _aws_settings(region: str | None, endpoint_url: str | None, context: str) -> object:
+    """The AWS settings shared by every --aws-kms provider (each gets its own key)."""
+    from kms_plugin import errors as plugin_errors
+    from kms_plugin.keks.awsclient import AwsSettings
+    from kms_plugin.keks.awsformat import parse_encryption_context
+    from snapshot_tools.errors import ConfigError
+
+    try:
+        # Offline there is no apiserver deadline: allow slower answers than the plugin does.
+        return AwsSettings(
+            key=None,
+            region=region,
+            endpoint_url=endpoint_url,
+            encryption_context=parse_encryption_context(context),
+            call_timeout=20.0,
+            read_timeout=10.0,
+            max_attempts=5,
+        )
+    except plugin_errors.Error as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def render_check(report: CheckReport) -> str:
@@ -101,7 +144,7 @@ def render_check(report: CheckReport) -> str:
     if rows:
         lines.append(render_table(["ACTIVE", "KEY TYPE", "NAME", "FINGERPRINT", "CONFIG", "OBJECTS"], rows))
         lines.append("")
-    listed = [o for o in report.objects if o.verdict in _LISTED or o.plaintext]
+    listed = report.objects_where(_LISTED, plaintext=True)
     if listed:
         order = {v: i for i, v in enumerate(_LISTED)}
         listed.sort(key=lambda o: (order.get(o.verdict, 9), o.key, o.revision))
@@ -137,7 +180,7 @@ def _hints(report: CheckReport) -> list[str]:
             "(an older key reused the name, or the values were moved or tampered with)"
         )
     if reasons.get("kms-unavailable"):
-        hints.append("hint: kms-unavailable - start the KMS plugin, or pass --kms NAME=unix:///... / --keyring NAME=FILE")
+        hints.append("hint: kms-unavailable - start the KMS plugin, or pass --kms NAME=unix:///... / --keyring NAME=FILE / --aws-kms NAME[=KEY]")
     if reasons.get("plaintext-rejected"):
         hints.append(
             "hint: plaintext-rejected - stored unencrypted but no config lists identity for the resource; "

@@ -37,7 +37,7 @@ def _client_proc(endpoint: str, method: str, threads: int, duration: float, q: m
     calls = {
         "Status": lambda: client.status(),
         "Encrypt": lambda: client.encrypt(seed),
-        "Decrypt": lambda: client.decrypt(enc.ciphertext, enc.key_id),
+        "Decrypt": lambda: client.decrypt(enc.ciphertext, enc.key_id, enc.annotations),
     }
     fn = calls[method]
     for _ in range(20):

@@ -25,7 +25,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    help="A KMS v2 plugin for kube-apiserver with a local keyring of AES-256 KEKs.",
+    help="A KMS v2 plugin for kube-apiserver: a local keyring of AES-256 KEKs or an AWS KMS key.",
 )
 keyring_app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_show_locals=False, help="Manage keyring files."
@@ -56,7 +56,30 @@ def _mode(text: str) -> int:
 @app.command()
 def serve(
     listen: str = typer.Option(..., help="unix:///path/to/socket or unix:///@abstract-name"),
-    keyring: Path = typer.Option(..., help="Keyring JSON file (mode 0600)."),
+    keyring: Path | None = typer.Option(None, help="Keyring JSON file (mode 0600)."),
+    aws_key_id: str | None = typer.Option(
+        None, help="AWS KMS key: ARN, key id, alias/NAME or alias ARN (instead of --keyring)."
+    ),
+    aws_region: str | None = typer.Option(None, help="AWS region (default: chain, or the ARN's)."),
+    aws_endpoint_url: str | None = typer.Option(None, help="AWS KMS endpoint URL (VPC, tests)."),
+    aws_encryption_context: str = typer.Option(
+        "", help="Static encryption context k=v[,k=v...] for every AWS Encrypt/Decrypt."
+    ),
+    aws_max_qps: float = typer.Option(50.0, help="Client-side limit of AWS calls per second; 0 = none."),
+    aws_max_in_flight: int = typer.Option(8, help="AWS calls in flight at once."),
+    aws_call_timeout: float = typer.Option(
+        2.5, help="Seconds an AWS call may take, retries included (also cut to the gRPC deadline)."
+    ),
+    aws_max_attempts: int = typer.Option(3, help="Attempts per AWS call (botocore standard retries)."),
+    local_kek: bool | None = typer.Option(
+        None,
+        "--local-kek/--no-local-kek",
+        help="Seal seeds under a local KEK wrapped once by the remote KEK (default: on for AWS).",
+    ),
+    local_kek_max_uses: int = typer.Option(1 << 20, help="Rotate the local KEK after this many Encrypts."),
+    local_kek_max_age: float = typer.Option(7 * 86400.0, help="Rotate the local KEK after this many seconds."),
+    local_kek_cache_size: int = typer.Option(128, help="Unwrapped local KEKs kept (LRU)."),
+    probe_interval: float = typer.Option(10.0, help="Seconds between background health probes."),
     health_addr: str = typer.Option(
         "127.0.0.1:8787", help="HOST:PORT for /healthz /readyz /livez /metrics, or 'off'."
     ),
@@ -80,10 +103,37 @@ def serve(
         raise ConfigError("--drain-timeout must not be negative")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"--log-level {log_level!r}: use debug, info, warning or error")
+    if probe_interval <= 0:
+        raise ConfigError("--probe-interval must be positive")
+    aws = None
+    if aws_key_id is not None:
+        if keyring is not None:
+            raise ConfigError("--keyring and --aws-key-id may not be used together")
+        from kms_plugin.keks.awsclient import AwsSettings
+        from kms_plugin.keks.awsformat import parse_encryption_context
+
+        aws = AwsSettings(
+            key=aws_key_id,
+            region=aws_region,
+            endpoint_url=aws_endpoint_url,
+            encryption_context=parse_encryption_context(aws_encryption_context),
+            max_qps=aws_max_qps,
+            max_in_flight=aws_max_in_flight,
+            call_timeout=aws_call_timeout,
+            max_attempts=aws_max_attempts,
+        )
+    elif keyring is None:
+        raise ConfigError("give --keyring FILE or --aws-key-id KEY")
     setup_logging(log_format.value, log_level)
     config = ServeConfig(
         listen=listen,
         keyring=keyring,
+        aws=aws,
+        local_kek=local_kek,
+        local_kek_max_uses=local_kek_max_uses,
+        local_kek_max_age=local_kek_max_age,
+        local_kek_cache_size=local_kek_cache_size,
+        probe_interval=probe_interval,
         health_addr=health_addr,
         socket_mode=_mode(socket_mode),
         enable_v1=enable_v1,

@@ -1,8 +1,10 @@
 """Health of the plugin: a cached background round-trip probe and the HTTP endpoints.
 
 ``/livez`` fails only on problems a restart could fix (a broken round-trip with a healthy
-keyring); user-caused ones (a bad keyring file, a disabled key) fail ``/healthz`` and
-``/readyz`` only, so the control plane is not restarted for them. ``/readyz`` also fails while
+keyring, a remote KMS failing for transient reasons); user-caused ones (a bad keyring file, a
+disabled key, denied access) and throttling fail ``/healthz`` and ``/readyz`` only, so the
+control plane is not restarted for them. A backend with its own ``probe()`` (a remote KMS) is
+probed through it: the probe, not the request path, talks to the remote. ``/readyz`` also fails while
 the server drains. Request paths never wait on a probe: they read the cached result.
 
 References: aws-encryption-provider ``pkg/plugin/shared_health_check.go``; STYLE.md item 10.
@@ -23,6 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from kms_plugin.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from kms_plugin.keks.base import KEKBackend
     from kms_plugin.metrics import PluginMetrics
 
@@ -39,15 +43,25 @@ class Probe:
 class HealthMonitor:
     """Runs an Encrypt+Decrypt round trip through the backend every ``interval`` seconds."""
 
-    def __init__(self, backend: KEKBackend, interval: float = 10.0) -> None:
+    def __init__(
+        self,
+        backend: KEKBackend,
+        interval: float = 10.0,
+        on_probe: Callable[[Probe], None] | None = None,
+    ) -> None:
         self.backend = backend
         self.interval = interval
+        self.on_probe = on_probe
         self.last_probe = Probe(True, "ok", 0.0)
         self.draining = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def probe(self) -> Probe:
+        remote_probe = getattr(self.backend, "probe", None)
+        if callable(remote_probe):
+            st = remote_probe()  # caches its verdict in the backend's status(); never raises
+            return self._record(Probe(st.healthy, st.reason, time.time()))
         seed = os.urandom(32)
         try:
             ciphertext, key_id, annotations = self.backend.wrap(seed)
@@ -55,9 +69,14 @@ class HealthMonitor:
             result = Probe(ok, "ok" if ok else "round-trip returned a different value", time.time())
         except Exception as exc:  # noqa: BLE001 - any failure is a health fact
             result = Probe(False, f"round-trip failed: {type(exc).__name__}: {exc}", time.time())
+        return self._record(result)
+
+    def _record(self, result: Probe) -> Probe:
         if result.ok != self.last_probe.ok:
             log.log(logging.INFO if result.ok else logging.WARNING, "health probe: %s", result.reason)
         self.last_probe = result
+        if self.on_probe is not None:
+            self.on_probe(result)
         return result
 
     def start(self) -> None:
@@ -80,6 +99,8 @@ class HealthMonitor:
         probe = self.last_probe
         if kind == "livez":
             # Only failures not explained by user-caused backend problems warrant a restart.
+            if not st.healthy and not st.user_caused:
+                return False, st.reason
             if not probe.ok and st.healthy:
                 return False, probe.reason
             return True, "ok"

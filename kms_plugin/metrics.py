@@ -64,6 +64,12 @@ class PluginMetrics:
         self.keks = Gauge(
             "kms_plugin_keyring_keks", "KEKs in the keyring by state.", ["state"], registry=r
         )
+        self.remote_calls = Counter(
+            "kms_plugin_remote_calls_total",
+            "Calls to a remote KMS (AWS) by operation and outcome; probes included.",
+            ["operation", "outcome"],
+            registry=r,
+        )
         self.healthy = Gauge(
             "kms_plugin_healthy", "1 when Status reports healthz ok, else 0.", registry=r
         )
@@ -85,13 +91,20 @@ class PluginMetrics:
         if err is not None:
             err.inc()
 
-    def set_keyring(self, keyring: Keyring) -> None:
-        labels = (keyring.active_key_id, keyring.active.id)
+    def remote_call(self, operation: str, outcome: str) -> None:
+        self.remote_calls.labels(operation, outcome).inc()
+
+    def set_key_id(self, key_id: str, kek_id: str) -> None:
+        """Point ``kms_plugin_key_id_info`` at the current key_id (a remote key: kek_id ``aws``)."""
+        labels = (key_id, kek_id)
         if labels != self._info_labels:
             if self._info_labels is not None:
                 self.key_id_info.remove(*self._info_labels)
             self.key_id_info.labels(*labels).set(1)
             self._info_labels = labels
+
+    def set_keyring(self, keyring: Keyring) -> None:
+        self.set_key_id(keyring.active_key_id, keyring.active.id)
         self._active_created = keyring.active.created.timestamp()
         for state in ("active", "decrypt-only"):
             self.keks.labels(state).set(sum(1 for k in keyring.keks if k.state == state))

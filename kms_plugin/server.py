@@ -25,13 +25,14 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from kms_plugin.endpoint import UnixEndpoint, parse_unix_endpoint
 from kms_plugin.errors import ConfigError
 from kms_plugin.health import HealthMonitor, HealthServer, parse_health_addr
+from kms_plugin.keks.hierarchy import DEFAULT_CACHE_SIZE, DEFAULT_MAX_AGE, DEFAULT_MAX_USES
 from kms_plugin.keks.local import LocalKeyringBackend
 from kms_plugin.metrics import PluginMetrics
 from kms_plugin.proto import kms_v1beta1_pb2_grpc, kms_v2_pb2_grpc
@@ -42,6 +43,12 @@ from kms_plugin.service import (
     V2Servicer,
     check_annotation_domain,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kms_plugin.keks.awsclient import AwsSettings
+    from kms_plugin.keks.base import KEKBackend
 
 log = logging.getLogger("kms_plugin.server")
 
@@ -59,7 +66,12 @@ class ServeConfig:
     """Everything ``serve`` needs, built and validated by the CLI."""
 
     listen: str
-    keyring: Path
+    keyring: Path | None = None  # exactly one of keyring and aws
+    aws: AwsSettings | None = None
+    local_kek: bool | None = None  # None: on for a remote KMS (aws), off for a keyring
+    local_kek_max_uses: int = DEFAULT_MAX_USES
+    local_kek_max_age: float = DEFAULT_MAX_AGE
+    local_kek_cache_size: int = DEFAULT_CACHE_SIZE
     health_addr: str = DEFAULT_HEALTH_ADDR
     socket_mode: int = 0o600
     enable_v1: bool = False
@@ -111,6 +123,50 @@ def _listening(address: str) -> bool:
         return True
 
 
+def build_backend(
+    config: ServeConfig,
+    domain: str,
+    metrics: PluginMetrics,
+    on_reload: Callable[[str, Any, str], None] | None = None,
+) -> tuple[KEKBackend, KEKBackend]:
+    """The backend serving KMS v2 and the one serving v1 (the remote, never a local KEK).
+
+    Raises:
+        ConfigError: conflicting flags, or a key AWS says does not exist or cannot encrypt.
+    """
+    if (config.keyring is None) == (config.aws is None):
+        raise ConfigError("give exactly one of --keyring and --aws-key-id")
+    remote: Any
+    if config.aws is not None:
+        from kms_plugin.keks.aws import AwsKmsBackend
+        from kms_plugin.keks.awsclient import AwsKms
+
+        if config.flavour != "sync":
+            raise ConfigError("--server-flavour aio serves the local keyring only")
+        remote = AwsKmsBackend(AwsKms(config.aws, on_call=metrics.remote_call))
+        remote.start()
+    else:
+        assert config.keyring is not None
+        remote = LocalKeyringBackend(config.keyring, on_reload=on_reload)
+        metrics.set_keyring(remote.keyring)
+    local_kek = config.local_kek if config.local_kek is not None else config.aws is not None
+    if not local_kek:
+        return remote, remote
+    from kms_plugin.keks.hierarchy import LocalKekHierarchy
+
+    try:
+        hierarchy = LocalKekHierarchy(
+            remote,
+            domain,
+            max_uses=config.local_kek_max_uses,
+            max_age=config.local_kek_max_age,
+            cache_size=config.local_kek_cache_size,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--local-kek-*: {exc}") from None
+    return hierarchy, remote
+
+
 class PluginServer:
     """One plugin instance: backend, service, gRPC server on the socket, health HTTP server."""
 
@@ -122,10 +178,13 @@ class PluginServer:
         self.metrics = PluginMetrics()
         domain = check_annotation_domain(config.annotation_domain)
         health_addr = parse_health_addr(config.health_addr)
-        self.backend = LocalKeyringBackend(config.keyring, on_reload=self._reloaded)
-        self.metrics.set_keyring(self.backend.keyring)
-        self.monitor = HealthMonitor(self.backend, interval=config.probe_interval)
-        self.service = KMSService(self.backend, self.metrics, self.monitor, domain)
+        self.backend, v1_backend = build_backend(config, domain, self.metrics, self._reloaded)
+        self.monitor = HealthMonitor(
+            self.backend,
+            interval=config.probe_interval,
+            on_probe=None if config.aws is None else self._probed,
+        )
+        self.service = KMSService(self.backend, self.metrics, self.monitor, domain, v1_backend)
         self.service.debug_delay = config.debug_call_delay
         self.health: HealthServer | None = None
         if health_addr is not None:
@@ -134,6 +193,11 @@ class PluginServer:
         self._server: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+
+    def _probed(self, _probe: Any) -> None:  # noqa: ANN401
+        key_id = self.backend.status().key_id
+        if key_id:
+            self.metrics.set_key_id(key_id, "aws")
 
     def _reloaded(self, result: str, keyring: Any, _reason: str) -> None:  # noqa: ANN401
         self.metrics.reloads.labels(result).inc()
@@ -145,8 +209,12 @@ class PluginServer:
     def start(self) -> None:
         prepare_socket(self.endpoint)
         if self.config.flavour == "sync":
+            # Calls waiting on a remote KMS must not starve Status of threads.
+            workers = self.config.max_workers + (
+                self.config.aws.max_in_flight if self.config.aws is not None else 0
+            )
             self._server = grpc.server(
-                futures.ThreadPoolExecutor(self.config.max_workers, thread_name_prefix="kms-rpc"),
+                futures.ThreadPoolExecutor(workers, thread_name_prefix="kms-rpc"),
                 options=_SERVER_OPTIONS,
             )
             kms_v2_pb2_grpc.add_KeyManagementServiceServicer_to_server(
@@ -164,12 +232,12 @@ class PluginServer:
         if self.health is not None:
             self.health.start()
         log.info(
-            "serving KMS v2%s on %s (%s server), key_id %s, %d KEK(s)%s",
+            "serving KMS v2%s on %s (%s server), backend %s, key_id %s%s",
             " and v1beta1" if self.config.enable_v1 else "",
             self.endpoint.display,
             self.config.flavour,
-            self.backend.keyring.active_key_id,
-            len(self.backend.keyring.keks),
+            self.backend.name,
+            self.backend.status().key_id or "-",
             f"; health on http://{self.health.host}:{self.health.port}" if self.health else "",
         )
 
@@ -237,6 +305,9 @@ class PluginServer:
         self.monitor.stop()
         if self.health is not None:
             self.health.stop()
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
         self._remove_socket()
 
     def _remove_socket(self) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from kms_plugin import __version__
+from kms_plugin import __version__, deadline
 from kms_plugin.errors import (
     BackendError,
     BackendThrottled,
@@ -99,8 +99,11 @@ class KMSService:
         metrics: PluginMetrics,
         health: HealthMonitor | None = None,
         annotation_domain: str = DEFAULT_ANNOTATION_DOMAIN,
+        v1_backend: KEKBackend | None = None,
     ) -> None:
         self.backend = backend
+        # KMS v1 has no annotations, so it cannot carry a local KEK: it uses the remote directly.
+        self.v1_backend = v1_backend or backend
         self.metrics = metrics
         self.health = health
         self.domain = check_annotation_domain(annotation_domain)
@@ -150,21 +153,21 @@ class KMSService:
 
     def v1_encrypt(self, request: kms_v1beta1_pb2.EncryptRequest) -> kms_v1beta1_pb2.EncryptResponse:
         self._v1_check(request.version)
-        wrapped = self.backend.wrap(self._plaintext(request.plain))
+        wrapped = self.v1_backend.wrap(self._plaintext(request.plain, self.v1_backend))
         return kms_v1beta1_pb2.EncryptResponse(cipher=wrapped.ciphertext)
 
     def v1_decrypt(self, request: kms_v1beta1_pb2.DecryptRequest) -> kms_v1beta1_pb2.DecryptResponse:
         self._v1_check(request.version)
         ciphertext = self._ciphertext(request.cipher)
         # v1 carries no key_id: the header routes to any KEK the keyring still holds.
-        return kms_v1beta1_pb2.DecryptResponse(plain=self.backend.unwrap(ciphertext, None, {}))
+        return kms_v1beta1_pb2.DecryptResponse(plain=self.v1_backend.unwrap(ciphertext, None, {}))
 
     # -- checks --------------------------------------------------------------------------
 
-    def _plaintext(self, plaintext: bytes) -> bytes:
+    def _plaintext(self, plaintext: bytes, backend: KEKBackend | None = None) -> bytes:
         if not plaintext:
             raise ValueError("plaintext is empty")
-        limit = self.backend.max_plaintext()
+        limit = (backend or self.backend).max_plaintext()
         if len(plaintext) > limit:
             raise ValueError(f"plaintext is {len(plaintext)} bytes; at most {limit} are accepted")
         return plaintext
@@ -232,10 +235,14 @@ Handler = Any  # a (request, context) -> response callable the generated stubs r
 
 def _sync_handler(service: KMSService, api: str, method: str, fn: Callable[[Any], Any]) -> Handler:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:  # noqa: ANN401
+        # Remote backends bound their calls by the caller's deadline (kms_plugin.deadline).
+        token = deadline.set_remaining(context.time_remaining())
         try:
             return service.run(api, method, fn, request)
         except RpcFailure as f:
             context.abort(f.code, f.message)
+        finally:
+            deadline.reset(token)
 
     return handler
 

@@ -17,7 +17,7 @@ References: ``kmsv2/envelope.go`` (``generateCacheKey``: cache by the full DEK s
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from kms_plugin import errors as plugin_errors
 from snapshot_tools.errors import ConfigError, Error, InvalidCiphertext, KMSUnavailable
@@ -29,6 +29,14 @@ if TYPE_CHECKING:
     from kms_plugin.client import KMSv1Client, KMSv2Client
 
 DEFAULT_MAX_CONCURRENCY = 8
+
+
+class Wrapped(NamedTuple):
+    """A data key (seed) wrapped by a KMS, with what the KMS v2 EncryptedObject must carry."""
+
+    ciphertext: bytes
+    key_id: str
+    annotations: dict[str, bytes]
 
 
 class Unwrapper(Protocol):
@@ -113,6 +121,13 @@ class CachingUnwrapper:
         if owner:
             self._fill(entry, lambda: (self.inner.current_key_id() or "").encode(), count=False)
         return self._result(entry).decode() or None
+
+    def wrap_v2(self, plaintext: bytes) -> Wrapped:
+        """Wrap a new seed through ``inner`` (not cached: a rewrite wraps one fresh seed)."""
+        wrap = getattr(self.inner, "wrap_v2", None)
+        if wrap is None:
+            raise KMSUnavailable(f"{self.inner!r} cannot wrap data keys")
+        return wrap(plaintext)
 
     def close(self) -> None:
         close = getattr(self.inner, "close", None)
@@ -230,6 +245,22 @@ class PluginUnwrapper:
         with _mapped_errors(self.endpoint):
             return client.decrypt(ciphertext)  # type: ignore[call-arg]
 
+    def wrap_v2(self, plaintext: bytes) -> Wrapped:
+        """Encrypt a seed as the apiserver does: Status, then Encrypt; both key_ids must agree."""
+        if self.api_version != "v2":
+            raise self._wrong_version("v2")
+        client = self._get_client()
+        with _mapped_errors(self.endpoint):
+            status = client.status()  # type: ignore[union-attr]
+            result = client.encrypt(plaintext)  # type: ignore[union-attr]
+        if status.healthz != "ok":
+            raise KMSUnavailable(f"KMS plugin at {self.endpoint} is not healthy: {status.healthz}")
+        if result.key_id != status.key_id:
+            raise KMSUnavailable(
+                f"KMS plugin at {self.endpoint}: Encrypt key_id differs from Status key_id"
+            )
+        return Wrapped(result.ciphertext, result.key_id, dict(result.annotations))
+
     def current_key_id(self) -> str | None:
         """The Status ``key_id`` (v2); ``None`` for v1, an empty key_id or a plugin error."""
         if self.api_version != "v2":
@@ -312,8 +343,65 @@ class KeyringUnwrapper:
     def current_key_id(self) -> str | None:
         return self.keyring.active_key_id
 
+    def wrap_v2(self, plaintext: bytes) -> Wrapped:
+        wrapped = self.keyring.wrap(plaintext)
+        return Wrapped(wrapped.ciphertext, wrapped.key_id, dict(wrapped.annotations))
+
     def close(self) -> None:
         """Nothing to release; here for symmetry with :class:`PluginUnwrapper`."""
 
     def __repr__(self) -> str:
         return f"KeyringUnwrapper({self.path!r})"
+
+
+class AwsKmsUnwrapper:
+    """Unwrap offline straight from AWS KMS, without a plugin: every format ``kms-plugin`` reads.
+
+    Our plain format (``"ka"`` + CiphertextBlob), the local-KEK format (``"kh"`` with the wrapped
+    local KEK in an ``encrypted-local-kek.*`` annotation; each local KEK is unwrapped once) and
+    aws-encryption-provider's (``"1"`` + CiphertextBlob). With a key (``NAME=ARN|alias``) the
+    current key_id is computed exactly as the plugin's Status computes it, and values wrapped by
+    other keys are refused; without one any key AWS decrypts with is accepted and every value
+    is stale (no current key_id).
+
+    Raises:
+        ConfigError: bad AWS settings (no region, bad endpoint URL).
+    """
+
+    def __init__(self, settings: object) -> None:
+        from kms_plugin.keks.aws import AwsKmsBackend
+        from kms_plugin.keks.awsclient import AwsKms
+        from kms_plugin.keks.hierarchy import LocalKekHierarchy
+
+        try:
+            self.backend = AwsKmsBackend(AwsKms(settings))  # type: ignore[arg-type]
+        except plugin_errors.Error as exc:
+            raise ConfigError(f"--aws-kms: {exc}") from None
+        self.key = self.backend.key
+        self.reader = LocalKekHierarchy(self.backend, None)
+
+    def _call(self, fn: Callable[[], bytes]) -> bytes:
+        try:
+            return fn()
+        except (plugin_errors.InvalidCiphertext, plugin_errors.UnknownKeyId) as exc:
+            raise InvalidCiphertext(f"AWS KMS cannot unwrap this data key: {exc}") from None
+        except plugin_errors.Error as exc:
+            # Unreachable, throttled, disabled key, no permission: no verdict possible.
+            raise KMSUnavailable(str(exc)) from None
+
+    def unwrap_v2(self, ciphertext: bytes, key_id: str, annotations: Mapping[str, bytes]) -> bytes:
+        return self._call(lambda: self.reader.unwrap(ciphertext, key_id, dict(annotations)))
+
+    def unwrap_v1(self, ciphertext: bytes) -> bytes:
+        return self._call(lambda: self.backend.unwrap(ciphertext, None, {}))
+
+    def current_key_id(self) -> str | None:
+        if self.key is None:
+            return None
+        return self._call(lambda: (self.backend.current_key_id() or "").encode()).decode() or None
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __repr__(self) -> str:
+        return f"AwsKmsUnwrapper(key={self.key!r})"

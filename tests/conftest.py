@@ -50,3 +50,8 @@ def etcd_server(etcd_bins: EtcdBinaries) -> Iterator[EtcdServer]:
     """A fresh etcd on 127.0.0.1 (free ports, temp data dir), removed after the test."""
     with EtcdServer(bins=etcd_bins) as server:
         yield server
+
+
+# --- AWS KMS on a moto server (tests/moto_support.py) -------------------------------------
+
+from tests.moto_support import moto_kms, proxy  # noqa: E402, F401 - fixtures

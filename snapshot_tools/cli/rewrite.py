@@ -12,6 +12,7 @@ import typer
 from snapshot_tools.check import parse_assignments
 from snapshot_tools.cli import app
 from snapshot_tools.cli.output import OutputFormat, render_table
+from snapshot_tools.errors import Error
 from snapshot_tools.reencrypt import RewriteOptions, RewriteSummary, run_rewrite
 
 SnapshotArg = Annotated[Path, typer.Argument(help="etcd snapshot file to read (never modified).")]
@@ -122,8 +123,18 @@ def decrypt(
     )
 
 
+class Interrupted(Error):
+    """SIGINT during a rewrite: the temporary file is gone and nothing is at OUT."""
+
+    exit_code = 130
+
+
 def _run(opts: RewriteOptions, fmt: OutputFormat) -> None:
-    summary = run_rewrite(opts)
+    try:
+        summary = run_rewrite(opts)
+    except KeyboardInterrupt:
+        # Typer would turn it into a silent exit 130; say what it means for the output.
+        raise Interrupted(f"interrupted; nothing was written to {opts.output}") from None
     if summary.decrypted_uncovered:
         print(
             f"snapshot-tools: warning: {len(summary.decrypted_uncovered)} encrypted values of resources the new "

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path  # noqa: TC003 - Typer reads the annotation at run time
 from typing import Annotated, TextIO
 
 import typer
 
 from snapshot_tools.check import CheckOptions, parse_assignments, parse_aws_kms, run_check
 from snapshot_tools.cli import app
+from snapshot_tools.cli.options import ConfigOpt, KeyringOpt, KmsOpt, PrefixOpt, SnapshotArg
 from snapshot_tools.cli.output import OutputFormat, progress_reporter, render_table
 from snapshot_tools.report import DEFAULT_FAIL_ON, CheckReport, parse_fail_on
 
@@ -18,23 +18,10 @@ _LISTED = ("unreadable", "retired", "stale")
 
 @app.command()
 def check(
-    snapshot: Annotated[Path, typer.Argument(help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy.")],
-    config: Annotated[
-        list[str],
-        typer.Option(
-            "--config",
-            "-c",
-            help="EncryptionConfiguration file or directory; repeat for history. The first is the current one.",
-        ),
-    ],
-    kms: Annotated[
-        list[str] | None,
-        typer.Option("--kms", help="NAME=unix:///path.sock: reach KMS provider NAME through this plugin socket."),
-    ] = None,
-    keyring: Annotated[
-        list[str] | None,
-        typer.Option("--keyring", help="NAME=FILE: unwrap KMS provider NAME's data keys from a kms-plugin keyring file."),
-    ] = None,
+    snapshot: SnapshotArg,
+    config: ConfigOpt,
+    kms: KmsOpt = None,
+    keyring: KeyringOpt = None,
     aws_kms: Annotated[
         list[str] | None,
         typer.Option(
@@ -56,7 +43,7 @@ def check(
         list[str] | None,
         typer.Option("--resource", "-r", help="Only this resource (secrets, configmaps, deployments.apps, ...); repeatable."),
     ] = None,
-    etcd_prefix: Annotated[str, typer.Option("--etcd-prefix", help="kube-apiserver --etcd-prefix.")] = "/registry",
+    etcd_prefix: PrefixOpt = "/registry",
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="table or json.")] = OutputFormat.table,
     fail_on: Annotated[
         str,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import enum
 import sys
-from pathlib import Path  # noqa: TC003 - Typer reads the annotation at run time
 from typing import Annotated
 
 import typer
 
 from snapshot_tools.check import parse_assignments
 from snapshot_tools.cli import app
+from snapshot_tools.cli.options import ConfigOpt, KeyringOpt, KmsOpt, PrefixOpt, SnapshotArg
 from snapshot_tools.extract import RAW_ANNOTATION, ExtractOptions, ExtractResult, render_json, render_yaml, run_extract
 
 _PROG = "snapshot-tools"
@@ -25,23 +25,10 @@ class ManifestFormat(str, enum.Enum):
 
 @app.command()
 def extract(
-    snapshot: Annotated[Path, typer.Argument(help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy.")],
-    config: Annotated[
-        list[str],
-        typer.Option(
-            "--config",
-            "-c",
-            help="EncryptionConfiguration file or directory; repeat for history. The first is the current one.",
-        ),
-    ],
-    kms: Annotated[
-        list[str] | None,
-        typer.Option("--kms", help="NAME=unix:///path.sock: reach KMS provider NAME through this plugin socket."),
-    ] = None,
-    keyring: Annotated[
-        list[str] | None,
-        typer.Option("--keyring", help="NAME=FILE: unwrap KMS provider NAME's data keys from a kms-plugin keyring file."),
-    ] = None,
+    snapshot: SnapshotArg,
+    config: ConfigOpt,
+    kms: KmsOpt = None,
+    keyring: KeyringOpt = None,
     resource: Annotated[
         list[str] | None,
         typer.Option("--resource", "-r", help="Resource to extract (secrets, configmaps, deployments.apps, ...); repeatable. Default: secrets."),
@@ -60,7 +47,7 @@ def extract(
     show_managed_fields: Annotated[
         bool, typer.Option("--show-managed-fields", help="Keep metadata.managedFields (dropped by default, as kubectl does).")
     ] = False,
-    etcd_prefix: Annotated[str, typer.Option("--etcd-prefix", help="kube-apiserver --etcd-prefix.")] = "/registry",
+    etcd_prefix: PrefixOpt = "/registry",
 ) -> None:
     """Decrypt and decode objects into one v1 List on stdout (Secret values included).
 

@@ -11,32 +11,19 @@ import typer
 
 from snapshot_tools.check import parse_assignments
 from snapshot_tools.cli import app
+from snapshot_tools.cli.options import ConfigOpt, KeyringOpt, KmsOpt, PrefixOpt, SnapshotArg
 from snapshot_tools.cli.output import OutputFormat, render_table
 from snapshot_tools.errors import Error
 from snapshot_tools.reencrypt import RewriteOptions, RewriteSummary, run_rewrite
 
-SnapshotArg = Annotated[Path, typer.Argument(help="etcd snapshot file to read (never modified).")]
-ConfigOpt = Annotated[
-    list[str],
-    typer.Option("--config", "-c", help="EncryptionConfiguration file or directory that can read the values; repeatable."),
-]
 OutOpt = Annotated[Path, typer.Option("--output-file", "-o", help="Where to write the new snapshot (mode 0600).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
 LatestOpt = Annotated[
     bool, typer.Option("--latest-only", help="Rewrite only the newest revision of each key; history keeps the old forms.")
 ]
-KmsOpt = Annotated[
-    list[str] | None,
-    typer.Option("--kms", help="NAME=unix:///path.sock: KMS provider NAME through this plugin socket (read and wrap)."),
-]
-KeyringOpt = Annotated[
-    list[str] | None,
-    typer.Option("--keyring", help="NAME=FILE: KMS provider NAME from a kms-plugin keyring file (read and wrap)."),
-]
 SkipOpt = Annotated[
     bool, typer.Option("--skip-unreadable", help="Copy values nothing can read unchanged (and list them) instead of stopping.")
 ]
-PrefixOpt = Annotated[str, typer.Option("--etcd-prefix", help="kube-apiserver --etcd-prefix.")]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="Summary as table or json.")]
 
 

@@ -35,7 +35,9 @@ class SnapshotStatus:
     ``resources`` maps a resource label (``/registry/secrets``) to its live key count.
     ``storage_forms`` lists ``{resource, form, name, count}`` for live values under the prefix:
     ``form`` from :func:`snapshot_tools.forms.storage_form`, ``name`` the key or KMS provider
-    name (``None`` for identity).
+    name (``None`` for identity). ``free_pages`` counts pages below the high-water mark that no
+    bucket reaches: etcd copies them into snapshots as they are, so they can still hold old
+    values (deleted or overwritten Secrets, old ciphertexts); a rewrite does not copy them.
     """
 
     path: str
@@ -47,6 +49,7 @@ class SnapshotStatus:
     total_size: int
     hash: int
     etcd_prefix: str
+    free_pages: int = 0
     resources: dict[str, int] = field(default_factory=dict)
     storage_forms: list[dict[str, Any]] = field(default_factory=list)
 
@@ -109,6 +112,7 @@ def snapshot_status(path: str | os.PathLike[str], etcd_prefix: str = "/registry"
     key_prefix = prefix.rstrip("/").encode() + b"/"
     with Snapshot.open(path) as snap:
         crc, revision, total = etcdutl_figures(snap.db)
+        pages = snap.db.page_map()
         resources: Counter[str] = Counter()
         forms: Counter[tuple[str, str, str | None]] = Counter()
         for record in snap.latest(key_prefix):
@@ -125,6 +129,7 @@ def snapshot_status(path: str | os.PathLike[str], etcd_prefix: str = "/registry"
             total_size=snap.total_size,
             hash=crc,
             etcd_prefix=prefix,
+            free_pages=len(pages.free) + len(pages.unreachable),
             resources=dict(sorted(resources.items())),
             storage_forms=[
                 {"resource": r, "form": f, "name": n, "count": c}

@@ -239,3 +239,21 @@ def test_input_not_modified_and_opened_read_only(tmp_path: Path) -> None:
     snapshot_status(path)
     assert _sha256(path) == before
     assert path.stat().st_mtime_ns == mtime
+
+
+def test_free_pages_reported_and_dropped_by_a_rewrite(tmp_path: Path) -> None:
+    """etcd copies free pages into snapshots; status counts them, a rebuilt file has none."""
+    from snapshot_tools.rewrite import copy_snapshot
+    from snapshot_tools.snapshot import Snapshot
+    from snapshot_tools.status import snapshot_status
+
+    src = FIXTURES / "b-aescbc" / "etcd-snapshot.db"
+    before = snapshot_status(src)
+    with Snapshot.open(src) as snap:
+        pages = snap.db.page_map()
+        copy_snapshot(snap, tmp_path / "out.db")
+    assert before.free_pages == len(pages.free) + len(pages.unreachable) > 0
+    assert pages.reachable + before.free_pages + 2 >= snap.db.hwm  # every page accounted for
+    after = snapshot_status(tmp_path / "out.db")
+    assert after.free_pages == 0
+    assert (after.hash, after.revision, after.total_keys) == (before.hash, before.revision, before.total_keys)

@@ -60,6 +60,11 @@ def _render(s: SnapshotStatus) -> str:
         ("revision", str(s.revision)),
         ("total keys", str(s.total_keys)),
         ("total size", f"{s.total_size} bytes"),
+        (
+            "free pages",
+            f"{s.free_pages} ({s.free_pages * s.page_size} bytes)"
+            + ("; they can still hold old values - a rewrite does not copy them" if s.free_pages else ""),
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]

@@ -5,7 +5,10 @@ again the way a kube-apiserver started with the new config would write it: its f
 for the resource, that provider's first key, the etcd key as AAD where the format has one. KMS
 v2 output uses one fresh seed per run, wrapped once (like an apiserver process). The output is a
 rebuilt snapshot (:func:`snapshot_tools.rewrite.copy_snapshot`): never the input, written beside
-OUT, verified by decrypting every rewritten record with the target alone, then renamed.
+OUT, verified, then renamed. Verification decrypts every rewritten record with exactly the
+target's key (for KMS v2: this run's seed, once confirmed to be what the KMS unwraps the stored
+DEK source to) and compares a checksum of the plaintext with what was written; unchanged
+records are compared byte for byte by the copy.
 
 References: ``transformer.go`` (the first provider/key writes), ``kmsv2/envelope.go``
 (``TransformToStorage``: one seed per state, ``EncryptedObject`` template), spec sections 1.4, 6.5.
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING
 import google_crc32c
 
 from snapshot_tools.check import build_unwrappers
-from snapshot_tools.errors import Error, KMSUnavailable, UsageError
+from snapshot_tools.errors import Error, InvalidCiphertext, KMSUnavailable, MalformedValue, UsageError
 from snapshot_tools.forms import ENCRYPTED_PREFIX
 from snapshot_tools.keysets import load_keyset
 from snapshot_tools.providers import aescbc, aesgcm, kms_prefix, kmsv2, secretbox, static_prefix
@@ -107,12 +110,28 @@ class RewriteSummary:
 
 
 class _Writer:
-    """Writes plaintext the way the target config's write provider does."""
+    """Writes plaintext the way the target config's write provider does, and reads it back.
+
+    ``read`` is the verification: the plaintext of a value this writer wrote, decrypted with
+    exactly the target's key (or ``None``). Knowing the key, it needs no candidate search and
+    no Kubernetes-object sniff (that only tells a wrong aescbc key from the right one); the
+    caller compares a checksum of the result with the plaintext that was written.
+    """
 
     label = IDENTITY
 
+    def __init__(self, strict: bool = True) -> None:
+        # strict: a restored apiserver with the target config would try to decrypt a value
+        # that looks encrypted (decrypt has no such reader: the output is just plaintext).
+        self.strict = strict
+
     def write(self, plaintext: bytes, etcd_key: bytes) -> bytes:
         return plaintext
+
+    def read(self, value: bytes, etcd_key: bytes) -> bytes | None:
+        if self.strict and value.startswith(ENCRYPTED_PREFIX):
+            return None
+        return value
 
 
 class _StaticWriter(_Writer):
@@ -129,29 +148,103 @@ class _StaticWriter(_Writer):
             return self.prefix + aesgcm.encrypt(self.key.secret, plaintext, etcd_key)
         return self.prefix + secretbox.encrypt(self.key.secret, plaintext)
 
+    def read(self, value: bytes, etcd_key: bytes) -> bytes | None:
+        prefix = self.prefix
+        if not value.startswith(prefix):
+            return None
+        body = memoryview(value)[len(prefix) :]  # no copy of the body
+        try:
+            if self.form == "aescbc":
+                return aescbc.decrypt(self.key.secret, body)
+            if self.form == "aesgcm":
+                return aesgcm.decrypt(self.key.secret, body, etcd_key)
+            return secretbox.decrypt(self.key.secret, bytes(body))
+        except (InvalidCiphertext, MalformedValue):
+            return None
+
 
 class _KMSv2Writer(_Writer):
-    """One fresh seed per run, wrapped once, shared by every object (as an apiserver does)."""
+    """One fresh seed per run, wrapped once, shared by every object (as an apiserver does).
+
+    Every object of the run shares the EncryptedObject's other fields (keyID, the wrapped
+    seed, annotations, type), so they are marshalled once: a value is ``prefix || field 1
+    (encryptedData) || tail``, exactly what Go's deterministic marshal (fields in number order)
+    and :func:`kmsv2.serialize` write.
+    """
 
     def __init__(self, name: str, unwrapper: Unwrapper) -> None:
         self.seed = os.urandom(32)
         wrap = getattr(unwrapper, "wrap_v2", None)
         if wrap is None:
             raise UsageError(f"KMS provider {name!r} cannot wrap a new data key here")
-        self.wrapped = wrap(self.seed)
+        self.wrapped = w = wrap(self.seed)
         self.prefix = kms_prefix("v2", name)
         self.label = f"kms-v2/{name}"
+        self.unwrapper = unwrapper
+        self._unwraps: bool | None = None
+        # Field 1 (tag 0x0a) of a one-byte placeholder, then the shared fields; validated here.
+        one = kmsv2.serialize(
+            kmsv2.EncryptedObject(
+                encrypted_data=b"\x00",
+                key_id=w.key_id,
+                encrypted_dek_source=w.ciphertext,
+                annotations=dict(w.annotations or {}),
+                dek_source_type=kmsv2.HKDF_SHA256_XNONCE_AES_GCM_SEED,
+            )
+        )
+        assert one.startswith(b"\x0a\x01\x00")
+        self.tail = one[3:]
 
     def write(self, plaintext: bytes, etcd_key: bytes) -> bytes:
-        w = self.wrapped
-        return self.prefix + kmsv2.encrypt(
-            self.seed,
-            plaintext,
-            etcd_key,
-            encrypted_dek_source=w.ciphertext,
-            key_id=w.key_id,
-            annotations=w.annotations or None,
-        )
+        data = kmsv2.encrypt_data(self.seed, plaintext, etcd_key)
+        return b"".join((self.prefix, b"\x0a", _varint(len(data)), data, self.tail))
+
+    def read(self, value: bytes, etcd_key: bytes) -> bytes | None:
+        """The plaintext if ``value`` is byte for byte an object of this run (this prefix, the
+        shared fields) and its data decrypts with the seed; the KMS must also unwrap the stored
+        DEK source to that seed (asked once)."""
+        if self._unwraps is None:
+            w = self.wrapped
+            try:
+                self._unwraps = self.unwrapper.unwrap_v2(w.ciphertext, w.key_id, w.annotations or {}) == self.seed
+            except Error:
+                self._unwraps = False
+        prefix, tail = self.prefix, self.tail
+        if not self._unwraps or not value.startswith(prefix) or not value.endswith(tail):
+            return None
+        start = len(prefix) + 1
+        if value[start - 1 : start] != b"\x0a":
+            return None
+        n, at = _read_varint(value, start)
+        if at < 0 or at + n + len(tail) != len(value):
+            return None
+        try:
+            return kmsv2.decrypt_data(
+                kmsv2.HKDF_SHA256_XNONCE_AES_GCM_SEED, self.seed, memoryview(value)[at : at + n], etcd_key
+            )
+        except (InvalidCiphertext, MalformedValue):
+            return None
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """``(value, position after it)``; ``(0, -1)`` when truncated or longer than 10 bytes."""
+    result = shift = 0
+    for i in range(pos, min(len(data), pos + 10)):
+        b = data[i]
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, i + 1
+        shift += 7
+    return 0, -1
 
 
 class _Target:
@@ -160,7 +253,7 @@ class _Target:
     def __init__(self, config: EncryptionConfig | None, unwrappers: dict[str, Unwrapper]) -> None:
         self.config = config
         self.unwrappers = unwrappers
-        self.identity = _Writer()
+        self.identity = _Writer(strict=config is not None)
         self._by_gr: dict[tuple[str, str] | None, _Writer | None] = {}
         self._kms: dict[str, _Writer] = {}
 
@@ -291,10 +384,10 @@ def _rewrite(opts: RewriteOptions, keyset: KeySet, unwrappers: dict[str, Unwrapp
     reader = Resolver(keyset, unwrappers, keep_plaintext=True)
     target_config = keyset.configs[0] if opts.to else None
     target = _Target(target_config, unwrappers)
-    # The verifier knows only the target config: what a restored cluster would have.
-    checker = Resolver(load_keyset([opts.to]), unwrappers, keep_plaintext=True) if opts.to else None
     summary = RewriteSummary(output=str(opts.output), latest_only=opts.latest_only)
-    expected: dict[tuple[int, int], int] = {}
+    # (main, sub) -> (checksum of the plaintext written, the writer that wrote it): verification
+    # reads every rewritten record back with that writer's key alone (see _Writer.read).
+    expected: dict[tuple[int, int], tuple[int, _Writer]] = {}
     unreadable: list[str] = []
     unavailable: list[str] = []
     uncovered: list[str] = []
@@ -335,18 +428,16 @@ def _rewrite(opts: RewriteOptions, keyset: KeySet, unwrappers: dict[str, Unwrapp
                 return None
             edge = (labels(res), writer.label)
             transitions[edge] = transitions.get(edge, 0) + 1
-            expected[(rec.main, rec.sub)] = _digest(plaintext)
+            expected[(rec.main, rec.sub)] = (_digest(plaintext), writer)
             return new_value
 
         def check(rec: Record) -> bool:
             want = expected.get((rec.main, rec.sub))
             if want is None:
                 return False
-            value = rec.value
-            if checker is None or not value.startswith(ENCRYPTED_PREFIX):
-                return _digest(value) == want
-            got = checker.resolve_gr(rec.key, value, group_resource(rec.key))
-            return got.plaintext is not None and got.verdict != "unreadable" and _digest(got.plaintext) == want
+            digest, writer = want
+            plaintext = writer.read(rec.value, rec.key)
+            return plaintext is not None and _digest(plaintext) == digest
 
         def before_commit() -> None:
             if unavailable:

@@ -97,8 +97,8 @@ class Resolver:
         self._judged: dict[tuple[int, int], Resolution] = {}
         self._uses: dict[int, tuple[str, str, str]] = {}
         self._shadows: dict[str, frozenset[str]] = {}
-        # The last clean static read: (full prefix, view, form, key, prefix length, result,
-        # key_use slot); see resolve_gr.
+        # The last clean static read: (full prefix, view, form, key, prefix length, result
+        # (a template without plaintext when plaintext is kept), key_use slot); see resolve_gr.
         self._fast: tuple | None = None
         self._kms_key_ids: dict[str, str | None] = {}
         self._kms_name_prefixes: dict[str, list[tuple[bytes, str]]] = {}
@@ -189,6 +189,8 @@ class Resolver:
             else:
                 if form != "aescbc" or objects.is_kubernetes_object(plaintext):
                     self.key_use[use] += 1
+                    if self.keep_plaintext:  # ``res`` is a template: results must not share plaintext
+                        return Resolution(res.verdict, res.provider, res.key_name, res.key, plaintext=plaintext)
                     return res
         if not value.startswith(ENCRYPTED_PREFIX):
             return self._plaintext(value, view)
@@ -272,9 +274,11 @@ class Resolver:
                         key, *(c for c in self.keyset.static_candidates(form, name) if c is not key)
                     ]
                 res = self._judged_static(form, key, view, plaintext)
-                if not self.keep_plaintext and name not in self._shadowed(form):
+                if name not in self._shadowed(form):
                     full = _PREFIX_FORMS[form] + prefix
-                    self._fast = (full, view, form, key, len(full), res, self._uses[id(key)])
+                    # With keep_plaintext the fast path copies a plaintext-free template of res.
+                    template = self._static_verdict(form, key, view) if self.keep_plaintext else res
+                    self._fast = (full, view, form, key, len(full), template, self._uses[id(key)])
                 return res
         if first is None:
             body = value[skip:]

@@ -1,8 +1,9 @@
 """The shortcuts ``check`` takes for speed give exactly the answers of the plain paths.
 
 * ``check._KeyParser`` (parse_etcd_key cached by parent path) against ``parse_etcd_key``;
-* ``Resolver`` with its caches and the last-key fast path (``keep_plaintext=False``) against a
-  fresh resolver per value with ``keep_plaintext=True`` (no shared results, no fast path);
+* ``Resolver`` with its caches and the last-key fast path (with and without ``keep_plaintext``)
+  against a fresh resolver per value with ``keep_plaintext=True`` (no shared results, no fast
+  path);
 * ``CheckReport.json_chunks`` (one object per line, fragments shared) against ``to_json``, on a
   snapshot written through a real etcd with awkward keys.
 """
@@ -184,6 +185,28 @@ def test_resolver_shortcuts_agree_with_a_fresh_resolver_per_value(tmp_path: Path
     assert ("retired", "k1", None) in verdicts and ("unreadable", "a", "wrong-key") in verdicts
     assert ("unreadable", "g", "wrong-key") in verdicts and ("unreadable", "a", "corrupt") in verdicts
     assert ("unreadable", "zz", "no-such-key") in verdicts
+
+
+def test_resolver_shortcuts_keep_plaintext_agree_with_a_fresh_resolver_per_value(tmp_path: Path) -> None:
+    # reencrypt/extract read with keep_plaintext=True: the last-key fast path must then hand
+    # out a result of its own per value, carrying that value's plaintext.
+    keyset = load_keyset(_configs(tmp_path))
+    values = _values(random.Random(11))
+    fast = Resolver(keyset, {}, keep_plaintext=True)
+    got = [fast.resolve_gr(k, v, gr) for k, v, gr in values]
+    want = []
+    use: dict[tuple[str, str, str], int] = {}
+    for k, v, gr in values:
+        plain = Resolver(keyset, {}, keep_plaintext=True)
+        want.append(plain.resolve_gr(k, v, gr))
+        for slot, n in plain.key_use.items():
+            use[slot] = use.get(slot, 0) + n
+    assert [(_facts(r), r.plaintext) for r in got] == [(_facts(r), r.plaintext) for r in want]
+    assert fast.key_use == use
+    read = [r for r in got if r.plaintext is not None]
+    assert len({id(r) for r in read}) == len(read)  # no shared (mutable) results
+    assert fast._fast is not None  # the fast path was armed, so it was exercised
+    assert sum(1 for r in got if r.verdict == "current" and r.key_name == "a") > 10
 
 
 # -- JSON writer -----------------------------------------------------------------------------

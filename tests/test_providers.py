@@ -246,6 +246,23 @@ def test_aescbc_one_context_serves_interleaved_values() -> None:
             assert aescbc.decrypt(key, body) == plaintext
 
 
+def test_aescbc_encrypt_with_a_shared_context_is_standard_cbc_with_fresh_ivs() -> None:
+    """encrypt() reuses one CBC context per key (its IV is AES of a random block chained on):
+    every body must still be plain ``IV || AES-CBC(key, IV, PKCS#7(p))`` with its own IV."""
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = os.urandom(32)
+    plaintexts = [os.urandom(n) for n in (0, 1, 15, 16, 17, 100, 5000)] * 3
+    bodies = [aescbc.encrypt(key, p) for p in plaintexts]
+    assert len({b[:16] for b in bodies}) == len(bodies)
+    for plaintext, body in zip(plaintexts, bodies, strict=True):
+        assert len(body) == 16 + (len(plaintext) // 16 + 1) * 16
+        dec = Cipher(algorithms.AES(key), modes.CBC(body[:16])).decryptor()
+        unpad = padding.PKCS7(128).unpadder()
+        assert unpad.update(dec.update(body[16:]) + dec.finalize()) + unpad.finalize() == plaintext
+
+
 def test_aescbc_padding_rules_follow_go() -> None:
     """Go checks the last byte c (reject 0 or > len) and that the last c bytes equal c, with no
     cap at 16; we build plaintexts with chosen tails and encrypt them without our padding."""

@@ -533,6 +533,85 @@ def test_unreadable_values_stop_the_run_or_are_skipped(tmp_path: Path, capsys: p
     assert _sha(snap) == before
 
 
+def test_kmsv2_writer_marshals_like_serialize_and_reads_back_only_its_own_values(tmp_path: Path) -> None:
+    # The writer marshals the shared fields once; every value must still be exactly what
+    # kmsv2.serialize writes, read by a resolver with the target config alone.
+    from snapshot_tools import reencrypt
+    from snapshot_tools.providers import kms_prefix, kmsv2
+
+    target = Target("kmsv2", tmp_path, ["secrets"])
+    keyset = load_keyset([str(target.path)])
+    unwrappers = build_unwrappers(keyset, {}, {NEW_KMS: target.flags[1].split("=", 1)[1]})
+    writer = reencrypt._KMSv2Writer(NEW_KMS, unwrappers[NEW_KMS])
+    reader = Resolver(keyset, unwrappers, keep_plaintext=True)
+    prefix = kms_prefix("v2", NEW_KMS)
+    for n in (0, 1, 100, 200, 5000):  # field 1's length varint of one, two and three bytes
+        key = f"/registry/secrets/ns/s{n}".encode()
+        plaintext = os.urandom(n)
+        value = writer.write(plaintext, key)
+        assert value.startswith(prefix)
+        obj = kmsv2.parse(value[len(prefix) :])
+        assert kmsv2.serialize(obj) == value[len(prefix) :]
+        assert obj.dek_source_type == kmsv2.HKDF_SHA256_XNONCE_AES_GCM_SEED
+        got = reader.resolve_gr(key, value, ("", "secrets"))
+        assert (got.verdict, got.plaintext) == ("current", plaintext)
+        assert writer.read(value, key) == plaintext
+        assert writer.read(value, key + b"x") is None  # the etcd key is the AAD
+        for at in (len(prefix) + 1, len(prefix) + 40, len(value) - 1):  # length, data, tail
+            assert writer.read(value[:at] + bytes([value[at] ^ 1]) + value[at + 1 :], key) is None
+        assert writer.read(value + b"\x00", key) is None
+        assert writer.read(value[:-1], key) is None
+
+
+@pytest.mark.parametrize("fault", ["other-key", "other-plaintext", "other-aad", "other-seed"])
+def test_rewritten_values_that_do_not_read_back_stop_the_run(
+    fault: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection into the writer: verification (every rewritten record decrypted with the
+    # target's key alone, plaintext checksum compared) must catch each way a write can go wrong.
+    from snapshot_tools import reencrypt
+
+    case = "b-aescbc"
+    snap = FIXTURES / case / "etcd-snapshot.db"
+    old = FIXTURES / case / "encryption-config.yaml"
+    kind = {"other-key": "aescbc", "other-plaintext": "secretbox", "other-aad": "aesgcm", "other-seed": "kmsv2"}[fault]
+    target = Target(kind, tmp_path, ["secrets"])
+    cls = reencrypt._KMSv2Writer if kind == "kmsv2" else reencrypt._StaticWriter
+    write = cls.write
+
+    def faulty(self, plaintext: bytes, etcd_key: bytes) -> bytes:  # noqa: ANN001
+        if fault == "other-key":
+            return self.prefix + aescbc.encrypt(os.urandom(32), plaintext)
+        if fault == "other-plaintext":
+            return write(self, plaintext[:-1] + bytes([plaintext[-1] ^ 1]), etcd_key)
+        if fault == "other-aad":
+            return write(self, plaintext, etcd_key + b"x")
+        seed, self.seed = self.seed, os.urandom(32)  # a seed the KMS never wrapped
+        try:
+            return write(self, plaintext, etcd_key)
+        finally:
+            self.seed = seed
+
+    monkeypatch.setattr(cls, "write", faulty)
+    out = tmp_path / "out.db"
+    rc, stdout, err = _cli(
+        ["reencrypt", str(snap), "-c", str(old), "--to", str(target.path), *target.flags, "-o", str(out)], capsys
+    )
+    assert rc == 2, err
+    assert stdout == ""
+    n = sum(1 for r in _records(snap) if r.key.startswith(b"/registry/secrets/") and not r.tombstone)
+    assert f"{n} rewritten values did not verify" in err
+    assert not out.exists()
+    assert _leftovers(tmp_path) == []
+
+    monkeypatch.setattr(cls, "write", write)  # the same run without the fault verifies
+    rc, _stdout, err = _cli(
+        ["reencrypt", str(snap), "-c", str(old), "--to", str(target.path), *target.flags, "-o", str(out)], capsys
+    )
+    assert rc == 0, err
+    assert out.exists()
+
+
 def test_uncovered_encrypted_values_stop_unless_decrypt_uncovered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     case = "f-secrets-configmaps"
     snap = FIXTURES / case / "etcd-snapshot.db"

@@ -279,6 +279,22 @@ def encrypt(
     )
 
 
+def encrypt_data(seed: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """``encryptedData`` in seed mode with a fresh info and nonce: ``info || nonce || ct || tag``.
+
+    For writers that marshal the rest of the EncryptedObject once (its other fields are the
+    same for every object of a seed); :func:`encrypt` is the whole object.
+
+    Raises:
+        ValueError: a seed shorter than 32 bytes.
+    """
+    if len(seed) < MIN_SEED_SIZE:
+        raise ValueError(f"KMS v2 seed must be at least 32 bytes, got {len(seed)}")
+    info = os.urandom(INFO_SIZE)
+    nonce = os.urandom(GCM_NONCE_SIZE)
+    return info + nonce + AESGCM(derive_dek(seed, info)).encrypt(nonce, plaintext, aad)
+
+
 def _encrypt_from_parts(
     source: bytes,
     plaintext: bytes,

@@ -87,6 +87,8 @@ class ExtractOptions:
     configs: Sequence[str]
     kms: dict[str, str] = field(default_factory=dict)  # provider name -> unix:// endpoint
     keyrings: dict[str, str] = field(default_factory=dict)  # provider name -> keyring file
+    aws_kms: dict[str, str | None] = field(default_factory=dict)  # provider name -> AWS key or None
+    aws: object | None = None  # AwsSettings template for --aws-kms (key unset)
     resources: Sequence[str] = ("secrets",)
     namespace: str | None = None
     name: str | None = None
@@ -298,7 +300,7 @@ def run_extract(opts: ExtractOptions) -> ExtractResult:
     for label in labels:
         scan_prefix(label, opts.etcd_prefix)  # unknown resources fail before any work
     keyset = load_keyset(opts.configs)
-    unwrappers = build_unwrappers(keyset, opts.kms, opts.keyrings)
+    unwrappers = build_unwrappers(keyset, opts.kms, opts.keyrings, opts.aws_kms, opts.aws)
     resolver = Resolver(keyset, unwrappers, keep_plaintext=True)
     result = ExtractResult()
     with Snapshot.open(opts.snapshot) as snap:

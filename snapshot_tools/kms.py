@@ -17,9 +17,10 @@ References: ``kmsv2/envelope.go`` (``generateCacheKey``: cache by the full DEK s
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kms_plugin import errors as plugin_errors
+from kms_plugin.keks.base import Wrapped
 from snapshot_tools.errors import ConfigError, Error, InvalidCiphertext, KMSUnavailable
 from snapshot_tools.providers import kmsv2
 
@@ -29,14 +30,6 @@ if TYPE_CHECKING:
     from kms_plugin.client import KMSv1Client, KMSv2Client
 
 DEFAULT_MAX_CONCURRENCY = 8
-
-
-class Wrapped(NamedTuple):
-    """A data key (seed) wrapped by a KMS, with what the KMS v2 EncryptedObject must carry."""
-
-    ciphertext: bytes
-    key_id: str
-    annotations: dict[str, bytes]
 
 
 class Unwrapper(Protocol):
@@ -399,6 +392,16 @@ class AwsKmsUnwrapper:
         if self.key is None:
             return None
         return self._call(lambda: (self.backend.current_key_id() or "").encode()).decode() or None
+
+    def wrap_v2(self, plaintext: bytes) -> Wrapped:
+        """Wrap a new seed with the configured key (our plain ``"ka"`` format; the plugin reads it)."""
+        if self.key is None:
+            raise KMSUnavailable("--aws-kms NAME=KEY is needed to wrap new data keys (no key given)")
+        try:
+            self.backend.current_key_id()  # resolves the alias once
+            return self.backend.wrap(plaintext)
+        except plugin_errors.Error as exc:
+            raise KMSUnavailable(str(exc)) from None
 
     def close(self) -> None:
         self.backend.close()

@@ -71,6 +71,8 @@ class RewriteOptions:
     latest_only: bool = False
     kms: dict[str, str] = field(default_factory=dict)
     keyrings: dict[str, str] = field(default_factory=dict)
+    aws_kms: dict[str, str | None] = field(default_factory=dict)  # provider name -> AWS key or None
+    aws: object | None = None  # AwsSettings template for --aws-kms (key unset)
     decrypt_uncovered: bool = False
     skip_unreadable: bool = False
     etcd_prefix: str = "/registry"
@@ -370,7 +372,7 @@ def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
     started = time.monotonic()
     paths = ([opts.to] if opts.to else []) + list(opts.configs)
     keyset = load_keyset(paths)
-    unwrappers = build_unwrappers(keyset, opts.kms, opts.keyrings)
+    unwrappers = build_unwrappers(keyset, opts.kms, opts.keyrings, opts.aws_kms, opts.aws)
     try:
         return _rewrite(opts, keyset, unwrappers, started)
     finally:

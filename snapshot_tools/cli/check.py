@@ -9,7 +9,18 @@ import typer
 
 from snapshot_tools.check import CheckOptions, parse_assignments, parse_aws_kms, run_check
 from snapshot_tools.cli import app
-from snapshot_tools.cli.options import ConfigOpt, KeyringOpt, KmsOpt, PrefixOpt, SnapshotArg
+from snapshot_tools.cli.options import (
+    AwsContextOpt,
+    AwsEndpointOpt,
+    AwsKmsOpt,
+    AwsRegionOpt,
+    ConfigOpt,
+    KeyringOpt,
+    KmsOpt,
+    PrefixOpt,
+    SnapshotArg,
+    aws_settings,
+)
 from snapshot_tools.cli.output import OutputFormat, progress_reporter, render_table
 from snapshot_tools.report import DEFAULT_FAIL_ON, CheckReport, parse_fail_on
 
@@ -22,20 +33,10 @@ def check(
     config: ConfigOpt,
     kms: KmsOpt = None,
     keyring: KeyringOpt = None,
-    aws_kms: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--aws-kms",
-            help="NAME[=KEY]: unwrap KMS provider NAME's data keys straight from AWS KMS; KEY (ARN, key id or alias) gives the current key_id.",
-        ),
-    ] = None,
-    aws_region: Annotated[str | None, typer.Option("--aws-region", help="AWS region for --aws-kms.")] = None,
-    aws_endpoint_url: Annotated[
-        str | None, typer.Option("--aws-endpoint-url", help="AWS KMS endpoint URL for --aws-kms.")
-    ] = None,
-    aws_encryption_context: Annotated[
-        str, typer.Option("--aws-encryption-context", help="k=v[,k=v...]: the plugin's static encryption context.")
-    ] = "",
+    aws_kms: AwsKmsOpt = None,
+    aws_region: AwsRegionOpt = None,
+    aws_endpoint_url: AwsEndpointOpt = None,
+    aws_encryption_context: AwsContextOpt = "",
     all_revisions: Annotated[
         bool, typer.Option("--all-revisions", help="Judge every stored revision, deleted keys included.")
     ] = False,
@@ -63,7 +64,7 @@ def check(
         kms=parse_assignments(kms or [], "--kms"),
         keyrings=parse_assignments(keyring or [], "--keyring"),
         aws_kms=aws_names,
-        aws=_aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if aws_names else None,
+        aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if aws_names else None,
         all_revisions=all_revisions,
         resources=resource or (),
         etcd_prefix=etcd_prefix,
@@ -88,28 +89,6 @@ def write_json(report: CheckReport, out: TextIO) -> None:
     """The ``--output json`` document: indented head, one object per line, written in pieces."""
     for chunk in report.json_chunks():
         out.write(chunk)
-
-
-def _aws_settings(region: str | None, endpoint_url: str | None, context: str) -> object:
-    """The AWS settings shared by every --aws-kms provider (each gets its own key)."""
-    from kms_plugin import errors as plugin_errors
-    from kms_plugin.keks.awsclient import AwsSettings
-    from kms_plugin.keks.awsformat import parse_encryption_context
-    from snapshot_tools.errors import ConfigError
-
-    try:
-        # Offline there is no apiserver deadline: allow slower answers than the plugin does.
-        return AwsSettings(
-            key=None,
-            region=region,
-            endpoint_url=endpoint_url,
-            encryption_context=parse_encryption_context(context),
-            call_timeout=20.0,
-            read_timeout=10.0,
-            max_attempts=5,
-        )
-    except plugin_errors.Error as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def render_check(report: CheckReport) -> str:

@@ -8,9 +8,20 @@ from typing import Annotated
 
 import typer
 
-from snapshot_tools.check import parse_assignments
+from snapshot_tools.check import parse_assignments, parse_aws_kms
 from snapshot_tools.cli import app
-from snapshot_tools.cli.options import ConfigOpt, KeyringOpt, KmsOpt, PrefixOpt, SnapshotArg
+from snapshot_tools.cli.options import (
+    AwsContextOpt,
+    AwsEndpointOpt,
+    AwsKmsOpt,
+    AwsRegionOpt,
+    ConfigOpt,
+    KeyringOpt,
+    KmsOpt,
+    PrefixOpt,
+    SnapshotArg,
+    aws_settings,
+)
 from snapshot_tools.extract import RAW_ANNOTATION, ExtractOptions, ExtractResult, render_json, render_yaml, run_extract
 
 _PROG = "snapshot-tools"
@@ -29,6 +40,10 @@ def extract(
     config: ConfigOpt,
     kms: KmsOpt = None,
     keyring: KeyringOpt = None,
+    aws_kms: AwsKmsOpt = None,
+    aws_region: AwsRegionOpt = None,
+    aws_endpoint_url: AwsEndpointOpt = None,
+    aws_encryption_context: AwsContextOpt = "",
     resource: Annotated[
         list[str] | None,
         typer.Option("--resource", "-r", help="Resource to extract (secrets, configmaps, deployments.apps, ...); repeatable. Default: secrets."),
@@ -60,6 +75,8 @@ def extract(
         configs=config,
         kms=parse_assignments(kms or [], "--kms"),
         keyrings=parse_assignments(keyring or [], "--keyring"),
+        aws_kms=parse_aws_kms(aws_kms or []),
+        aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if aws_kms else None,
         resources=resource or ("secrets",),
         namespace=namespace,
         name=name,

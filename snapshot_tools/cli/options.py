@@ -27,3 +27,39 @@ KeyringOpt = Annotated[
     typer.Option("--keyring", help="NAME=FILE: KMS provider NAME's data keys from a kms-plugin keyring file."),
 ]
 PrefixOpt = Annotated[str, typer.Option("--etcd-prefix", help="kube-apiserver --etcd-prefix.")]
+
+AwsKmsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--aws-kms",
+        help="NAME[=KEY]: KMS provider NAME's data keys straight from AWS KMS; KEY (ARN, key id or alias) "
+        "gives the current key_id (and wraps new data keys for a rewrite).",
+    ),
+]
+AwsRegionOpt = Annotated[str | None, typer.Option("--aws-region", help="AWS region for --aws-kms.")]
+AwsEndpointOpt = Annotated[str | None, typer.Option("--aws-endpoint-url", help="AWS KMS endpoint URL for --aws-kms.")]
+AwsContextOpt = Annotated[
+    str, typer.Option("--aws-encryption-context", help="k=v[,k=v...]: the plugin's static encryption context.")
+]
+
+
+def aws_settings(region: str | None, endpoint_url: str | None, context: str) -> object:
+    """The AWS settings shared by every --aws-kms provider (each gets its own key)."""
+    from kms_plugin import errors as plugin_errors
+    from kms_plugin.keks.awsclient import AwsSettings
+    from kms_plugin.keks.awsformat import parse_encryption_context
+    from snapshot_tools.errors import ConfigError
+
+    try:
+        # Offline there is no apiserver deadline: allow slower answers than the plugin does.
+        return AwsSettings(
+            key=None,
+            region=region,
+            endpoint_url=endpoint_url,
+            encryption_context=parse_encryption_context(context),
+            call_timeout=20.0,
+            read_timeout=10.0,
+            max_attempts=5,
+        )
+    except plugin_errors.Error as exc:
+        raise ConfigError(str(exc)) from None

@@ -9,9 +9,20 @@ from typing import Annotated
 
 import typer
 
-from snapshot_tools.check import parse_assignments
+from snapshot_tools.check import parse_assignments, parse_aws_kms
 from snapshot_tools.cli import app
-from snapshot_tools.cli.options import ConfigOpt, KeyringOpt, KmsOpt, PrefixOpt, SnapshotArg
+from snapshot_tools.cli.options import (
+    AwsContextOpt,
+    AwsEndpointOpt,
+    AwsKmsOpt,
+    AwsRegionOpt,
+    ConfigOpt,
+    KeyringOpt,
+    KmsOpt,
+    PrefixOpt,
+    SnapshotArg,
+    aws_settings,
+)
 from snapshot_tools.cli.output import OutputFormat, render_table
 from snapshot_tools.errors import Error
 from snapshot_tools.reencrypt import RewriteOptions, RewriteSummary, run_rewrite
@@ -37,6 +48,10 @@ def reencrypt(
     latest_only: LatestOpt = False,
     kms: KmsOpt = None,
     keyring: KeyringOpt = None,
+    aws_kms: AwsKmsOpt = None,
+    aws_region: AwsRegionOpt = None,
+    aws_endpoint_url: AwsEndpointOpt = None,
+    aws_encryption_context: AwsContextOpt = "",
     decrypt_uncovered: Annotated[
         bool,
         typer.Option("--decrypt-uncovered", help="Write encrypted values of resources NEW does not cover as plaintext."),
@@ -63,6 +78,8 @@ def reencrypt(
             latest_only=latest_only,
             kms=parse_assignments(kms or [], "--kms"),
             keyrings=parse_assignments(keyring or [], "--keyring"),
+            aws_kms=parse_aws_kms(aws_kms or []),
+            aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if aws_kms else None,
             decrypt_uncovered=decrypt_uncovered,
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
@@ -80,6 +97,10 @@ def decrypt(
     latest_only: LatestOpt = False,
     kms: KmsOpt = None,
     keyring: KeyringOpt = None,
+    aws_kms: AwsKmsOpt = None,
+    aws_region: AwsRegionOpt = None,
+    aws_endpoint_url: AwsEndpointOpt = None,
+    aws_encryption_context: AwsContextOpt = "",
     skip_unreadable: SkipOpt = False,
     etcd_prefix: PrefixOpt = "/registry",
     fmt: FormatOpt = OutputFormat.table,
@@ -103,6 +124,8 @@ def decrypt(
             latest_only=latest_only,
             kms=parse_assignments(kms or [], "--kms"),
             keyrings=parse_assignments(keyring or [], "--keyring"),
+            aws_kms=parse_aws_kms(aws_kms or []),
+            aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if aws_kms else None,
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
         ),

@@ -13,17 +13,13 @@ import sys
 import traceback
 from typing import TYPE_CHECKING
 
-import click
 import typer
 
-try:  # Typer >= 0.20 vendors click: its exceptions do not derive from click's own.
-    from typer._click.exceptions import ClickException as _TyperClickException
-except ImportError:  # pragma: no cover - older Typer uses click directly
-    _TyperClickException = click.ClickException  # type: ignore[misc,assignment]
-
-_EXIT = (click.exceptions.Exit, typer.Exit)
-_ABORT = (click.exceptions.Abort, typer.Abort)
-_CLICK_ERRORS = (click.ClickException, _TyperClickException)
+# Typer (>= 0.29) vendors click: its usage errors derive from typer.TyperException, and Exit and
+# Abort are typer's own. Importing click itself would add an undeclared dependency.
+_EXIT = typer.Exit
+_ABORT = typer.Abort
+_CLICK_ERRORS = typer.TyperException
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -56,7 +52,8 @@ def run_app(
     except _EXIT as exc:
         return int(exc.exit_code)
     except _CLICK_ERRORS as exc:
-        _say(prog, f"{exc.format_message()} (see '{prog} --help')")
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _say(prog, f"{message} (see '{prog} --help')")
         return int(getattr(exc, "exit_code", USAGE_EXIT))
     except _ABORT:
         _say(prog, "interrupted")

@@ -380,7 +380,7 @@ def bench_aescbc(n: int, repeat: int, rebuild: bool) -> None:
     rss = max(r["peak_rss_mb"] for r in runs)
     rate = n / best
     ratio = best / fl
-    print(f"  floor runs: " + ", ".join(f"{f['seconds']:.2f} s" for f in floors)
+    print("  floor runs: " + ", ".join(f"{f['seconds']:.2f} s" for f in floors)
           + f" ({floors[0]['readable']}/{floors[0]['values']} readable, "
           f"{floors[0]['value_bytes'] / 1e6:.0f} MB of bodies)")  # fmt: skip
     print(f"  best of {repeat} (median {med:.2f} s); load avg after: {_load()}")

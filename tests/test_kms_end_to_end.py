@@ -35,7 +35,7 @@ def test_plugin_written_snapshot_checks_current_via_socket_and_keyring(
     etcd_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: ANN001
 ) -> None:
     with short_dir() as d:
-        with served(d) as server:
+        with served(d):
             endpoint = f"unix://{d / 'p.sock'}"
             cfg = tmp_path / "enc.yaml"
             cfg.write_text(

@@ -29,7 +29,7 @@ from snapshot_tools.forms import ENCRYPTED_PREFIX
 from snapshot_tools.keysets import load_keyset
 from snapshot_tools.providers import aescbc, aesgcm, kms_prefix, kmsv2, secretbox, static_prefix
 from snapshot_tools.resolve import Resolver
-from snapshot_tools.resources import normalize_prefix, parse_etcd_key
+from snapshot_tools.resources import KeyParser
 from snapshot_tools.rewrite import copy_snapshot, kv_transform, kv_verify
 from snapshot_tools.snapshot import KEY_BUCKET, Snapshot
 
@@ -290,37 +290,6 @@ class _Target:
         return self._kms[kms.name]
 
 
-class _GroupResources:
-    """``parse_etcd_key`` -> ``(group, resource)``, cached by the key's parent path.
-
-    With three or more segments after the prefix the last one (the object name) only has to
-    be non-empty, so every key under ``/registry/secrets/ns-1/`` shares one answer.
-    """
-
-    __slots__ = ("_cache", "_prefix", "_prefix_bytes")
-
-    def __init__(self, prefix: str) -> None:
-        self._prefix = prefix
-        self._prefix_bytes = normalize_prefix(prefix).encode()
-        self._cache: dict[bytes, GroupResource | None] = {}
-
-    def __call__(self, key: bytes) -> GroupResource | None:
-        parent, sep, last = key.rpartition(b"/")
-        if sep and last and parent.startswith(self._prefix_bytes) and parent.count(b"/", len(self._prefix_bytes)):
-            try:
-                last.decode()
-            except UnicodeDecodeError:
-                return None  # parse_etcd_key refuses keys that are not UTF-8
-            gr = self._cache.get(parent, _MISS)
-            if gr is _MISS:
-                ref = parse_etcd_key(key, self._prefix)
-                gr = self._cache[parent] = (ref.group, ref.resource) if ref is not None else None
-            return gr  # type: ignore[return-value]
-        ref = parse_etcd_key(key, self._prefix)
-        return (ref.group, ref.resource) if ref is not None else None
-
-
-_MISS = object()
 
 
 class _Labels:
@@ -393,7 +362,7 @@ def _rewrite(opts: RewriteOptions, keyset: KeySet, unwrappers: dict[str, Unwrapp
     unreadable: list[str] = []
     unavailable: list[str] = []
     uncovered: list[str] = []
-    group_resource = _GroupResources(opts.etcd_prefix)
+    group_resource = KeyParser(opts.etcd_prefix).group_resource
     labels = _Labels()
     transitions = summary.transitions
     reported, resolve = reader.is_reported_gr, reader.resolve_gr

@@ -230,3 +230,55 @@ def parse_etcd_key(key: bytes, prefix: str = "/registry") -> ResourceRef | None:
     if len(rest) == 1:
         return ResourceRef(group, resource, None, rest[0])
     return None
+
+
+class KeyParser:
+    """``parse_etcd_key`` cached by the key's parent path (``/registry/secrets/ns-1``).
+
+    Once the path after the etcd prefix has at least three segments, the last one (the object
+    name) takes no part in finding the group, resource and namespace: it only has to be
+    non-empty (:func:`parse_etcd_key`). Those keys share one ``(gr, base, label)`` per parent;
+    every other key is parsed in full. Used by the commands that walk whole snapshots.
+    """
+
+    __slots__ = ("_cache", "prefix", "prefix_bytes")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.prefix_bytes = normalize_prefix(prefix).encode()
+        # parent -> (gr, base, label) or None (not an API object key), see parse()
+        self._cache: dict[bytes, tuple[tuple[str, str], tuple[str, str, str | None], str] | None] = {}
+
+    def parse(
+        self, key: bytes
+    ) -> tuple[tuple[str, str] | None, tuple[str, str, str | None] | None, str | None, str | None]:
+        """``(gr, base, name, label)``; ``gr`` is ``(group, resource)``, ``base`` is
+        ``(resource, group, namespace)``; all ``None`` when the key is no API object key."""
+        parent, sep, last = key.rpartition(b"/")
+        if sep and last:
+            try:
+                name = last.decode()
+            except UnicodeDecodeError:
+                return None, None, None, None
+            hit = self._cache.get(parent, _MISS)
+            if hit is not _MISS:
+                return (None, None, None, None) if hit is None else (hit[0], hit[1], name, hit[2])
+            if parent.startswith(self.prefix_bytes) and parent.count(b"/", len(self.prefix_bytes)) >= 1:
+                ref = parse_etcd_key(key, self.prefix)
+                entry = None
+                if ref is not None:
+                    label = resource_label(ref)
+                    entry = ((ref.group, ref.resource), (ref.resource, ref.group, ref.namespace), label)
+                self._cache[parent] = entry
+                return (None, None, None, None) if entry is None else (entry[0], entry[1], name, entry[2])
+        ref = parse_etcd_key(key, self.prefix)
+        if ref is None:
+            return None, None, None, None
+        return (ref.group, ref.resource), (ref.resource, ref.group, ref.namespace), ref.name, resource_label(ref)
+
+    def group_resource(self, key: bytes) -> tuple[str, str] | None:
+        """Just ``(group, resource)``, or ``None`` for a key that is no API object key."""
+        return self.parse(key)[0]
+
+
+_MISS = object()

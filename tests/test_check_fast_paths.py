@@ -1,6 +1,6 @@
 """The shortcuts ``check`` takes for speed give exactly the answers of the plain paths.
 
-* ``check._KeyParser`` (parse_etcd_key cached by parent path) against ``parse_etcd_key``;
+* ``resources.KeyParser`` (parse_etcd_key cached by parent path) against ``parse_etcd_key``;
 * ``Resolver`` with its caches and the last-key fast path (with and without ``keep_plaintext``)
   against a fresh resolver per value with ``keep_plaintext=True`` (no shared results, no fast
   path);
@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snapshot_tools.check import CheckOptions, _KeyParser, run_check
+from snapshot_tools.check import CheckOptions, run_check
+from snapshot_tools.resources import KeyParser
 from snapshot_tools.keysets import load_keyset
 from snapshot_tools.providers import aescbc, aesgcm, static_prefix
 from snapshot_tools.resolve import Resolver
@@ -49,7 +50,7 @@ def _keys(draw: st.DrawFn) -> bytes:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_keys(), min_size=1, max_size=40), st.sampled_from(["/registry", "registry/", "/other", "/"]))
 def test_key_parser_matches_parse_etcd_key(keys: list[bytes], prefix: str) -> None:
-    parser = _KeyParser(prefix)
+    parser = KeyParser(prefix)
     for key in keys * 2:  # the second round answers from the cache
         ref = parse_etcd_key(key, prefix)
         gr, base, name, label = parser.parse(key)
@@ -72,7 +73,7 @@ def test_key_parser_where_the_last_segment_picks_the_resource(prefix: str) -> No
         "services/endpoints", "services/specs/ns/svc", "services/endpoints/ns/svc",
         "example.com/widgets", "example.com/widgets/w", "namespaces/default", "namespaces/kube-system",
     )]  # fmt: skip
-    parser = _KeyParser(prefix)
+    parser = KeyParser(prefix)
     for key in keys * 2:
         ref = parse_etcd_key(key, prefix)
         want = (None, None) if ref is None else ((ref.group, ref.resource), ref.name)
@@ -81,7 +82,7 @@ def test_key_parser_where_the_last_segment_picks_the_resource(prefix: str) -> No
 
 
 def test_key_parser_shares_one_entry_per_parent_path() -> None:
-    parser = _KeyParser("/registry")
+    parser = KeyParser("/registry")
     first = parser.parse(b"/registry/secrets/ns/a")
     second = parser.parse(b"/registry/secrets/ns/b")
     assert first[1] is second[1]  # the report renders each base once

@@ -7,7 +7,7 @@ from typing import Annotated, TextIO
 
 import typer
 
-from snapshot_tools.check import CheckOptions, parse_assignments, parse_aws_kms, run_check
+from snapshot_tools.check import CheckOptions, run_check
 from snapshot_tools.cli import app
 from snapshot_tools.cli.options import (
     AwsContextOpt,
@@ -19,7 +19,7 @@ from snapshot_tools.cli.options import (
     KmsOpt,
     PrefixOpt,
     SnapshotArg,
-    aws_settings,
+    kms_access,
 )
 from snapshot_tools.cli.output import OutputFormat, progress_reporter, render_table
 from snapshot_tools.report import DEFAULT_FAIL_ON, CheckReport, parse_fail_on
@@ -57,14 +57,10 @@ def check(
     3 on a damaged snapshot, 4 when a KMS needed for the verdicts could not be reached.
     """
     policy = parse_fail_on(fail_on)
-    aws_names = parse_aws_kms(aws_kms or [])
     opts = CheckOptions(
         snapshot=str(snapshot),
         configs=config,
-        kms=parse_assignments(kms or [], "--kms"),
-        keyrings=parse_assignments(keyring or [], "--keyring"),
-        aws_kms=aws_names,
-        aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if aws_names else None,
+        **kms_access(kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
         all_revisions=all_revisions,
         resources=resource or (),
         etcd_prefix=etcd_prefix,

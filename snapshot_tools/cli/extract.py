@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from snapshot_tools.check import parse_assignments, parse_aws_kms
 from snapshot_tools.cli import app
 from snapshot_tools.cli.options import (
     AwsContextOpt,
@@ -20,7 +19,7 @@ from snapshot_tools.cli.options import (
     KmsOpt,
     PrefixOpt,
     SnapshotArg,
-    aws_settings,
+    kms_access,
 )
 from snapshot_tools.extract import RAW_ANNOTATION, ExtractOptions, ExtractResult, render_json, render_yaml, run_extract
 
@@ -73,10 +72,7 @@ def extract(
     opts = ExtractOptions(
         snapshot=str(snapshot),
         configs=config,
-        kms=parse_assignments(kms or [], "--kms"),
-        keyrings=parse_assignments(keyring or [], "--keyring"),
-        aws_kms=parse_aws_kms(aws_kms or []),
-        aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if aws_kms else None,
+        **kms_access(kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
         resources=resource or ("secrets",),
         namespace=namespace,
         name=name,

@@ -63,3 +63,23 @@ def aws_settings(region: str | None, endpoint_url: str | None, context: str) -> 
         )
     except plugin_errors.Error as exc:
         raise ConfigError(str(exc)) from None
+
+
+def kms_access(
+    kms: list[str] | None,
+    keyring: list[str] | None,
+    aws_kms: list[str] | None,
+    aws_region: str | None,
+    aws_endpoint_url: str | None,
+    aws_encryption_context: str,
+) -> dict[str, object]:
+    """The KMS-related fields of the command option dataclasses, parsed from the shared flags."""
+    from snapshot_tools.check import parse_assignments, parse_aws_kms
+
+    names = parse_aws_kms(aws_kms or [])
+    return {
+        "kms": parse_assignments(kms or [], "--kms"),
+        "keyrings": parse_assignments(keyring or [], "--keyring"),
+        "aws_kms": names,
+        "aws": aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if names else None,
+    }

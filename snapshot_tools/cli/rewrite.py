@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from snapshot_tools.check import parse_assignments, parse_aws_kms
 from snapshot_tools.cli import app
 from snapshot_tools.cli.options import (
     AwsContextOpt,
@@ -21,7 +20,7 @@ from snapshot_tools.cli.options import (
     KmsOpt,
     PrefixOpt,
     SnapshotArg,
-    aws_settings,
+    kms_access,
 )
 from snapshot_tools.cli.output import OutputFormat, render_table
 from snapshot_tools.errors import Error
@@ -76,10 +75,7 @@ def reencrypt(
             to=str(to),
             force=force,
             latest_only=latest_only,
-            kms=parse_assignments(kms or [], "--kms"),
-            keyrings=parse_assignments(keyring or [], "--keyring"),
-            aws_kms=parse_aws_kms(aws_kms or []),
-            aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if aws_kms else None,
+            **kms_access(kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
             decrypt_uncovered=decrypt_uncovered,
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
@@ -122,10 +118,7 @@ def decrypt(
             output=str(output_file),
             force=force,
             latest_only=latest_only,
-            kms=parse_assignments(kms or [], "--kms"),
-            keyrings=parse_assignments(keyring or [], "--keyring"),
-            aws_kms=parse_aws_kms(aws_kms or []),
-            aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if aws_kms else None,
+            **kms_access(kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
         ),

@@ -53,3 +53,15 @@ def test_check_walkthrough_exit_codes_as_documented() -> None:
     assert got[1].stdout.startswith("14 objects: 0 current, 14 stale,")
     assert "14 unreadable" in got[2].stdout.splitlines()[0]
     assert "14 retired" in got[3].stdout.splitlines()[0]
+
+
+def test_reencrypt_walkthrough_runs_as_documented(tmp_path) -> None:  # noqa: ANN001
+    cmds = _commands(_block_after("## Re-encrypting a snapshot offline"))
+    assert len(cmds) == 3
+    out = tmp_path / "reencrypted.db"
+    got = [_run(c.replace("/tmp/reencrypted.db", str(out))) for c in cmds]
+    assert [p.returncode for p in got] == [0, 0, 0], [p.stderr for p in got]
+    assert "aescbc/key1" in got[0].stdout and "aesgcm/gcm-2026" in got[0].stdout
+    assert got[1].stdout.startswith("14 objects: 14 current,")
+    assert "name: basic-auth" in got[2].stdout and "uid:" not in got[2].stdout
+    assert "writing decrypted Secret data to stdout" in got[2].stderr

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 
@@ -104,7 +104,27 @@ class _Channel:
         return self._channel
 
 
-class KMSv2Client:
+class _Client:
+    """What both clients share: one channel, closed explicitly or by ``with``."""
+
+    _ch: _Channel
+
+    def close(self) -> None:
+        self._ch.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class KMSv2Client(_Client):
     """A KMS v2 client (``v2.KeyManagementService``)."""
 
     def __init__(self, endpoint: str, timeout: float = 3.0) -> None:
@@ -139,22 +159,9 @@ class KMSv2Client:
         resp = self._ch.call("Decrypt", self._stub.Decrypt, req)
         return bytes(resp.plaintext)
 
-    def close(self) -> None:
-        self._ch.close()
-
-    def __enter__(self) -> KMSv2Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
-class KMSv1Client:
+class KMSv1Client(_Client):
     """A KMS v1beta1 client: calls ``Version`` once before the first Encrypt/Decrypt."""
 
     def __init__(self, endpoint: str, timeout: float = 3.0) -> None:
@@ -190,16 +197,3 @@ class KMSv1Client:
         req = kms_v1beta1_pb2.DecryptRequest(version=V1_API_VERSION, cipher=cipher)
         return bytes(self._ch.call("Decrypt", self._stub.Decrypt, req).plain)
 
-    def close(self) -> None:
-        self._ch.close()
-
-    def __enter__(self) -> KMSv1Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -76,6 +76,11 @@ SERVER_FIELDS = (
     "deletionGracePeriodSeconds",
 )
 _META_FIRST = ("name", "generateName", "namespace", "uid", "resourceVersion")
+# Deepest object (maps and lists) that extract writes. Real objects stay far below it (a CRD's
+# openAPIV3Schema or a deep managedFields is some tens of levels); the YAML emitter recurses
+# per level and fails near 330 under Python's default recursion limit. A deeper object is
+# skipped as undecodable, so one hostile custom resource cannot abort the whole extract.
+MAX_DEPTH = 200
 _BY_RESOURCE = {gr: prefix for prefix, gr in BUILTIN_PREFIXES.items()}
 
 
@@ -229,6 +234,23 @@ def _selected(snap: Snapshot, opts: ExtractOptions) -> Iterator[tuple[Record, Re
 # -- manifests -------------------------------------------------------------------------------
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` maps/lists deep (iterative: never recurses)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _b64(values: dict[str, bytes]) -> dict[str, str]:
     return {k: base64.b64encode(v).decode("ascii") for k, v in values.items()}
 
@@ -242,6 +264,14 @@ def _jsonable(value: Any) -> Any:  # noqa: ANN401 - decoded object trees
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _finished(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` made JSON-ready, refused when too deep to render (see :data:`MAX_DEPTH`)."""
+    if _deeper_than(manifest, MAX_DEPTH):
+        raise MalformedValue(f"the object nests deeper than {MAX_DEPTH} levels")
+    result: dict[str, Any] = _jsonable(manifest)
+    return result
 
 
 def _metadata(meta: dict[str, Any], rec: Record, opts: ExtractOptions) -> dict[str, Any]:
@@ -274,7 +304,7 @@ def build_manifest(
         meta = _metadata(meta, rec, opts)
         # The whole stored value (magic + runtime.Unknown): what protobuf tools like auger read.
         meta.setdefault("annotations", {})[RAW_ANNOTATION] = base64.b64encode(plaintext).decode()
-        return _jsonable({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": meta}), True
+        return _finished({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": meta}), True
     if obj.get("apiVersion") == "v1" and obj.get("kind") == "Secret" and isinstance(obj.get("data"), dict):
         obj["data"] = _b64(obj["data"])
     if obj.get("apiVersion") == "v1" and obj.get("kind") == "ConfigMap" and isinstance(obj.get("binaryData"), dict):
@@ -284,7 +314,7 @@ def build_manifest(
     obj.pop("metadata", None)
     out["metadata"] = _metadata(meta, rec, opts)
     out.update(obj)
-    return _jsonable(out), False
+    return _finished(out), False
 
 
 def run_extract(opts: ExtractOptions) -> ExtractResult:

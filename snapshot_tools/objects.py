@@ -280,7 +280,7 @@ def _managed_fields_entry(buf: bytes, start: int, stop: int) -> dict[str, Any]:
                     raw = buf[a2:b2]
             try:
                 entry["fieldsV1"] = json.loads(raw) if raw else {}
-            except ValueError:
+            except (ValueError, RecursionError):  # damaged or hostile: keep the bytes
                 entry["fieldsV1"] = raw
     return entry
 

@@ -21,7 +21,7 @@ from snapshot_tools.cli.options import (
     SnapshotArg,
     kms_access,
 )
-from snapshot_tools.cli.output import OutputFormat, progress_reporter, render_table
+from snapshot_tools.cli.output import OutputFormat, printable, progress_reporter, render_table
 from snapshot_tools.report import DEFAULT_FAIL_ON, CheckReport, parse_fail_on
 
 _LISTED = ("unreadable", "retired", "stale")
@@ -94,9 +94,9 @@ def render_check(report: CheckReport) -> str:
         f"{s['objects']} objects: {s['current']} current, {s['stale']} stale, "
         f"{s['retired']} retired, {s['unreadable']} unreadable"
         + (f"; {s['plaintext']} stored as plaintext although encrypted now" if s["plaintext"] else ""),
-        f"snapshot {report.snapshot.get('path')} (revision {report.snapshot.get('revision')}, "
+        f"snapshot {printable(str(report.snapshot.get('path')))} (revision {report.snapshot.get('revision')}, "
         f"trailer {report.snapshot.get('trailer')}); {len(report.configs)} config(s), current: "
-        f"{report.configs[0]['path'] if report.configs else '-'}",
+        f"{printable(report.configs[0]['path']) if report.configs else '-'}",
         "",
     ]
     rows = [

@@ -21,6 +21,7 @@ from snapshot_tools.cli.options import (
     SnapshotArg,
     kms_access,
 )
+from snapshot_tools.cli.output import printable
 from snapshot_tools.extract import RAW_ANNOTATION, ExtractOptions, ExtractResult, render_json, render_yaml, run_extract
 
 _PROG = "snapshot-tools"
@@ -96,7 +97,10 @@ def _report(result: ExtractResult) -> None:
     """Diagnostics on stderr: what was skipped and why, and what is on its way to stdout."""
     for s in result.skipped:
         via = f"{s.provider} key {s.key_name}" if s.key_name else s.provider
-        print(f"{_PROG}: skipped {s.key} (revision {s.revision}): unreadable ({s.reason}; {via})", file=sys.stderr)
+        print(
+            f"{_PROG}: skipped {printable(s.key)} (revision {s.revision}): unreadable ({s.reason}; {printable(via)})",
+            file=sys.stderr,
+        )
     if result.skipped:
         print(f"{_PROG}: {len(result.skipped)} of {result.matched} object(s) could not be read", file=sys.stderr)
     if result.kms_unavailable:

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from kms_plugin.terminal import printable
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
@@ -19,8 +21,15 @@ class OutputFormat(str, enum.Enum):
     json = "json"
 
 
+__all__ = ["OutputFormat", "printable", "progress_reporter", "render_table"]
+
+
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns separated by two spaces; plain text that survives pipes and grep."""
+    """Left-aligned columns separated by two spaces; plain text that survives pipes and grep.
+
+    Cells are user data (etcd keys, file names): non-printable characters are escaped.
+    """
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row):

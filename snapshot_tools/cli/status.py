@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from snapshot_tools.cli import app
-from snapshot_tools.cli.output import OutputFormat, render_table
+from snapshot_tools.cli.output import OutputFormat, printable, render_table
 from snapshot_tools.status import SnapshotStatus, snapshot_status
 
 _TRAILER_NOTE = {
@@ -67,9 +67,9 @@ def _render(s: SnapshotStatus) -> str:
         ),
     ]
     width = max(len(k) for k, _ in rows)
-    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines = [f"{k:<{width}}  {printable(v)}" for k, v in rows]
     lines.append("")
-    lines.append(f"live keys under {s.etcd_prefix}: {sum(s.resources.values())}")
+    lines.append(f"live keys under {printable(s.etcd_prefix)}: {sum(s.resources.values())}")
     if s.resources:
         lines.append(render_table(["RESOURCE", "KEYS"], [(r, str(n)) for r, n in s.resources.items()]))
         lines.append("")

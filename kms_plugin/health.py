@@ -7,18 +7,29 @@ control plane is not restarted for them. A backend with its own ``probe()`` (a r
 probed through it: the probe, not the request path, talks to the remote. ``/readyz`` also fails while
 the server drains. Request paths never wait on a probe: they read the cached result.
 
-References: aws-encryption-provider ``pkg/plugin/shared_health_check.go``; STYLE.md item 10.
+The HTTP server is exposed to every local user (and every hostNetwork pod), so it is bounded
+(:class:`HealthLimits`): at most 32 connections are served at once, each by its own thread; past
+that a connection is accepted and closed at once, never queued. A connection must send its request
+line and headers (8 KiB at most) within 3 s of silence and finish within 5 s, then it is shut down.
+So idle or slow clients hold at most 32 threads and 32 descriptors, and can never eat the
+descriptors or threads the gRPC server needs on the unix socket.
+
+References: aws-encryption-provider ``pkg/plugin/shared_health_check.go``; STYLE.md item 10;
+CPython ``socketserver.ThreadingMixIn`` (bounded here).
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -26,6 +37,7 @@ from kms_plugin.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from socketserver import BaseRequestHandler
 
     from kms_plugin.keks.base import KEKBackend
     from kms_plugin.metrics import PluginMetrics
@@ -122,18 +134,158 @@ def parse_health_addr(addr: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-class HealthServer:
-    """A small threaded HTTP server for /healthz /readyz /livez /metrics."""
+@dataclass(frozen=True)
+class HealthLimits:
+    """Bounds of the health HTTP server; the defaults are what ``serve`` uses.
 
-    def __init__(self, addr: tuple[str, int], monitor: HealthMonitor, metrics: PluginMetrics) -> None:
-        handler = _make_handler(monitor, metrics)
+    ``max_connections``: a kubelet probes three paths every few seconds and a Prometheus scrape
+    adds one, so a handful are ever legitimately open at once; 32 leaves room for slow scrapes
+    while capping the threads and descriptors any client can hold (one of each per connection).
+    ``read_timeout``: the socket timeout of every read and write on a connection; a client that
+    goes silent this long is dropped (kubelet's own probe timeout defaults to 1 s).
+    ``deadline``: the whole exchange, accept to last byte, so a client dribbling one byte per
+    ``read_timeout`` cannot hold a slot either.
+    ``max_request_bytes``: request line plus headers; a probe sends ~150 bytes. Bodies are never
+    read, and HTTP/1.0 closes the connection after one response.
+    ``backlog``: the kernel's accept queue (``listen``); queued connections hold no descriptor
+    or thread of ours.
+    """
+
+    max_connections: int = 32
+    read_timeout: float = 3.0
+    deadline: float = 5.0
+    max_request_bytes: int = 8 * 1024
+    backlog: int = 64
+
+
+_REFUSED_LOG_INTERVAL = 60.0
+
+
+class RequestTooLarge(http.client.HTTPException):
+    """Request line plus headers exceed :attr:`HealthLimits.max_request_bytes`."""
+
+
+class _BudgetReader:
+    """``rfile`` with a byte budget for everything ``BaseHTTPRequestHandler`` reads."""
+
+    def __init__(self, raw: Any, budget: int) -> None:
+        self._raw = raw
+        self._budget = budget
+        self.remaining = budget
+
+    def readline(self, size: int = -1) -> bytes:
+        cap = self.remaining + 1 if size < 0 else min(size, self.remaining + 1)
+        line: bytes = self._raw.readline(cap)
+        self.remaining -= len(line)
+        if self.remaining < 0:
+            raise RequestTooLarge(f"request line and headers exceed {self._budget} bytes")
+        return line
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class _BoundedHTTPServer(HTTPServer):
+    """An HTTP server with one thread per connection, at most ``max_connections`` of them.
+
+    Past the cap a connection is accepted and closed at once (its descriptor lives for
+    microseconds), never queued behind a thread. A per-connection deadline is enforced from
+    the accept loop (``service_actions`` runs every ``poll_interval``) by shutting the socket
+    down, which wakes its handler thread; the handler thread alone closes it.
+    """
+
+    def __init__(
+        self,
+        addr: tuple[str, int],
+        handler: type[BaseRequestHandler],
+        limits: HealthLimits,
+    ) -> None:
+        self.limits = limits
+        self.request_queue_size = limits.backlog
+        self._slots = threading.BoundedSemaphore(limits.max_connections)
+        self._live: dict[socket.socket, float] = {}
+        self._live_lock = threading.Lock()
+        self.refused = 0
+        self._refused_logged = 0
+        self._refused_log_at = 0.0
+        super().__init__(addr, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        with self._live_lock:
+            self._live[request] = time.monotonic() + self.limits.deadline
+        thread = threading.Thread(
+            target=self._serve_one, args=(request, client_address), name="health-conn", daemon=True
+        )
         try:
-            self.httpd = ThreadingHTTPServer(addr, handler)
+            thread.start()
+        except RuntimeError:  # cannot start a thread: drop this connection, keep serving
+            self._forget(request)
+
+    def _serve_one(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            # Timeouts, resets and oversized requests are the client's problem; the default
+            # handle_error prints a traceback per connection, which would let clients flood
+            # the log.
+            log.debug("health: connection from %s dropped", client_address, exc_info=True)
+        finally:
+            self._forget(request)
+
+    def _forget(self, request: socket.socket) -> None:
+        # Unregister before closing, under the lock the reaper shuts sockets down with: the
+        # reaper can never act on a descriptor number that was closed and reused.
+        with self._live_lock:
+            self._live.pop(request, None)
+        self.shutdown_request(request)
+        self._slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._live_lock:  # wake every handler thread; each closes its own socket
+            for request in self._live:
+                with contextlib.suppress(OSError):
+                    request.shutdown(socket.SHUT_RDWR)
+
+    def service_actions(self) -> None:
+        now = time.monotonic()
+        with self._live_lock:
+            for request, deadline in self._live.items():
+                if deadline <= now:
+                    with contextlib.suppress(OSError):
+                        request.shutdown(socket.SHUT_RDWR)
+        if self.refused != self._refused_logged and now >= self._refused_log_at:
+            log.warning(
+                "health: %d connection(s) closed unserved so far: %d already open (the cap)",
+                self.refused,
+                self.limits.max_connections,
+            )
+            self._refused_logged = self.refused
+            self._refused_log_at = now + _REFUSED_LOG_INTERVAL
+
+
+class HealthServer:
+    """A small bounded HTTP server for /healthz /readyz /livez /metrics (see :class:`HealthLimits`)."""
+
+    def __init__(
+        self,
+        addr: tuple[str, int],
+        monitor: HealthMonitor,
+        metrics: PluginMetrics,
+        limits: HealthLimits | None = None,
+    ) -> None:
+        self.limits = limits or HealthLimits()
+        handler = _make_handler(monitor, metrics, self.limits)
+        try:
+            self.httpd = _BoundedHTTPServer(addr, handler, self.limits)
         except OSError as exc:
             raise ConfigError(
                 f"--health-addr {addr[0]}:{addr[1]}: cannot listen: {exc.strerror}"
             ) from None
-        self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="health-http", daemon=True)
 
     @property
@@ -152,11 +304,18 @@ class HealthServer:
         self.httpd.server_close()
 
 
-def _make_handler(monitor: HealthMonitor, metrics: PluginMetrics) -> type[BaseHTTPRequestHandler]:
+def _make_handler(
+    monitor: HealthMonitor, metrics: PluginMetrics, limits: HealthLimits
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "kms-plugin"
+        timeout = limits.read_timeout  # StreamRequestHandler: settimeout() on the connection
 
-        def do_GET(self) -> None:  # noqa: N802
+        def setup(self) -> None:
+            super().setup()
+            self.rfile = _BudgetReader(self.rfile, limits.max_request_bytes)  # type: ignore[assignment]
+
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0].rstrip("/")
             if path == "/metrics":
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
@@ -173,7 +332,7 @@ def _make_handler(monitor: HealthMonitor, metrics: PluginMetrics) -> type[BaseHT
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             # Probes every few seconds would drown the log.
             return
 

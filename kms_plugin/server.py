@@ -4,6 +4,11 @@
   listener, or a path that is not a socket, is never touched (:class:`ConfigError`, exit 2).
 * The socket is bound under umask 0177 and then given ``--socket-mode``, so it is never more
   open than asked, and removed on exit if it is still ours (same inode).
+* An abstract socket (``unix:///@name``) has no file mode: any process in the network namespace
+  can call Encrypt/Decrypt. ``serve`` refuses it unless ``--allow-abstract-socket`` is given, and
+  warns at start when it is.
+* The soft RLIMIT_NOFILE is raised to the hard limit at start (Go does the same for every
+  program): descriptors are the resource that idle health clients used to exhaust.
 * SIGTERM/SIGINT: ``/readyz`` turns 503, the server stops accepting calls and in-flight ones get
   up to ``--drain-timeout`` seconds to finish; then exit 0.
 
@@ -18,6 +23,7 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -81,6 +87,32 @@ class ServeConfig:
     flavour: str = "sync"
     probe_interval: float = 10.0
     debug_call_delay: float = 0.0
+    allow_abstract_socket: bool = False  # checked by serve(); PluginServer itself only warns
+
+
+def check_serving_endpoint(ep: UnixEndpoint, allow_abstract: bool) -> None:
+    """Refuse to serve on an abstract socket unless explicitly allowed.
+
+    Raises:
+        ConfigError: ``ep`` is abstract and ``allow_abstract`` is false.
+    """
+    if ep.abstract and not allow_abstract:
+        raise ConfigError(
+            f"--listen {ep.display} is an abstract socket: it has no file mode, so any process in "
+            "this network namespace could call Encrypt/Decrypt; use a socket path "
+            "(unix:///run/kms-plugin/kms.sock) or pass --allow-abstract-socket to accept that"
+        )
+
+
+def raise_nofile_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (systemd and most runtimes start at 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, exc)
 
 
 def prepare_socket(ep: UnixEndpoint) -> None:
@@ -194,12 +226,12 @@ class PluginServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
 
-    def _probed(self, _probe: Any) -> None:  # noqa: ANN401
+    def _probed(self, _probe: Any) -> None:
         key_id = self.backend.status().key_id
         if key_id:
             self.metrics.set_key_id(key_id, "aws")
 
-    def _reloaded(self, result: str, keyring: Any, _reason: str) -> None:  # noqa: ANN401
+    def _reloaded(self, result: str, keyring: Any, _reason: str) -> None:
         self.metrics.reloads.labels(result).inc()
         if keyring is not None:
             self.metrics.set_keyring(keyring)
@@ -231,6 +263,12 @@ class PluginServer:
         self.monitor.start()
         if self.health is not None:
             self.health.start()
+        if self.endpoint.abstract:
+            log.warning(
+                "serving on abstract socket %s (--allow-abstract-socket): it has no file mode; "
+                "any process in this network namespace can call Encrypt/Decrypt",
+                self.endpoint.display,
+            )
         log.info(
             "serving KMS v2%s on %s (%s server), backend %s, key_id %s%s",
             " and v1beta1" if self.config.enable_v1 else "",
@@ -329,6 +367,8 @@ def serve(config: ServeConfig) -> int:
         received.append(signum)
         stop.set()
 
+    check_serving_endpoint(parse_unix_endpoint(config.listen), config.allow_abstract_socket)
+    raise_nofile_limit()
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         server = PluginServer(config)

@@ -176,7 +176,9 @@ def test_save_is_0600_and_refuses_to_clobber() -> None:
         with pytest.raises(ConfigError, match="already exists"):
             save_keyring(path, Keyring.generate(), replace=False)
         assert Keyring.load(path).active_key_id == KEYRING.active_key_id
-        assert sorted(p.name for p in d.iterdir()) == ["k.json"]  # no temp files left
+        # No temp files left; the writer lock file stays (its identity must be stable).
+        assert sorted(p.name for p in d.iterdir()) == ["k.json", "k.json.lock"]
+        assert stat.S_IMODE((d / "k.json.lock").stat().st_mode) == 0o600
 
 
 def test_cli_init_rotate_list(capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,6 +31,7 @@ TAG_SIZE = 16
 KEY_SIZE = 32
 MAX_KEK_ID_LEN = 64
 # KEK ids are printable and filename/label safe; they appear in headers, logs and listings.
+# Always use .fullmatch: with .match, "$" also accepts a trailing newline.
 KEK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # kube-apiserver refuses an encryptedDEKSource over 1 KiB (ValidateEncryptedObject).
 MAX_CIPHERTEXT = 1024
@@ -38,7 +39,7 @@ MAX_CIPHERTEXT = 1024
 
 def header_for(kek_id: str) -> bytes:
     """The header (and AAD) for ``kek_id``."""
-    if not KEK_ID_RE.match(kek_id):
+    if not KEK_ID_RE.fullmatch(kek_id):
         raise ValueError(f"KEK id {kek_id!r} must match {KEK_ID_RE.pattern}")
     raw = kek_id.encode("ascii")
     return MAGIC + bytes((FORMAT_VERSION, len(raw))) + raw
@@ -83,7 +84,7 @@ def parse(ciphertext: bytes) -> Parsed:
         kek_id = data[4:end].decode("ascii")
     except UnicodeDecodeError:
         raise InvalidCiphertext("ciphertext header has a non-ASCII KEK id") from None
-    if not KEK_ID_RE.match(kek_id):
+    if not KEK_ID_RE.fullmatch(kek_id):
         raise InvalidCiphertext("ciphertext header has an invalid KEK id")
     return Parsed(kek_id, data[:end], data[end : end + NONCE_SIZE], data[end + NONCE_SIZE :])
 

@@ -10,6 +10,11 @@ File shape::
 ``.knows_key_id``, ``.key_id_for``. :class:`LocalKeyringBackend` serves one to the plugin and
 re-reads the file when a stat shows it changed.
 
+Writers (:func:`save_keyring`, :func:`rotate_keyring`) hold an exclusive ``flock`` on a sidecar
+``<keyring>.lock`` from read to atomic rename, so concurrent rotations never lose a KEK. A keyring
+path that is a symlink is followed: the target is replaced (the symlink stays) and the lock and
+temp file sit beside the target, so every path to one keyring shares one lock.
+
 References: ``staging/src/k8s.io/kms/pkg/hierarchy`` (local KEK idea); aws-encryption-provider
 ``pkg/plugin`` (backend shape).
 """
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -39,7 +46,7 @@ from kms_plugin.keks import format as wire
 from kms_plugin.keks.base import BackendStatus, Wrapped
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
 log = logging.getLogger("kms_plugin.keyring")
 
@@ -47,7 +54,14 @@ KEYRING_VERSION = 1
 ACTIVE = "active"
 DECRYPT_ONLY = "decrypt-only"
 STATES = (ACTIVE, DECRYPT_ONLY)
+# A KEK entry is ~190 bytes as written (indent=2), so 1 MiB holds ~5,500 KEKs: a daily rotation
+# for 15 years without pruning. Anything larger is not a keyring; the cap also bounds what a
+# reload reads and parses on the request path (and so its memory and time).
 MAX_KEYRING_BYTES = 1 << 20
+# Creation years a keyring may state: no KEK predates the epoch, and outside 1000-9999 the
+# canonical time would not round-trip (short years) or the UTC conversion overflows.
+_MIN_YEAR, _MAX_YEAR = 1970, 9999
+LOCK_SUFFIX = ".lock"
 _KEK_FIELDS = {"id", "created", "state", "key"}
 
 
@@ -232,7 +246,31 @@ def _validate(keks: tuple[Kek, ...], source: str) -> None:
         )
 
 
-def _parse_kek(entry: Any, index: int, source: str) -> Kek:  # noqa: ANN401 - raw JSON
+def _brief(value: Any) -> str:
+    """A raw JSON value for a one-line message: containers by kind, long scalars cut short."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _parse_created(value: Any) -> datetime | None:
+    """An aware UTC creation time, or None if ``value`` is not one we can also write back."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+        if when.tzinfo is None:
+            return None
+        when = when.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    return when if _MIN_YEAR <= when.year <= _MAX_YEAR else None
+
+
+def _parse_kek(entry: Any, index: int, source: str) -> Kek:
     where = f"keyring {source}: keks[{index}]"
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be an object")
@@ -243,17 +281,17 @@ def _parse_kek(entry: Any, index: int, source: str) -> Kek:  # noqa: ANN401 - ra
     if extra:
         raise ConfigError(f"{where} has unknown field(s) {', '.join(sorted(extra))}")
     kek_id, created, state, key = (entry[f] for f in ("id", "created", "state", "key"))
-    if not isinstance(kek_id, str) or not wire.KEK_ID_RE.match(kek_id):
+    if not isinstance(kek_id, str) or not wire.KEK_ID_RE.fullmatch(kek_id):
         raise ConfigError(f"{where}: id must match {wire.KEK_ID_RE.pattern}")
     where = f"keyring {source}: KEK {kek_id}"
-    if state not in STATES:
-        raise ConfigError(f"{where}: state must be one of {', '.join(STATES)}, not {state!r}")
-    try:
-        when = datetime.fromisoformat(created) if isinstance(created, str) else None
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None:
-        raise ConfigError(f"{where}: created must be an RFC 3339 time with a zone")
+    if not isinstance(state, str) or state not in STATES:
+        raise ConfigError(f"{where}: state must be one of {', '.join(STATES)}, not {_brief(state)}")
+    when = _parse_created(created)
+    if when is None:
+        raise ConfigError(
+            f"{where}: created must be an RFC 3339 time with a zone, "
+            f"in years {_MIN_YEAR}-{_MAX_YEAR}"
+        )
     try:
         raw = base64.b64decode(key, validate=True) if isinstance(key, str) else b""
     except (binascii.Error, ValueError):
@@ -264,18 +302,47 @@ def _parse_kek(entry: Any, index: int, source: str) -> Kek:  # noqa: ANN401 - ra
     return Kek(kek_id, when, state, raw)
 
 
-def parse_keyring(data: bytes, source: str) -> Keyring:
-    """Validate keyring JSON ``data`` (from ``source``, used in messages)."""
+def _decode_json(data: bytes, source: str) -> Any:
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
-        raise ConfigError(f"keyring {source}: malformed JSON{where}") from None
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"keyring {source}: malformed JSON at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"keyring {source}: malformed JSON (not UTF-8)") from None
+    except RecursionError:
+        # json's C scanner recurses per nesting level; a keyring nests three deep.
+        raise ConfigError(f"keyring {source}: malformed JSON (nested too deeply)") from None
+    except ValueError as exc:  # e.g. a number over sys.get_int_max_str_digits() digits
+        raise ConfigError(f"keyring {source}: malformed JSON ({_brief(str(exc))})") from None
+
+
+def parse_keyring(data: bytes, source: str) -> Keyring:
+    """Validate keyring JSON ``data`` (from ``source``, used in messages).
+
+    Raises:
+        ConfigError: anything but a valid keyring: oversized, not UTF-8, malformed or too deeply
+            nested JSON, wrong types or values. One line; never key material.
+    """
+    if len(data) > MAX_KEYRING_BYTES:
+        raise ConfigError(f"keyring {source}: larger than {MAX_KEYRING_BYTES} bytes")
+    doc = _decode_json(data, source)
+    try:
+        return _parse_doc(doc, source)
+    except (RecursionError, ValueError, TypeError, OverflowError) as exc:
+        # _parse_doc checks every type it reads; this backstop keeps whatever slipped through a
+        # keyring error (exit 2, or "reload failed" while serving), never an internal one.
+        raise ConfigError(f"keyring {source}: unreadable ({type(exc).__name__})") from None
+
+
+def _parse_doc(doc: Any, source: str) -> Keyring:
     if not isinstance(doc, dict):
         raise ConfigError(f"keyring {source}: top level must be an object")
-    if doc.get("version") != KEYRING_VERSION:
+    version = doc.get("version")
+    if type(version) is not int or version != KEYRING_VERSION:
         raise ConfigError(
-            f"keyring {source}: unsupported version {doc.get('version')!r} (expected 1)"
+            f"keyring {source}: unsupported version {_brief(version)} (expected {KEYRING_VERSION})"
         )
     keks = doc.get("keks")
     if not isinstance(keks, list):
@@ -289,9 +356,15 @@ def stat_signature(st: os.stat_result) -> tuple[int, ...]:
 
 
 def load_keyring(path: str | os.PathLike[str]) -> tuple[Keyring, tuple[int, ...]]:
-    """Load and validate a keyring file; returns it with the stat signature it was read at."""
+    """Load and validate a keyring file; returns it with the stat signature it was read at.
+
+    Raises:
+        ConfigError: not a readable regular file of at most :data:`MAX_KEYRING_BYTES`, unsafe
+            mode, or not a valid keyring (:func:`parse_keyring`).
+    """
     source = os.fspath(path)
     try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; non-regular files are refused.
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise ConfigError(f"keyring {source}: cannot open: {exc.strerror}") from None
@@ -304,24 +377,106 @@ def load_keyring(path: str | os.PathLike[str]) -> tuple[Keyring, tuple[int, ...]
                 f"keyring {source}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others "
                 "read or write it; run chmod 600"
             )
-        if st.st_size > MAX_KEYRING_BYTES:
-            raise ConfigError(f"keyring {source}: larger than {MAX_KEYRING_BYTES} bytes")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(MAX_KEYRING_BYTES + 1)
+        data = _read_bounded(fd, source, st.st_size)
     finally:
         os.close(fd)
     return parse_keyring(data, source), stat_signature(st)
 
 
-def save_keyring(path: str | os.PathLike[str], keyring: Keyring, *, replace: bool) -> None:
-    """Write ``keyring`` atomically with mode 0600: temp file in the same dir, fsync, rename.
+def _read_bounded(fd: int, source: str, size: int) -> bytes:
+    """At most :data:`MAX_KEYRING_BYTES` from ``fd``, also if the file grows while we read."""
+    too_big = f"keyring {source}: larger than {MAX_KEYRING_BYTES} bytes"
+    if size > MAX_KEYRING_BYTES:
+        raise ConfigError(too_big)
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            chunk = os.read(fd, MAX_KEYRING_BYTES + 1 - total)
+        except OSError as exc:
+            raise ConfigError(f"keyring {source}: cannot read: {exc.strerror}") from None
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > MAX_KEYRING_BYTES:
+            raise ConfigError(too_big)
+        chunks.append(chunk)
+
+
+def _resolve(path: str | os.PathLike[str]) -> Path:
+    """The file a keyring path names: a symlink is followed to its (maybe missing) target."""
+    given = Path(path)
+    return Path(os.path.realpath(given)) if given.is_symlink() else given
+
+
+@contextlib.contextmanager
+def keyring_lock(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold the exclusive writer lock of the keyring ``path`` names; yields that file's path.
+
+    The lock is ``flock`` on ``<file>.lock`` beside the symlink-resolved file: created 0600, not
+    followed if it is a symlink, and never deleted (unlinking it would let two writers lock two
+    inodes of one name). Readers need no lock: writers replace the keyring by rename. Blocks
+    until the holder is done; a writer holds it for one read, fsync and rename.
 
     Raises:
-        ConfigError: ``path`` exists and ``replace`` is false, or the write fails.
+        ConfigError: the lock file cannot be opened, is not a regular file, or cannot be locked.
     """
-    target = Path(path)
-    if not replace and (target.exists() or target.is_symlink()):
-        raise ConfigError(f"keyring {target}: already exists (use --force to overwrite)")
+    target = _resolve(path)
+    lock_path = target.with_name(target.name + LOCK_SUFFIX)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(lock_path, flags, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"keyring {path}: cannot open lock file {lock_path}: {exc.strerror}"
+        ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"keyring {path}: lock file {lock_path} is not a regular file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise ConfigError(f"keyring {path}: cannot lock {lock_path}: {exc.strerror}") from None
+        yield target
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def save_keyring(path: str | os.PathLike[str], keyring: Keyring, *, replace: bool) -> None:
+    """Write ``keyring`` atomically with mode 0600, under :func:`keyring_lock`.
+
+    A symlink at ``path`` stays; with ``replace`` its target is replaced.
+
+    Raises:
+        ConfigError: ``path`` exists (or is a symlink) and ``replace`` is false, or the write fails.
+    """
+    given = Path(path)
+    if not replace and (given.exists() or given.is_symlink()):
+        raise ConfigError(f"keyring {given}: already exists (use --force to overwrite)")
+    with keyring_lock(given) as target:
+        _write_keyring(target, keyring, replace=replace)
+
+
+def rotate_keyring(
+    path: str | os.PathLike[str], now: datetime | None = None
+) -> tuple[Keyring, Keyring]:
+    """Add a fresh active KEK to the keyring file ``path``; the active one becomes decrypt-only.
+
+    Read, rotation and atomic replace happen under one :func:`keyring_lock`, so concurrent
+    rotations each add their KEK and none is lost. Returns ``(before, after)``.
+
+    Raises:
+        ConfigError: the file is not a valid keyring, or the lock or the write fails.
+    """
+    with keyring_lock(path) as target:
+        old = Keyring.load(target)
+        new = old.rotated(now)
+        _write_keyring(target, new, replace=True)
+    return old, new
+
+
+def _write_keyring(target: Path, keyring: Keyring, *, replace: bool) -> None:
+    """Temp file beside ``target``, 0600, fsync, then rename (or link, to never clobber)."""
     directory = target.parent if str(target.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
@@ -352,7 +507,6 @@ def save_keyring(path: str | os.PathLike[str], keyring: Keyring, *, replace: boo
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise ConfigError(f"keyring {target}: write failed: {exc.strerror}") from None
-
 
 
 class LocalKeyringBackend:

@@ -3,14 +3,22 @@
 Shared by both console scripts (``snapshot_tools`` may import ``kms_plugin``, not the reverse).
 Set ``K8S_AT_REST_DEBUG=1`` to see the traceback of an unexpected error.
 
+A command that must clean up when stopped (a half-written output) runs its work inside
+:func:`stop_signals_raise`: SIGINT, SIGTERM and SIGHUP then raise :class:`Interrupt`, a
+``KeyboardInterrupt`` carrying the signal, so ``finally`` blocks and context managers run; the
+exit status is the shell's 128 + N (:func:`signal_exit_code`) wherever it is decided.
+
 References: pip ``Command._main`` and ``status_codes.py`` (STYLE.md 8).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import typer
@@ -22,11 +30,67 @@ _ABORT = typer.Abort
 _CLICK_ERRORS = typer.TyperException
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
+    from types import FrameType
 
 USAGE_EXIT = 2
 INTERNAL_EXIT = 70
-INTERRUPTED_EXIT = 130
+# Signals that ask a command to stop: Ctrl-C, kill/systemd/timeout(1), a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def signal_exit_code(signum: int) -> int:
+    """The exit status of a command stopped by ``signum``: 128 + N, as shells report it."""
+    return 128 + signum
+
+
+INTERRUPTED_EXIT = signal_exit_code(signal.SIGINT)
+
+
+class Interrupt(KeyboardInterrupt):
+    """A stop signal turned into an exception by :func:`stop_signals_raise`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupt_signal(exc: KeyboardInterrupt) -> int:
+    """The signal behind ``exc``: its own for an :class:`Interrupt`, else SIGINT (Ctrl-C)."""
+    return getattr(exc, "signum", signal.SIGINT)
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupt`; restored after.
+
+    A signal the process was started ignoring (``nohup``) stays ignored. Only the first signal
+    raises: later ones are dropped while the block unwinds, so a second SIGTERM cannot cut the
+    clean-up of the first short. Outside the main thread (where Python cannot set handlers)
+    this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Interrupt(signum)
+
+    previous = {}
+    try:
+        for signum in STOP_SIGNALS:
+            old = signal.getsignal(signum)
+            if old is not signal.SIG_IGN:
+                previous[signum] = signal.SIG_DFL if old is None else old
+                signal.signal(signum, handler)
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _say(prog: str, message: str) -> None:
@@ -58,9 +122,9 @@ def run_app(
     except _ABORT:
         _say(prog, "interrupted")
         return INTERRUPTED_EXIT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _say(prog, "interrupted")
-        return INTERRUPTED_EXIT
+        return signal_exit_code(interrupt_signal(exc))
     except BrokenPipeError:
         # The reader went away (``| head``); nothing more to say.
         try:

@@ -7,7 +7,9 @@ it. A SIGKILL can leave only the temporary file, whose name ``.NAME.tmp-PID-RAND
 it is, never a partial file at the target.
 
 Without ``force`` the target is published with ``link`` (fails if something appeared there in
-the meantime), then the temporary name is removed; with ``force`` it is ``os.replace``.
+the meantime), then the temporary name is removed; with ``force`` it is ``os.replace``. Only a
+regular file is ever replaced, never a symlink, device, FIFO or socket, and never an input
+(checked on entry and again just before publishing).
 
 References: etcd ``client/v3/snapshot/v3_snapshot.go`` (``SaveWithVersion``: ``.part`` file,
 fsync, rename, mode 0600); bbolt ``cmd/bbolt`` ``surgery`` (separate output path).
@@ -20,7 +22,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Self
 
 from snapshot_tools.errors import OutputError
 
@@ -39,9 +41,14 @@ def temp_name(target: Path) -> str:
 def check_target(target: str | os.PathLike[str], *, force: bool, inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
     """Refuse a target that cannot or must not be written; return it as a ``Path``.
 
+    Only a regular file is ever replaced (with ``force``). The target itself is examined with
+    ``lstat``: a symlink is refused whatever it points to, as are devices, FIFOs and sockets
+    (``--force`` at ``/dev/stdout`` or ``/dev/null`` must not put a file of secrets there).
+
     Raises:
-        OutputError: the target is one of ``inputs`` (same path or same file), a directory, in a
-            missing directory, or exists without ``force``.
+        OutputError: the target is one of ``inputs`` (same path after resolving symlinks, or
+            the same file), is not a regular file, is in a missing directory, or exists
+            without ``force``.
     """
     path = Path(target)
     if not path.name or path.name in (".", ".."):
@@ -50,31 +57,52 @@ def check_target(target: str | os.PathLike[str], *, force: bool, inputs: Iterabl
     if not parent.is_dir():
         raise OutputError(f"{path}: directory {parent} does not exist")
     try:
-        st: os.stat_result | None = path.stat()
+        lst: os.stat_result | None = os.lstat(path)
     except FileNotFoundError:
-        st = None
+        lst = None
     except OSError as exc:
         raise OutputError(f"{path}: cannot check the output path: {exc.strerror}") from None
-    real = os.path.realpath(path)
-    for src in inputs:
-        same = os.path.realpath(src) == real
-        if not same and st is not None:
-            try:
-                sst = os.stat(src)
-                same = (sst.st_dev, sst.st_ino) == (st.st_dev, st.st_ino)
-            except OSError:
-                pass
-        if same:
-            raise OutputError(f"{path}: the output is the input file; write to another path")
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise OutputError(f"{path}: is a directory")
+    _refuse_inputs(path, inputs)
+    if lst is not None:
+        if not stat.S_ISREG(lst.st_mode):
+            raise OutputError(f"{path}: {_kind(lst.st_mode)}, not a regular file; write the output to a new path")
         if not force:
             raise OutputError(f"{path}: already exists (use --force to replace it)")
-    elif path.is_symlink():  # a dangling symlink: link() would refuse, replace() would drop it
-        if not force:
-            raise OutputError(f"{path}: already exists as a symlink (use --force to replace it)")
     return path
+
+
+def _refuse_inputs(path: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse ``path`` when it names an input: by resolved path, or (existing) by device and inode."""
+    real = os.path.realpath(path)
+    try:
+        st = path.stat()  # through a symlink: the file a write would have hit
+        ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except OSError:
+        ident = None
+    for src in inputs:
+        same = os.path.realpath(src) == real
+        if not same and ident is not None:
+            try:
+                sst = os.stat(src)
+            except OSError:
+                continue
+            same = (sst.st_dev, sst.st_ino) == ident
+        if same:
+            raise OutputError(f"{path}: the output is the input file {os.fspath(src)}; write to another path")
+
+
+_KINDS = (
+    (stat.S_ISLNK, "is a symbolic link"),
+    (stat.S_ISDIR, "is a directory"),
+    (stat.S_ISCHR, "is a character device"),
+    (stat.S_ISBLK, "is a block device"),
+    (stat.S_ISFIFO, "is a FIFO"),
+    (stat.S_ISSOCK, "is a socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((what for test, what in _KINDS if test(mode)), "is a special file")
 
 
 class AtomicFile:
@@ -97,15 +125,18 @@ class AtomicFile:
         self.file: BinaryIO | None = None
         self.published = False
 
-    def __enter__(self) -> AtomicFile:
+    def __enter__(self) -> Self:
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
         try:
             fd = os.open(self.temp_path, flags, 0o600)
         except OSError as exc:
             raise OutputError(f"{self.target}: cannot create a temporary file beside it: {exc.strerror}") from None
+        except BaseException:  # a signal raised just after the create: the file is ours (O_EXCL)
+            self._remove_temp()
+            raise
         try:
             os.fchmod(fd, 0o600)  # whatever the umask: the file will hold secrets
-            self.file = open(fd, "r+b", buffering=0)  # noqa: SIM115 - closed by sync()/__exit__
+            self.file = open(fd, "r+b", buffering=0)  # closed by sync() or __exit__
         except BaseException:
             os.close(fd)
             self._remove_temp()
@@ -130,8 +161,8 @@ class AtomicFile:
         """Sync, move the temporary file to the target, sync the directory; the target path.
 
         Raises:
-            OutputError: the target appeared meanwhile (without ``force``), or it became the
-                input, or the rename fails.
+            OutputError: the target appeared meanwhile (without ``force``), or it became an
+                input or something other than a regular file, or the rename fails.
         """
         self.sync()
         # Checked again: the target may have been created (or swapped) while we wrote.

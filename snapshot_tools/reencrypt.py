@@ -23,10 +23,17 @@ from typing import TYPE_CHECKING
 
 import google_crc32c
 
+from snapshot_tools.atomic_file import check_target
 from snapshot_tools.check import build_unwrappers
-from snapshot_tools.errors import Error, InvalidCiphertext, KMSUnavailable, MalformedValue, UsageError
+from snapshot_tools.errors import (
+    Error,
+    InvalidCiphertext,
+    KMSUnavailable,
+    MalformedValue,
+    UsageError,
+)
 from snapshot_tools.forms import ENCRYPTED_PREFIX
-from snapshot_tools.keysets import load_keyset
+from snapshot_tools.keysets import config_files, load_keyset
 from snapshot_tools.providers import aescbc, aesgcm, kms_prefix, kmsv2, secretbox, static_prefix
 from snapshot_tools.resolve import Resolver
 from snapshot_tools.resources import KeyParser
@@ -327,6 +334,21 @@ def _where(rec: Record) -> str:
     return f"{rec.key.decode('utf-8', 'backslashreplace')}@{rec.mod_revision}"
 
 
+def input_files(opts: RewriteOptions) -> list[str]:
+    """Every file a rewrite reads: the snapshot, ``--to``, each config (a directory and the
+    config files in it) and each keyring file. The output may be none of them.
+
+    Raises:
+        ConfigError: a config path that does not exist (or a directory without configs).
+    """
+    files = [opts.snapshot]
+    for path in ([opts.to] if opts.to else []) + list(opts.configs):
+        files.append(path)
+        files.extend(str(f) for f in config_files(path))
+    files.extend(opts.keyrings.values())
+    return files
+
+
 def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
     """Rewrite the snapshot at ``opts.output``; see the module docstring.
 
@@ -334,6 +356,8 @@ def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
     config lists ``identity`` (an apiserver would refuse them): the rewrite encrypts them.
 
     Raises:
+        OutputError: the output is one of :func:`input_files`, is not a regular file, or
+            exists without ``force`` (checked before any work, and again before publishing).
         RewriteRefused: unreadable values (without ``skip_unreadable``) or encrypted values of
             resources the new config does not cover (without ``decrypt_uncovered``).
         KMSUnavailable: a KMS needed to read or to wrap could not be reached.
@@ -341,9 +365,11 @@ def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
     started = time.monotonic()
     paths = ([opts.to] if opts.to else []) + list(opts.configs)
     keyset = load_keyset(paths)
+    inputs = input_files(opts)
+    check_target(opts.output, force=opts.force, inputs=inputs)  # before a KMS is asked anything
     unwrappers = build_unwrappers(keyset, opts.kms, opts.keyrings, opts.aws_kms, opts.aws)
     try:
-        return _rewrite(opts, keyset, unwrappers, started)
+        return _rewrite(opts, keyset, unwrappers, started, inputs)
     finally:
         for unwrapper in unwrappers.values():
             close = getattr(unwrapper, "close", None)
@@ -351,7 +377,9 @@ def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
                 close()
 
 
-def _rewrite(opts: RewriteOptions, keyset: KeySet, unwrappers: dict[str, Unwrapper], started: float) -> RewriteSummary:
+def _rewrite(
+    opts: RewriteOptions, keyset: KeySet, unwrappers: dict[str, Unwrapper], started: float, inputs: list[str]
+) -> RewriteSummary:
     reader = Resolver(keyset, unwrappers, keep_plaintext=True)
     target_config = keyset.configs[0] if opts.to else None
     target = _Target(target_config, unwrappers)
@@ -434,6 +462,7 @@ def _rewrite(opts: RewriteOptions, keyset: KeySet, unwrappers: dict[str, Unwrapp
             force=opts.force,
             verify=kv_verify(check),
             before_commit=before_commit,
+            inputs=inputs,
         )
     summary.revisions_rewritten = result.rewritten
     summary.skipped_unreadable = unreadable

@@ -38,7 +38,7 @@ from snapshot_tools.proto.etcd_kv_pb2 import KeyValue
 from snapshot_tools.snapshot import KEY_BUCKET, Record, Snapshot
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from snapshot_tools.bbolt import Bucket
     from snapshot_tools.bbolt.page import Node
@@ -84,6 +84,7 @@ def copy_snapshot(
     force: bool = False,
     verify: Verify | None = None,
     before_commit: Callable[[], None] | None = None,
+    inputs: Iterable[str | os.PathLike[str]] = (),
 ) -> WriteResult:
     """Rebuild ``src`` at ``dst_path`` with the values ``transform`` replaces; verify; publish.
 
@@ -95,10 +96,13 @@ def copy_snapshot(
     ``page_size`` defaults to the input's. The input is only read. ``before_commit()`` runs after
     verification and before the file is published; raising there leaves nothing at ``dst_path``
     (a caller that finds problems only once every record was seen aborts this way).
+    ``inputs`` names every other file the caller read to make the output (configs, key files):
+    ``dst_path`` may be none of them, nor the snapshot.
 
     Raises:
-        OutputError: ``dst_path`` is the input, exists without ``force``, cannot be written, or
-            the written file fails verification (nothing is then left at ``dst_path``).
+        OutputError: ``dst_path`` is the snapshot or one of ``inputs``, is not a regular file,
+            exists without ``force``, cannot be written, or the written file fails verification
+            (nothing is then left at ``dst_path``).
         SnapshotError: the input is damaged.
         ValueError: a bad page size, or a transform result that is not bytes.
         Any exception from ``transform`` or ``verify``, after the temporary file is removed.
@@ -107,7 +111,7 @@ def copy_snapshot(
     ps = check_page_size(src.page_size if page_size is None else page_size)
     state = _CopyState(transform)
     meta = src.db.meta
-    with AtomicFile(dst_path, force=force, inputs=[src.path]) as out:
+    with AtomicFile(dst_path, force=force, inputs=[src.path, *inputs]) as out:
         assert out.file is not None
         try:
             stats = write_db(
@@ -261,10 +265,14 @@ def _verify_output(
                         prev = key
                         if flags & BUCKET_LEAF_FLAG:
                             pending.append(((*bpath, key), bucket.child(key, kend, vend)))
-                        elif flagged is not None and n < len(flagged) and flagged[n]:
-                            if not verify(bpath, key, buf[kend:vend]):  # type: ignore[misc]
-                                failures += 1
-                                first_failure = first_failure or key
+                        elif (
+                            flagged is not None
+                            and n < len(flagged)
+                            and flagged[n]
+                            and not verify(bpath, key, buf[kend:vend])  # type: ignore[misc]
+                        ):
+                            failures += 1
+                            first_failure = first_failure or key
                         n += 1
                 found[bpath] = n
             if found != counts:

@@ -1,14 +1,26 @@
-"""``snapshot-tools reencrypt`` and ``decrypt``: offline rewrites of a whole snapshot."""
+"""``snapshot-tools reencrypt`` and ``decrypt``: offline rewrites of a whole snapshot.
+
+SIGINT, SIGTERM and SIGHUP during the rewrite raise (``stop_signals_raise``), so the temporary
+file beside OUT (plaintext, for decrypt) is removed before the command exits 128 + N.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
-from pathlib import Path  # noqa: TC003 - Typer reads the annotation at run time
+from pathlib import Path  # Typer reads the annotations at run time
 from typing import Annotated
 
 import typer
 
+from kms_plugin.cli_runner import (
+    INTERRUPTED_EXIT,
+    interrupt_signal,
+    signal_exit_code,
+    stop_signals_raise,
+)
 from snapshot_tools.cli import app
 from snapshot_tools.cli.options import (
     AwsContextOpt,
@@ -106,11 +118,6 @@ def decrypt(
     The output holds every Secret in the clear: keep it like the keys themselves. Exit codes as
     for reencrypt.
     """
-    print(
-        "snapshot-tools: warning: the output will hold every encrypted value as plaintext; "
-        "protect it like the keys themselves",
-        file=sys.stderr,
-    )
     _run(
         RewriteOptions(
             snapshot=str(snapshot),
@@ -127,17 +134,47 @@ def decrypt(
 
 
 class Interrupted(Error):
-    """SIGINT during a rewrite: the temporary file is gone and nothing is at OUT."""
+    """SIGINT, SIGTERM or SIGHUP during a rewrite: the temporary file is gone; exit 128 + N.
 
-    exit_code = 130
+    OUT is untouched unless the signal came after it was published (then it is complete).
+    """
+
+    exit_code = INTERRUPTED_EXIT  # SIGINT's; an instance carries its own signal's
+
+    def __init__(self, output: str, signum: int, *, written: bool) -> None:
+        how = "interrupted" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})"
+        if written:
+            super().__init__(f"{how} after {output} was written (complete and verified)")
+        else:
+            super().__init__(f"{how}; nothing was written to {output}")
+        self.signum = signum
+        self.exit_code = signal_exit_code(signum)
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _run(opts: RewriteOptions, fmt: OutputFormat) -> None:
+    before = _file_id(opts.output)
     try:
-        summary = run_rewrite(opts)
-    except KeyboardInterrupt:
-        # Typer would turn it into a silent exit 130; say what it means for the output.
-        raise Interrupted(f"interrupted; nothing was written to {opts.output}") from None
+        with stop_signals_raise():
+            summary = run_rewrite(opts)
+    except KeyboardInterrupt as exc:
+        # Typer would turn it into a silent exit 130; say what it means for the output. A new
+        # file at OUT means the signal came after the output was published.
+        written = _file_id(opts.output) not in (None, before)
+        raise Interrupted(opts.output, interrupt_signal(exc), written=written) from None
+    if opts.to is None:
+        print(
+            f"snapshot-tools: warning: {opts.output} holds every encrypted value as plaintext; "
+            "protect it like the keys themselves",
+            file=sys.stderr,
+        )
     if summary.decrypted_uncovered:
         print(
             f"snapshot-tools: warning: {len(summary.decrypted_uncovered)} encrypted values of resources the new "
@@ -166,8 +203,10 @@ def _run(opts: RewriteOptions, fmt: OutputFormat) -> None:
 def render_summary(s: RewriteSummary) -> str:
     rows = [[src, dst, str(n)] for (src, dst), n in sorted(s.transitions.items())]
     lines = [
-        f"wrote {s.output}: {s.revisions_rewritten} revisions rewritten of {s.records} records, "
-        f"{s.bytes_in:,} bytes in, {s.bytes_out:,} bytes out, {s.seconds:.2f} s",
+        (
+            f"wrote {s.output}: {s.revisions_rewritten} revisions rewritten of {s.records} records, "
+            f"{s.bytes_in:,} bytes in, {s.bytes_out:,} bytes out, {s.seconds:.2f} s"
+        ),
     ]
     if rows:
         lines += ["", render_table(["FROM", "TO", "REVISIONS"], rows)]

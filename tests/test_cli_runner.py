@@ -1,0 +1,93 @@
+"""``kms_plugin.cli_runner``: stop signals as exceptions, and the one exit-code rule for them.
+
+Signals are sent to this very process; each test first installs a handler of its own, so a
+guard that failed to take over could not kill the test run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from kms_plugin.cli_runner import (
+    INTERRUPTED_EXIT,
+    STOP_SIGNALS,
+    Interrupt,
+    interrupt_signal,
+    signal_exit_code,
+    stop_signals_raise,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import FrameType
+
+SEEN: list[int] = []
+
+
+def _outer(signum: int, frame: FrameType | None) -> None:
+    SEEN.append(signum)
+
+
+@pytest.fixture
+def outer_handlers() -> Iterator[None]:
+    """A harmless handler for every stop signal while the test runs, restored after."""
+    saved = {s: signal.signal(s, _outer) for s in STOP_SIGNALS}
+    SEEN.clear()
+    try:
+        yield
+    finally:
+        for s, old in saved.items():
+            signal.signal(s, old)
+
+
+def _deliver(sig: int) -> None:
+    os.kill(os.getpid(), sig)
+    for _ in range(100):  # handlers run between bytecodes of the main thread
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("sig", STOP_SIGNALS)
+@pytest.mark.usefixtures("outer_handlers")
+def test_each_stop_signal_raises_an_interrupt_and_the_handler_is_restored(sig: int) -> None:
+    with pytest.raises(Interrupt) as info, stop_signals_raise():
+        _deliver(sig)
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert interrupt_signal(info.value) == info.value.signum == sig
+    assert signal.getsignal(sig) is _outer
+    _deliver(sig)
+    assert SEEN == [sig]
+
+
+@pytest.mark.usefixtures("outer_handlers")
+def test_only_the_first_signal_raises_so_clean_up_finishes() -> None:
+    cleaned = False
+    with pytest.raises(Interrupt), stop_signals_raise():
+        try:
+            _deliver(signal.SIGTERM)
+        finally:
+            _deliver(signal.SIGTERM)  # a second "kill" while cleaning up
+            _deliver(signal.SIGHUP)
+            cleaned = True
+    assert cleaned
+    assert SEEN == []
+
+
+@pytest.mark.usefixtures("outer_handlers")
+def test_a_signal_ignored_at_start_stays_ignored() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    with stop_signals_raise():
+        _deliver(signal.SIGHUP)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+
+
+def test_exit_codes_are_128_plus_the_signal() -> None:
+    assert INTERRUPTED_EXIT == signal_exit_code(signal.SIGINT) == 130
+    assert signal_exit_code(signal.SIGTERM) == 143
+    assert signal_exit_code(signal.SIGHUP) == 129
+    assert interrupt_signal(KeyboardInterrupt()) == signal.SIGINT

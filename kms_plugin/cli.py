@@ -20,6 +20,7 @@ import typer
 
 from kms_plugin.cli_runner import run_app
 from kms_plugin.errors import ConfigError, Error, InvalidCiphertext, PluginError
+from kms_plugin.terminal import printable
 
 app = typer.Typer(
     add_completion=False,
@@ -183,9 +184,9 @@ def status(
         typer.echo(json.dumps({**facts, "healthy": not problems}, indent=2))
     else:
         for name, value in facts.items():
-            typer.echo(f"{name + ':':<10} {value}")
+            typer.echo(f"{name + ':':<10} {printable(value)}")  # the plugin's words: escaped
     if problems:
-        typer.echo(f"kms-plugin: unhealthy: {'; '.join(problems)}", err=True)
+        typer.echo(f"kms-plugin: unhealthy: {printable('; '.join(problems))}", err=True)
         raise typer.Exit(1)
 
 
@@ -215,7 +216,7 @@ def keyring_init(
 
     keyring = Keyring.generate()
     save_keyring(file, keyring, replace=force)
-    typer.echo(f"created {file}: KEK {keyring.active.id} active, key_id {keyring.active_key_id}")
+    typer.echo(f"created {printable(str(file))}: KEK {keyring.active.id} active, key_id {keyring.active_key_id}")
 
 
 @keyring_app.command("rotate")
@@ -228,7 +229,7 @@ def keyring_rotate(file: Path = typer.Argument(..., help="Keyring file to rotate
 
     old, new = rotate_keyring(file)
     typer.echo(
-        f"rotated {file}: KEK {new.active.id} active (key_id {new.active_key_id}); "
+        f"rotated {printable(str(file))}: KEK {new.active.id} active (key_id {new.active_key_id}); "
         f"{old.active.id} is now decrypt-only"
     )
 

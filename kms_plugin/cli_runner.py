@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from kms_plugin.terminal import printable
+
 # Typer (>= 0.29) vendors click: its usage errors derive from typer.TyperException, and Exit and
 # Abort are typer's own. Importing click itself would add an undeclared dependency.
 _EXIT = typer.Exit
@@ -95,7 +97,7 @@ def stop_signals_raise() -> Iterator[None]:
 
 def _say(prog: str, message: str) -> None:
     # Keep it to one line whatever the message holds.
-    line = " ".join(str(message).split())
+    line = printable(" ".join(str(message).split()))  # messages quote paths and etcd keys
     print(f"{prog}: error: {line}", file=sys.stderr, flush=True)
 
 

@@ -104,3 +104,12 @@ def test_printable_is_safe_and_reversible(text: str) -> None:
     assert not CONTROL & set(shown)
     # Unambiguous: decoding the escapes gives the text back.
     assert shown.encode("ascii", "backslashreplace").decode("unicode_escape") == text
+
+
+def test_error_lines_escape_paths(tmp_path: Path) -> None:
+    missing = tmp_path / f"no-such-{HOSTILE.replace(chr(10), '').replace(chr(13), '')}.db"
+    proc = _cli("status", str(missing))
+    assert proc.returncode == 3
+    _assert_clean(proc.stderr)
+    assert len(proc.stderr.splitlines()) == 1
+    assert "\\x1b[2J" in proc.stderr

@@ -34,7 +34,7 @@ from snapshot_tools.cli.options import (
     SnapshotArg,
     kms_access,
 )
-from snapshot_tools.cli.output import OutputFormat, render_table
+from snapshot_tools.cli.output import OutputFormat, printable, render_table
 from snapshot_tools.errors import Error
 from snapshot_tools.reencrypt import RewriteOptions, RewriteSummary, run_rewrite
 
@@ -184,7 +184,7 @@ def _run(opts: RewriteOptions, fmt: OutputFormat) -> None:
     if summary.skipped_unreadable:
         print(
             f"snapshot-tools: warning: {len(summary.skipped_unreadable)} unreadable values were copied unchanged: "
-            + ", ".join(summary.skipped_unreadable[:20]),
+            + printable(", ".join(summary.skipped_unreadable[:20])),
             file=sys.stderr,
         )
     if summary.latest_only:

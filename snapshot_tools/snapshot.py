@@ -18,7 +18,7 @@ import stat
 import struct
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Self
 
 from google.protobuf.message import DecodeError
 
@@ -41,6 +41,16 @@ _HASH_WINDOW = 16 << 20
 _REV_KEY = struct.Struct(">QxQ")  # main, '_', sub
 _parse_kv = KeyValue.FromString
 _SIZE_MASK = (1 << 48) - 1  # record size bits in a ``loc``: a record lies inside the file
+
+# The longest etcd key (``KeyValue.key``) read. Kubernetes writes /registry/<group>/<resource>/
+# <namespace>/<name> with names of at most 253 bytes: well under 1 KiB. etcd bounds a key only by
+# its request (--max-request-bytes, 1.5 MiB by default), so a longer key was not written by the
+# API server; 64 KiB leaves 64x headroom for custom prefixes. A longer key is reported as damage
+# (SnapshotError with the record's offset, exit 3), as every other unexpected structure is: no
+# view skips records, because a gate that silently drops some would judge less than it claims.
+# The reader's memory is bounded by the file anyway (elements and pages may not overlap); the
+# cap keeps each key small. The common 1-2 byte length in ``_scan`` is below it and costs nothing.
+MAX_ETCD_KEY = 64 << 10
 
 
 class Record(NamedTuple):
@@ -100,7 +110,7 @@ class Snapshot:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> Snapshot:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -208,6 +218,8 @@ class Snapshot:
                     ekey = mm[start : start + n]
                 else:
                     ekey = _decode_kv(mm, kstart, kend, vend).key
+                    if len(ekey) > MAX_ETCD_KEY:
+                        raise _long_key(kstart, kend, len(ekey))
                 if not prefix or ekey.startswith(prefix):
                     yield ekey, kstart << 49 | (vend - kstart) << 1 | tomb
 
@@ -239,6 +251,8 @@ class Snapshot:
                 kv = parse(raw[ks:])
             except DecodeError as exc:
                 raise _bad(kstart, kstart + ks, str(exc) or "invalid protobuf") from None
+            if size > MAX_ETCD_KEY and len(kv.key) > MAX_ETCD_KEY:
+                raise _long_key(kstart, kstart + ks, len(kv.key))
             rec = new(
                 kv.key, main, sub, kv.create_revision, kv.mod_revision, kv.version, kv.lease,
                 kv.value, tomb == 1,
@@ -314,6 +328,14 @@ def _check_revision_key(mm: mmap.mmap | bytes, flags: int, kstart: int, kend: in
 
 def _bad(kstart: int, at: int, why: str) -> SnapshotError:
     return SnapshotError(f"record at revision key offset {kstart}: KeyValue does not decode: {why}", offset=at)
+
+
+def _long_key(kstart: int, at: int, size: int) -> SnapshotError:
+    return SnapshotError(
+        f"record at revision key offset {kstart}: etcd key of {size} bytes, longer than the "
+        f"{MAX_ETCD_KEY} bytes a Kubernetes snapshot can hold",
+        offset=at,
+    )
 
 
 def _decode_kv(buf: mmap.mmap | memoryview | bytes, kstart: int, kend: int, vend: int) -> KeyValue:

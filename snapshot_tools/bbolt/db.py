@@ -1,8 +1,13 @@
 """A read-only bbolt database over one buffer (an mmap): buckets, ordered iteration, page map.
 
-Iteration uses explicit stacks, a per-walk visited map of page ids and a depth limit, so a
+Iteration uses explicit stacks, a per-walk record of the pages reached and a depth limit, so a
 damaged file (a branch pointing at itself or an ancestor, a page shared by two parents) raises
 :class:`SnapshotError` instead of recursing or looping.
+
+Work and memory follow the pages a walk actually reaches, never the high-water mark: a file may
+be sparse (16 KB on disk, a meta saying 2^27 pages), and per-page lists or maps sized by the mark
+would then cost gigabytes. Hence :class:`_Reached` (each node's first and last page, checked
+for overlap once a walk ends) and :class:`PageIds` (free pages as runs).
 
 References: bbolt ``db.go`` (``DB.meta``), ``bucket.go`` (``Bucket.openBucket``, ``ForEach``),
 ``cursor.go`` (``first``, ``last``, ``next``), ``tx_check.go`` (``checkBucket``),
@@ -13,8 +18,10 @@ from __future__ import annotations
 
 import mmap
 import struct
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from snapshot_tools.bbolt.layout import (
     BRANCH,
@@ -24,8 +31,8 @@ from snapshot_tools.bbolt.layout import (
     FREELIST,
     FREELIST_EXTENDED,
     LEAF,
-    MAX_DEPTH,
     LEAF_ELEMENT,
+    MAX_DEPTH,
     NO_FREELIST,
     PAGE_HEADER,
     PAGE_HEADER_SIZE,
@@ -35,7 +42,7 @@ from snapshot_tools.bbolt.page import Node, branch_children, inline_node, leaf_s
 from snapshot_tools.errors import SnapshotError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from snapshot_tools.bbolt.page import Buffer
 
@@ -43,6 +50,8 @@ _TREE_PAGES = frozenset((BRANCH, LEAF))
 _FREELIST_PAGES = frozenset((FREELIST,))
 # Drop mapped file pages after this many bytes were touched, so RSS stays flat on big files.
 RELEASE_WINDOW = 32 << 20
+# Freelist ids are checked this many at a time, so a bad id is found before the rest is unpacked.
+_FREELIST_CHUNK = 1 << 16
 
 Span = tuple[int, int, int, int]  # flags, key_start, key_end, value_end (absolute offsets)
 
@@ -116,57 +125,207 @@ class DB:
             raise SnapshotError(
                 f"freelist of {count} ids does not fit its page", offset=node.offset + 10, pgid=node.pgid
             )
-        ids = list(struct.unpack_from(f"<{count}Q", self.buf, start))
-        for i, pgid in enumerate(ids):
-            if not 2 <= pgid < self.hwm:
+        ids: list[int] = []
+        hwm = self.hwm
+        for at in range(start, start + 8 * count, 8 * _FREELIST_CHUNK):
+            chunk = struct.unpack_from(f"<{min(_FREELIST_CHUNK, count - len(ids))}Q", self.buf, at)
+            if min(chunk) < 2 or max(chunk) >= hwm:
+                i, pgid = next((i, p) for i, p in enumerate(chunk) if not 2 <= p < hwm)
                 raise SnapshotError(
-                    f"freelist names page {pgid}, outside [2, {self.hwm})", offset=start + 8 * i, pgid=node.pgid
+                    f"freelist names page {pgid}, outside [2, {hwm})", offset=at + 8 * i, pgid=node.pgid
                 )
+            ids.extend(chunk)
         return ids
 
     def page_map(self) -> PageMap:
         """Which pages below the high-water mark are reachable, free, or neither.
 
-        Every reachable page is marked once; a second reference is damage (bbolt's
+        Every reachable page is counted once; a second reference is damage (bbolt's
         ``tx.Check`` reports "multiple references"). With no persisted freelist, bbolt rebuilds it
-        as every unreachable page, so ``unreachable`` is then empty by definition.
+        as every unreachable page, so ``unreachable`` is then empty by definition. Memory is
+        O(reachable nodes + freelist ids): free pages are returned as runs.
 
         Raises:
             SnapshotError: damage found on the way, or a page referenced twice.
         """
-        marks = bytearray(self.hwm)
-        marks[0] = marks[1] = 1
+        reached = _Reached(self.hwm)
+        reached.add(0, 2, 0)  # the metas
         freelist = self.freelist()
         if freelist is not None:
             node = read_page(self.buf, self.meta.freelist, self.page_size, self.hwm, _FREELIST_PAGES)
-            self._mark(marks, node)
+            reached.add(self.meta.freelist, node.overflow + 1, node.offset)
         pending = [(self.root(), 0)]
         while pending:
             bucket, depth = pending.pop()
             if depth > MAX_DEPTH:
                 raise SnapshotError("buckets nested too deep (a loop?)", offset=bucket.offset)
-            for node in bucket.nodes(marks=marks, mark=self._mark):
+            for node in bucket.nodes(reached=reached):
                 if node.flags != LEAF:
                     continue
                 for flags, kstart, kend, vend in leaf_spans(self.buf, node):
                     if flags & BUCKET_LEAF_FLAG:
                         child = bucket.child(bytes(self.buf[kstart:kend]), kend, vend)
                         pending.append((child, depth + 1))
-        reachable = sum(1 for m in marks if m)
+        spans = [(start, reached.starts[start]) for start in reached.check(self.page_size)]
+        reachable = sum(stop - start for start, stop in spans)
+        gaps = _gaps(spans, self.hwm)
         if freelist is None:
-            free = [p for p in range(2, self.hwm) if not marks[p]]
-            return PageMap(self.hwm, self.page_size, reachable, free, [], persisted_freelist=False)
-        listed = set(freelist)
-        free = sorted(p for p in listed if not marks[p])
-        unreachable = [p for p in range(2, self.hwm) if not marks[p] and p not in listed]
-        return PageMap(self.hwm, self.page_size, reachable, free, unreachable, persisted_freelist=True)
+            return PageMap(self.hwm, self.page_size, reachable, PageIds(gaps), PageIds(), persisted_freelist=False)
+        freelist.sort()
+        free, unreachable = _split(gaps, freelist)
+        return PageMap(
+            self.hwm, self.page_size, reachable, PageIds(free), PageIds(unreachable), persisted_freelist=True
+        )
 
-    def _mark(self, marks: bytearray, node: Node) -> None:
-        assert node.pgid is not None
-        for pgid in range(node.pgid, node.pgid + node.overflow + 1):
-            if marks[pgid]:
-                raise SnapshotError(f"page {pgid} is referenced twice", offset=node.offset, pgid=node.pgid)
-            marks[pgid] = 1
+
+class _Reached:
+    """The pages one walk reached, in memory proportional to the nodes reached.
+
+    A node's first page is remembered at once, so a loop or a child shared by two parents stops
+    the walk there. Whole spans (overflow included) are compared by :meth:`check` after the walk,
+    sorted; until then the walk may not reach more pages than lie below the high-water mark, so
+    nodes overlapping each other cannot multiply the data a damaged file yields. (A bytearray per
+    page would be O(high-water mark): gigabytes for a sparse file with a huge mark.)
+    """
+
+    __slots__ = ("left", "starts")
+
+    def __init__(self, hwm: int) -> None:
+        self.starts: dict[int, int] = {}  # first page -> one past the last page of each node
+        self.left = hwm  # pages the walk may still reach
+
+    def add(self, pgid: int, npages: int, offset: int) -> None:
+        """Record the node at ``pgid`` (``npages`` pages from byte ``offset``).
+
+        Raises:
+            SnapshotError: the node was reached before, or the walk has now reached more pages
+                than the file holds.
+        """
+        if pgid in self.starts:
+            raise SnapshotError(
+                f"page {pgid} is referenced twice (a loop in the tree, or a page with two parents)",
+                offset=offset,
+                pgid=pgid,
+            )
+        self.left -= npages
+        if self.left < 0:
+            raise SnapshotError(
+                "pages are referenced twice: the trees reach more pages than lie below the high-water mark",
+                offset=offset,
+                pgid=pgid,
+            )
+        self.starts[pgid] = pgid + npages
+
+    def check(self, page_size: int) -> list[int]:
+        """The first pages of the nodes reached, sorted (ints sort several times faster than pairs).
+
+        Raises:
+            SnapshotError: a node starts inside another node's overflow pages.
+        """
+        starts = self.starts
+        order = sorted(starts)
+        stop = 0
+        for start in order:
+            if start < stop:
+                raise SnapshotError(
+                    f"page {start} is referenced twice (it lies inside another node's overflow)",
+                    offset=start * page_size,
+                    pgid=start,
+                )
+            stop = starts[start]
+        return order
+
+
+def _gaps(spans: list[tuple[int, int]], hwm: int) -> list[range]:
+    """The pages in ``[0, hwm)`` outside the sorted, disjoint ``spans``, as runs."""
+    gaps = []
+    at = 0
+    for start, stop in spans:
+        if start > at:
+            gaps.append(range(at, start))
+        at = stop
+    if at < hwm:
+        gaps.append(range(at, hwm))
+    return gaps
+
+
+def _split(gaps: list[range], ids: list[int]) -> tuple[list[range], list[range]]:
+    """``gaps`` cut into the pages the sorted freelist ``ids`` lists and the others."""
+    listed: list[range] = []
+    unlisted: list[range] = []
+    i = 0
+    for gap in gaps:
+        at = gap.start
+        i = bisect_left(ids, at, i)
+        while i < len(ids) and ids[i] < gap.stop:
+            pgid = ids[i]
+            i += 1
+            if pgid < at:  # listed twice
+                continue
+            if pgid > at:
+                unlisted.append(range(at, pgid))
+            listed.append(range(pgid, pgid + 1))
+            at = pgid + 1
+        if at < gap.stop:
+            unlisted.append(range(at, gap.stop))
+    return listed, unlisted
+
+
+class PageIds(Sequence[int]):
+    """Ascending page ids held as runs (``range`` objects), so millions of free pages cost O(runs).
+
+    Compares equal to any sequence of the same ids (``page_map().free == []``).
+    """
+
+    __slots__ = ("_len", "runs")
+
+    def __init__(self, runs: Iterable[range] = ()) -> None:
+        merged: list[range] = []
+        for run in runs:
+            if not run:
+                continue
+            if merged and merged[-1].stop == run.start:
+                merged[-1] = range(merged[-1].start, run.stop)
+            else:
+                merged.append(run)
+        self.runs = merged
+        self._len = sum(len(r) for r in merged)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[int]:
+        for run in self.runs:
+            yield from run
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._len))]
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError("page index out of range")
+        for run in self.runs:
+            if index < len(run):
+                return run[index]
+            index -= len(run)
+        raise AssertionError("unreachable")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PageIds):
+            return self.runs == other.runs
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(other) == self._len and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PageIds({self.runs!r})"
 
 
 @dataclass
@@ -179,8 +338,8 @@ class PageMap:
     hwm: int
     page_size: int
     reachable: int
-    free: list[int] = field(default_factory=list)
-    unreachable: list[int] = field(default_factory=list)  # neither reachable nor free ("unreachable unfreed")
+    free: PageIds = field(default_factory=PageIds)
+    unreachable: PageIds = field(default_factory=PageIds)  # neither reachable nor free ("unreachable unfreed")
     persisted_freelist: bool = False
 
 
@@ -211,26 +370,30 @@ class Bucket:
             raise SnapshotError(f"bucket {name!r}: root page {root} is outside [2, {self.db.hwm})", offset=vstart)
         return Bucket(self.db, name, root, None, vstart)
 
-    def nodes(self, *, reverse: bool = False, marks: bytearray | None = None, mark=None) -> Iterator[Node]:  # type: ignore[no-untyped-def]
+    def nodes(  # type: ignore[no-untyped-def]
+        self, *, reverse: bool = False, marks: bytearray | None = None, mark=None, reached: _Reached | None = None
+    ) -> Iterator[Node]:
         """Every node of the tree, depth first in key order (``reverse``: from the last key).
 
-        Branch nodes come before their children. Each page may appear once per walk.
+        Branch nodes come before their children. Each page may appear once per walk: the walk
+        is recorded in ``reached`` (shared across buckets by :meth:`DB.page_map`), or, when
+        ``mark`` is given, ``mark(marks, node)`` is called instead (the caller's own accounting).
+        A walk of its own checks for overlapping nodes once it is complete.
         """
         if self.inline is not None:
             yield self.inline
             return
         db = self.db
-        seen = bytearray(db.hwm) if marks is None else marks
+        own = reached is None and mark is None
+        walk = _Reached(db.hwm) if reached is None else reached
         stack = [(self.root, 0)]
         while stack:
             pgid, depth = stack.pop()
             node = db.page(pgid)
             if mark is not None:
-                mark(seen, node)
-            elif seen[pgid]:
-                raise SnapshotError(f"page {pgid} is reached twice (a loop in the tree)", offset=node.offset, pgid=pgid)
+                mark(marks, node)
             else:
-                seen[pgid] = 1
+                walk.add(pgid, node.overflow + 1, node.offset)
             yield node
             if node.flags == BRANCH:
                 if depth >= MAX_DEPTH:
@@ -239,13 +402,17 @@ class Bucket:
                 if not reverse:
                     children.reverse()
                 stack.extend((c, depth + 1) for c in children)
+        if own:
+            walk.check(db.page_size)
 
     def leaf_batches(self) -> Iterator[list[Span]]:
         """The spans of each leaf node in key order, one list per leaf: the scanning hot path.
 
         Same walk and checks as :meth:`nodes` + :func:`leaf_spans`, inlined because a full scan
         of a big ``key`` bucket spends most of its time here; any failed check re-reads the page
-        through :func:`read_page` / :func:`leaf_spans` to raise their precise error.
+        through :func:`read_page` / :func:`leaf_spans` to raise their precise error. Nodes that
+        share pages are found after the last batch (:meth:`_Reached.check`); until then the
+        walk is capped at the pages below the high-water mark.
         """
         db = self.db
         buf = db.buf
@@ -255,33 +422,40 @@ class Bucket:
         ps, hwm = db.page_size, db.hwm
         unpack_header = PAGE_HEADER.unpack_from
         iter_leaf = LEAF_ELEMENT.iter_unpack
-        seen = bytearray(hwm)
+        reached = _Reached(hwm)
+        starts = reached.starts
+        left = hwm
         stack = [(self.root, 0)]
         while stack:
             pgid, depth = stack.pop()
-            if not 2 <= pgid < hwm or seen[pgid]:
-                if 2 <= pgid < hwm:
-                    raise SnapshotError(f"page {pgid} is reached twice (a loop in the tree)", pgid=pgid)
+            if not 2 <= pgid < hwm:
                 db.page(pgid)  # raises: out of range
                 raise SnapshotError(f"page id {pgid} is out of range", pgid=pgid)
-            seen[pgid] = 1
             offset = pgid * ps
             page_id, flags, count, overflow = unpack_header(buf, offset)
-            end = offset + (overflow + 1) * ps
+            npages = overflow + 1
+            end = offset + npages * ps
             start = offset + PAGE_HEADER_SIZE
             if page_id != pgid or flags not in _TREE_PAGES or pgid + overflow >= hwm or start + count * 16 > end:
                 db.page(pgid)  # raises with the reason
                 raise SnapshotError("bad page header", offset=offset, pgid=pgid)
+            left -= npages  # _Reached.add, inlined
+            if pgid in starts or left < 0:
+                reached.left = left + npages
+                reached.add(pgid, npages, offset)  # raises with the reason
+            starts[pgid] = pgid + npages
             if flags == LEAF:
                 spans = []
                 addr = start
-                for eflags, pos, ksize, vsize in iter_leaf(buf[start : start + count * 16]):
+                prev = start + count * 16  # data follow the element array, packed in element order
+                for eflags, pos, ksize, vsize in iter_leaf(buf[start:prev]):
                     kstart = addr + pos
                     kend = kstart + ksize
                     vend = kend + vsize
-                    if vend > end:
+                    if kstart < prev or vend > end:
                         leaf_spans(buf, Node(pgid, offset, end, flags, count, overflow))  # raises
-                        raise SnapshotError("leaf element runs past the page", offset=addr, pgid=pgid)
+                        raise SnapshotError("leaf element overlaps or runs past the page", offset=addr, pgid=pgid)
+                    prev = vend
                     spans.append((eflags, kstart, kend, vend))
                     addr += 16
                 db.touch(end - offset)
@@ -292,6 +466,7 @@ class Bucket:
                 children = branch_children(buf, Node(pgid, offset, end, flags, count, overflow))
                 children.reverse()
                 stack.extend((c, depth + 1) for c in children)
+        reached.check(ps)
 
     def spans(self) -> Iterator[Span]:
         """``(flags, key_start, key_end, value_end)`` of every entry, in key order."""

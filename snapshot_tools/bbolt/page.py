@@ -100,17 +100,28 @@ def branch_children(buf: Buffer, node: Node) -> list[int]:
     """Child page ids of a branch node, in key order (keys are bounds-checked, not returned).
 
     Raises:
-        SnapshotError: an element's key lies outside the node.
+        SnapshotError: an element's key lies outside the node or overlaps another (see
+            :func:`leaf_spans`).
     """
     start = node.offset + PAGE_HEADER_SIZE
     end = node.end
     children = []
     addr = start
-    for pos, ksize, child in BRANCH_ELEMENT.iter_unpack(buf[start : start + node.count * ELEMENT_SIZE]):
-        if addr + pos + ksize > end:
+    prev = start + node.count * ELEMENT_SIZE
+    for pos, ksize, child in BRANCH_ELEMENT.iter_unpack(buf[start:prev]):
+        kstart = addr + pos
+        kend = kstart + ksize
+        if kend > end:
             raise SnapshotError(
                 f"branch element key (pos {pos}, size {ksize}) runs past the page", offset=addr, pgid=node.pgid
             )
+        if kstart < prev:
+            raise SnapshotError(
+                f"branch element key (pos {pos}, size {ksize}) overlaps the element array or the previous key",
+                offset=addr,
+                pgid=node.pgid,
+            )
+        prev = kend
         children.append(child)
         addr += ELEMENT_SIZE
     return children
@@ -119,14 +130,21 @@ def branch_children(buf: Buffer, node: Node) -> list[int]:
 def leaf_spans(buf: Buffer, node: Node) -> list[tuple[int, int, int, int]]:
     """``(flags, key_start, key_end, value_end)`` of every element of a leaf node, in order.
 
+    bbolt's ``node.write`` packs keys and values right after the element array, in element order,
+    so each element's data must start at or after the end of the previous one's (a gap is
+    harmless). Overlapping elements are damage: without this check a few KB of crafted elements
+    pointing into one big region would read as that region many times over (issue 9, item 8).
+
     Raises:
-        SnapshotError: an element's key or value lies outside the node.
+        SnapshotError: an element's key or value lies outside the node, or overlaps the element
+            array or the previous element's data.
     """
     start = node.offset + PAGE_HEADER_SIZE
     end = node.end
     spans = []
     addr = start
-    for flags, pos, ksize, vsize in LEAF_ELEMENT.iter_unpack(buf[start : start + node.count * ELEMENT_SIZE]):
+    prev = start + node.count * ELEMENT_SIZE
+    for flags, pos, ksize, vsize in LEAF_ELEMENT.iter_unpack(buf[start:prev]):
         kstart = addr + pos
         kend = kstart + ksize
         vend = kend + vsize
@@ -136,6 +154,14 @@ def leaf_spans(buf: Buffer, node: Node) -> list[tuple[int, int, int, int]]:
                 offset=addr,
                 pgid=node.pgid,
             )
+        if kstart < prev:
+            raise SnapshotError(
+                f"leaf element (pos {pos}, key {ksize} bytes, value {vsize} bytes) overlaps the element "
+                "array or the previous element's data",
+                offset=addr,
+                pgid=node.pgid,
+            )
+        prev = vend
         spans.append((flags, kstart, kend, vend))
         addr += ELEMENT_SIZE
     return spans

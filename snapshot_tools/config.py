@@ -21,8 +21,16 @@ fields are errors, and so is a value of the wrong type. Validation then follows
 ``getTransformerOverridesAndKMSPluginProbes``; reasons use upstream's wording. Every problem
 becomes a :class:`~snapshot_tools.errors.ConfigError` naming the file, the field position
 (``resources[0].providers[1].aescbc.keys[0].secret``), the YAML line when known, and the reason.
-Key material is never echoed, nor are parser snippets of the offending line. Not modelled: the
-``KMSv1`` feature gate and the v1 name-uniqueness rule that applies only with automatic reload.
+Key material is never echoed, nor is any other file content: YAML and JSON errors give line,
+column and a fixed reason, and an unknown field is named only when its name is a plain identifier.
+Not modelled: the ``KMSv1`` feature gate and the v1 name-uniqueness rule that applies only with
+automatic reload.
+
+Hostile files are bounded (issue 9): only regular files are read (a FIFO or a device is refused
+without blocking), at most :data:`MAX_CONFIG_BYTES` (:data:`MAX_STATE_BYTES` for ``.rkestate``),
+no control characters, nesting at most :data:`MAX_DEPTH` deep, and no YAML anchors or aliases
+(real configs never use them, and refusing them rules out alias bombs). Every check is linear
+in the file size. JSON goes through the same bounds.
 
 References: ``staging/src/k8s.io/apiserver/pkg/apis/apiserver/v1/{types_encryption,defaults,
 register}.go``, ``.../apiserver/validation/validation_encryption.go``,
@@ -35,24 +43,32 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from snapshot_tools.config_model import EncryptionConfig, KMSProvider, ProviderEntry, Rule, StaticKey
+from snapshot_tools.config_model import (
+    EncryptionConfig,
+    KMSProvider,
+    ProviderEntry,
+    Rule,
+    StaticKey,
+)
 from snapshot_tools.errors import ConfigError
 from snapshot_tools.resources import parse_group_resource
 
 __all__ = [
+    "ConfigFileError",
     "EncryptionConfig",
     "KMSProvider",
     "ProviderEntry",
     "Rule",
     "StaticKey",
-    "ConfigFileError",
     "config_error",
     "load_config_file",
     "parse_config_text",
@@ -68,7 +84,14 @@ TYPE_METAS = {
 }
 DEFAULT_KMS_TIMEOUT_S = 3.0
 DEFAULT_KMS_CACHESIZE = 1000
-MAX_CONFIG_BYTES = 16 * 1024 * 1024  # far above any real config; stops a snapshot being slurped
+# Real configs are a few KB (one key is ~100 bytes); 1 MiB still holds ~10,000 keys or
+# ~70,000 selectors, and bounds a load to ~2 s with libyaml (~5 s with pure-Python PyYAML).
+MAX_CONFIG_BYTES = 1024 * 1024
+# An RKE cluster.rkestate also carries every certificate and private key of the cluster.
+MAX_STATE_BYTES = 16 * 1024 * 1024
+# Collections inside collections. A config needs 8 (root .. keys[0]), a config inside an RKE
+# state 14; nothing legitimate comes near 64, and recursive code stays far from its limits.
+MAX_DEPTH = 64
 
 # Upstream reason texts (validation_encryption.go).
 _MORE_THAN_ONE = (
@@ -101,8 +124,45 @@ _DURATION_UNITS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0
 }
 # Unknown field names are echoed only when they look like field names: a long or base64-ish
-# name might be key material that slipped into the wrong place.
+# name might be key material that slipped into the wrong place, and anything else might hold
+# escape sequences. Every real field name is at most 10 characters.
 _SAFE_FIELD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,19}")
+# What YAML forbids anywhere in a stream (PyYAML ``Reader.NON_PRINTABLE``); JSON text is held
+# to the same rule, as the apiserver reads JSON through its YAML decoder too.
+_NON_PRINTABLE = re.compile(
+    "[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]"
+)
+_SURROGATE = re.compile("[\uD800-\uDFFF]")  # from \ud800-style escapes; not valid Unicode
+# Parser problems that are fixed texts (libyaml's, and PyYAML's where it quotes nothing). Any
+# other problem text may quote file content ("found character '@'..."), so it is not shown.
+_YAML_PROBLEMS = frozenset({
+    "block sequence entries are not allowed in this context",
+    "could not find expected ':'",
+    "did not find expected ',' or ']'",
+    "did not find expected ',' or '}'",
+    "did not find expected '-' indicator",
+    "did not find expected <document start>",
+    "did not find expected alphabetic or numeric character",
+    "did not find expected comment or line break",
+    "did not find expected hexdecimal number",
+    "did not find expected key",
+    "did not find expected node content",
+    "exceeded maximum nesting depth",
+    "found a tab character that violates indentation",
+    "found character that cannot start any token",
+    "found duplicate %TAG directive",
+    "found duplicate %YAML directive",
+    "found invalid Unicode character escape code",
+    "found undefined tag handle",
+    "found unexpected end of stream",
+    "found unhashable key",
+    "found unknown directive name",
+    "found unknown escape character",
+    "mapping values are not allowed here",
+    "mapping values are not allowed in this context",
+})
+_ANCHORS = "YAML anchors and aliases are not supported in an encryption config"
+_TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep"
 
 Path_ = tuple[Any, ...]  # a field position: ("resources", 0, "providers", 1, "aescbc")
 
@@ -111,14 +171,26 @@ Path_ = tuple[Any, ...]  # a field position: ("resources", 0, "providers", 1, "a
 # errors
 
 
+def _safe_part(part: object) -> bool:
+    return isinstance(part, int) or (isinstance(part, str) and bool(_SAFE_FIELD.fullmatch(part)))
+
+
 def _fmt_path(path: Path_) -> str:
+    """``resources[0].providers[1]``; a name that is not a plain identifier shows as ``<field>``."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + (part if _safe_part(part) else "<field>")
     return out
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped, so a message stays on one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class ConfigFileError(ConfigError):
@@ -131,7 +203,7 @@ class ConfigFileError(ConfigError):
         self.position = position
         self.line = line
         self.reason = reason
-        where = f"{file}: "
+        where = f"{_printable(file)}: "
         if position:
             where += position + (f" (line {line})" if line else "") + ": "
         elif line:
@@ -155,13 +227,14 @@ class _Problems:
         self.lines = lines
         self.items: list[tuple[str, int | None, str]] = []
 
-    def add(self, path: Path_, reason: str) -> None:
+    def add(self, path: Path_, reason: str, shown: Path_ | None = None) -> None:
+        """A problem at ``path``, reported at ``shown`` (default ``path``)."""
         line = None
         for n in range(len(path), -1, -1):  # nearest enclosing field that has a line
             line = self.lines.get(tuple(path[:n]))
             if line is not None:
                 break
-        self.items.append((_fmt_path(path), line, reason))
+        self.items.append((_fmt_path(path if shown is None else shown), line, reason))
 
     def raise_if_any(self) -> None:
         if self.items:
@@ -180,7 +253,7 @@ def _line_map(root: yaml.Node) -> tuple[dict[Path_, int], list[tuple[Path_, int]
     stack: list[tuple[Path_, yaml.Node]] = [((), root)]
     while stack:
         path, node = stack.pop()
-        if len(path) > 32:  # nothing valid is this deep; also stops alias loops
+        if len(path) > 32:  # nothing valid is this deep
             continue
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
@@ -207,50 +280,183 @@ def _load_text(text: str, source: str, json_first: bool) -> tuple[Any, dict[Path
     YAML is tried first because it gives line numbers (JSON is YAML); JSON that PyYAML cannot
     read (rare escapes) falls back to the json module. ``json_first`` skips YAML (big files).
     """
+    _check_characters(text, source)
     looks_json = text.lstrip().startswith(("{", "["))
+    lines: dict[Path_, int] = {}
     if json_first and looks_json:
-        return _load_json(text, source), {}
-    try:
-        return _load_yaml(text, source)
-    except ConfigError as exc:
-        if looks_json and str(getattr(exc, "reason", "")).startswith("invalid YAML"):
-            return _load_json(text, source), {}
-        raise
+        data = _load_json(text, source)
+    elif len(text) > MAX_CONFIG_BYTES:  # an .rkestate may be bigger, but only as JSON
+        raise config_error(source, None, f"too large for YAML ({_limit(MAX_CONFIG_BYTES)})")
+    else:
+        try:
+            data, lines = _load_yaml(text, source)
+        except ConfigFileError as exc:
+            if not (looks_json and exc.reason.startswith("invalid YAML")):
+                raise
+            data = _load_json(text, source)
+    _check_data(data, source)
+    return data, lines
+
+
+def _where(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of ``text[index]``."""
+    start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, index - start + 1
+
+
+def _check_characters(text: str, source: str) -> None:
+    bad = _NON_PRINTABLE.search(text)
+    if bad is not None:
+        line, column = _where(text, bad.start())
+        reason = f"a control character or other character not allowed (column {column})"
+        raise config_error(source, None, reason, line)
+
+
+def _check_data(data: Any, source: str) -> None:
+    """Nesting depth (JSON; YAML is checked while composing) and lone surrogates, iteratively."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        obj, depth = stack.pop()
+        if isinstance(obj, str):
+            if _SURROGATE.search(obj):
+                reason = "a string holds an invalid \\u escape (a lone surrogate)"
+                raise config_error(source, None, reason)
+        elif isinstance(obj, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise config_error(source, None, _TOO_DEEP)
+            items = [*obj.keys(), *obj.values()] if isinstance(obj, dict) else obj
+            stack.extend((item, depth + 1) for item in items)
 
 
 def _load_json(text: str, source: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise config_error(
-            source, None, f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno
-        ) from None
+        # exc.msg is a fixed text ("Expecting ',' delimiter"); exc.doc is not shown.
+        reason = f"invalid JSON: {exc.msg} (column {exc.colno})"
+        raise config_error(source, None, reason, exc.lineno) from None
+    except RecursionError:
+        raise config_error(source, None, _TOO_DEEP) from None
+    except ValueError:  # an integer beyond int_max_str_digits
+        raise config_error(source, None, "invalid JSON: a number is too long") from None
+
+
+# libyaml's parser when present (10x faster, no recursion); the events are the same.
+_YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _load_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            raise config_error(source, None, "empty file: expected an EncryptionConfiguration")
-        lines, dups = _line_map(node)
-        if dups:
-            path, line = dups[0]
-            raise config_error(source, _fmt_path(path), "duplicate field", line)
-        data = loader.construct_document(node)
+        loader = _YamlLoader(text)
+        try:
+            node = _compose(loader, source)
+            if node is None:
+                raise config_error(source, None, "empty file: expected an EncryptionConfiguration")
+            lines, dups = _line_map(node)
+            if dups:
+                raise _duplicate(source, *dups[0])
+            data = _construct(loader, node, source)
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
-        # str(exc) would include a snippet of the offending line - possibly a secret.
-        mark = exc.problem_mark or exc.context_mark
-        parts = [t for t in (exc.context, exc.problem) if t]
-        reason = f"invalid YAML: {', '.join(parts) or 'syntax error'}"
-        if mark is not None:
-            reason += f" (column {mark.column + 1})"
-        raise config_error(source, None, reason, mark.line + 1 if mark else None) from None
-    except yaml.YAMLError:
-        raise config_error(source, None, "invalid YAML") from None
-    finally:
-        loader.dispose()
+        raise _yaml_error(source, exc) from None
+    except (yaml.YAMLError, ValueError):  # PyYAML's scanner: chr() of a bad \U escape
+        raise config_error(source, None, "invalid YAML: syntax error") from None
     return data, lines
+
+
+def _construct(loader: Any, node: yaml.Node, source: str) -> Any:
+    """Python values of the node tree (``SafeConstructor``: tags, ints, timestamps, ...)."""
+    try:
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError:
+        raise
+    except Exception:  # noqa: BLE001 - int()/datetime()/indexing errors escape the constructors
+        reason = "invalid YAML: a value cannot be read (a tag that does not fit its value?)"
+        raise config_error(source, None, reason) from None
+
+
+def _yaml_error(source: str, exc: yaml.MarkedYAMLError) -> ConfigFileError:
+    """Line, column and a fixed reason; str(exc) would quote the offending line."""
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem if exc.problem in _YAML_PROBLEMS else None
+    if isinstance(exc, yaml.constructor.ConstructorError):
+        reason = f"invalid YAML: {problem or 'a value cannot be read'}"
+    else:
+        reason = f"invalid YAML: {problem or 'syntax error'}"
+    if mark is None:
+        return config_error(source, None, reason)
+    return config_error(source, None, f"{reason} (column {mark.column + 1})", mark.line + 1)
+
+
+def _duplicate(source: str, path: Path_, line: int) -> ConfigFileError:
+    safe = 0
+    while safe < len(path) and _safe_part(path[safe]):
+        safe += 1
+    if safe == len(path):
+        return config_error(source, _fmt_path(path), "duplicate field", line)
+    return config_error(source, _fmt_path(path[:safe]), "duplicate field (name not shown)", line)
+
+
+def _compose(loader: Any, source: str) -> yaml.Node | None:
+    """The single document's node tree, built from parser events with an explicit stack.
+
+    Replaces PyYAML's recursive ``Composer``: anchors and aliases are refused (so nothing is
+    ever expanded) and collections deeper than :data:`MAX_DEPTH` stop the parse.
+    """
+    loader.get_event()  # StreamStartEvent
+    if loader.check_event(yaml.StreamEndEvent):
+        return None
+    loader.get_event()  # DocumentStartEvent
+    root: yaml.Node | None = None
+    # Open collections, each with the key node waiting for its value (mappings only).
+    open_: list[tuple[yaml.CollectionNode, list[yaml.Node]]] = []
+    while not loader.check_event(yaml.DocumentEndEvent):
+        event = loader.get_event()
+        if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            open_.pop()[0].end_mark = event.end_mark
+            continue
+        mark = event.start_mark
+        if isinstance(event, yaml.AliasEvent) or event.anchor is not None:
+            reason = f"{_ANCHORS} (column {mark.column + 1})"
+            raise config_error(source, None, reason, mark.line + 1)
+        node = _node(loader, event)
+        if not open_:
+            root = node
+        elif isinstance(open_[-1][0], yaml.SequenceNode):
+            open_[-1][0].value.append(node)
+        elif not open_[-1][1]:
+            open_[-1][1].append(node)
+        else:
+            open_[-1][0].value.append((open_[-1][1].pop(), node))
+        if isinstance(node, yaml.CollectionNode):
+            if len(open_) >= MAX_DEPTH:
+                reason = f"{_TOO_DEEP} (column {mark.column + 1})"
+                raise config_error(source, None, reason, mark.line + 1)
+            open_.append((node, []))
+    loader.get_event()  # DocumentEndEvent
+    if not loader.check_event(yaml.StreamEndEvent):
+        line = loader.peek_event().start_mark.line + 1
+        raise config_error(source, None, "expected a single document, found another", line)
+    return root
+
+
+def _node(loader: Any, event: Any) -> yaml.Node:
+    """``Composer.compose_*_node`` without the recursion: tag resolution as PyYAML does it."""
+    tag = event.tag
+    start: Any = event.start_mark  # yaml.Mark, or libyaml's own mark type
+    end: Any = event.end_mark
+    if isinstance(event, yaml.ScalarEvent):
+        if tag is None or tag == "!":
+            tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        return yaml.ScalarNode(tag, event.value, start, end, event.style)
+    if isinstance(event, yaml.SequenceStartEvent):
+        if tag is None or tag == "!":
+            tag = loader.resolve(yaml.SequenceNode, None, event.implicit)
+        return yaml.SequenceNode(tag, [], start, None, event.flow_style)
+    if tag is None or tag == "!":
+        tag = loader.resolve(yaml.MappingNode, None, event.implicit)
+    return yaml.MappingNode(tag, [], start, None, event.flow_style)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,9 +537,12 @@ class _Builder:
             self.p.add(path, f"expected an object, got {_type_name(obj)}")
             return None
         for key in obj:
-            if key not in allowed:
-                shown = str(key) if _SAFE_FIELD.fullmatch(str(key)) else "<field>"
-                self.p.add((*path, shown), f'unknown field "{shown}"')
+            if key in allowed:
+                continue
+            if isinstance(key, str) and _SAFE_FIELD.fullmatch(key):
+                self.p.add((*path, key), f'unknown field "{key}"')
+            else:  # reported at the enclosing object, with the line of the key itself
+                self.p.add((*path, str(key)), "an unknown field (name not shown)", path)
         return obj
 
     def string(self, obj: dict[str, Any], key: str, path: Path_) -> str:
@@ -433,20 +642,23 @@ class _Builder:
     # -- resource selectors ------------------------------------------------------------
 
     def _overlap(self, selectors: list[str], path: Path_) -> None:
+        """Duplicates and overlaps within one list, in linear time.
+
+        ``validateResourceOverlap`` compares every pair: equal selectors are duplicates; two
+        different ones overlap when one is ``*.*``, or they share a group and one of them is
+        that group's ``*``. Per group that is: ``*`` plus any other resource of the group.
+        """
         if len(selectors) < 2:
             return
         grs = [parse_group_resource(s) for s in selectors]
-        duplicate = overlap = False
-        for i, r1 in enumerate(grs):
-            for j, r2 in enumerate(grs):
-                if i == j:
-                    continue
-                if r1 == r2:
-                    duplicate = True
-                    continue
-                if r1 == ("*", "*") or (r1[0] == r2[0] and "*" in (r1[1], r2[1])):
-                    overlap = True
-        if duplicate:
+        distinct = set(grs)
+        by_group: dict[str, set[str]] = {}
+        for group, resource in distinct:
+            by_group.setdefault(group, set()).add(resource)
+        overlap = (("*", "*") in distinct and len(distinct) > 1) or any(
+            "*" in resources and len(resources) > 1 for resources in by_group.values()
+        )
+        if len(distinct) < len(grs):
             self.p.add(path, _DUPLICATE)
         if overlap:
             self.p.add(path, _OVERLAP)
@@ -658,7 +870,14 @@ def parse_config_text(
 
     ``source`` names the file in errors; ``label`` (default ``source``) is the config's
     ``path`` and every key's ``config``.
+
+    Raises:
+        ConfigFileError: the text is not a valid config, or breaks a bound (size, depth,
+            anchors, control characters).
     """
+    if len(text) > MAX_CONFIG_BYTES:
+        reason = f"too large for an encryption config ({_limit(MAX_CONFIG_BYTES)})"
+        raise config_error(source, None, reason)
     data, lines = _load_text(text, source, json_first)
     return parse_config_data(data, source, index, label, lines, require_type_meta=require_type_meta)
 
@@ -681,19 +900,51 @@ def parse_config_data(
 # files
 
 
-def read_text(path: Path, shown: str) -> str:
-    """A config file's text, or a one-line ConfigError (missing, unreadable, binary, huge)."""
+def _limit(size: int) -> str:
+    return f"more than {size >> 20} MiB"
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(shown: str, mode: int) -> ConfigFileError:
+    if stat.S_ISDIR(mode):
+        return config_error(shown, None, "is a directory")
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+    return config_error(shown, None, f"is {kind}, not a regular file")
+
+
+def read_text(path: Path, shown: str, limit: int = MAX_CONFIG_BYTES) -> str:
+    """A config file's text, or a one-line ConfigError (missing, unreadable, binary, huge).
+
+    Symlinks are followed, but only a regular file is read: a FIFO would block, a device may
+    never end. The check is made before opening (opening a device can have effects) and again
+    on the open descriptor, which is non-blocking so that a FIFO swapped in cannot hang us.
+    """
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(shown, mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise _not_regular(shown, mode)
+            raw = fh.read(limit + 1)
     except FileNotFoundError:
         raise config_error(shown, None, "no such file or directory") from None
     except IsADirectoryError:
         raise config_error(shown, None, "is a directory") from None
     except OSError as exc:
         raise config_error(shown, None, f"cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise config_error(shown, None, "too large for an encryption config")
+    if len(raw) > limit:
+        what = "an RKE state file" if limit > MAX_CONFIG_BYTES else "an encryption config"
+        raise config_error(shown, None, f"too large for {what} ({_limit(limit)})")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -770,10 +1021,13 @@ def load_config_file(
     """
     p = Path(path)
     shown = shown if shown is not None else str(path)
-    text = read_text(p, shown)
-    # YAML first for line numbers (JSON is YAML); a state file is big and JSON only.
-    data, lines = _load_text(text, shown, json_first=p.suffix.lower() == ".rkestate")
-    if p.suffix.lower() == ".rkestate" or _is_rke_state(data):
-        return _rke_configs(data, shown, start_index)
-    cfg = parse_config_data(data, shown, start_index, shown, lines)
-    return [cfg]
+    state = p.suffix.lower() == ".rkestate"
+    text = read_text(p, shown, MAX_STATE_BYTES if state else MAX_CONFIG_BYTES)
+    try:
+        # YAML first for line numbers (JSON is YAML); a state file is big and JSON only.
+        data, lines = _load_text(text, shown, json_first=state)
+        if state or _is_rke_state(data):
+            return _rke_configs(data, shown, start_index)
+        return [parse_config_data(data, shown, start_index, shown, lines)]
+    except RecursionError:  # not expected past the depth bounds; still a bad file, not a crash
+        raise config_error(shown, None, _TOO_DEEP) from None

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from snapshot_tools.resources import parse_group_resource
 
 
-
 @dataclass(frozen=True)
 class StaticKey:
     """One aescbc/aesgcm/secretbox key as a config lists it. ``secret`` never shows in repr."""
@@ -104,12 +103,13 @@ class EncryptionConfig:
     )
 
     def __post_init__(self) -> None:
-        lookup: dict[tuple[str, str], tuple[ProviderEntry, ...]] = {}
+        lookup: dict[tuple[str, str], list[ProviderEntry]] = {}
         for rule in self.rules:
             for gr in rule.group_resources:
                 # Same exact resource in two entries: upstream appends the providers.
-                lookup[gr] = lookup.get(gr, ()) + rule.providers
-        object.__setattr__(self, "_lookup", lookup)
+                lookup.setdefault(gr, []).extend(rule.providers)
+        frozen = {gr: tuple(providers) for gr, providers in lookup.items()}
+        object.__setattr__(self, "_lookup", frozen)
         if not self.file:
             object.__setattr__(self, "file", self.path)
 

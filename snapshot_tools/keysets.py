@@ -80,10 +80,10 @@ class KeySet:
                             if ident in seen_static:
                                 continue
                             seen_static.add(ident)
-                            self._static.setdefault((key.provider, key.name), []).append(key)
-                            names = self._names.setdefault(key.provider, [])
-                            if key.name not in names:
-                                names.append(key.name)
+                            same_name = self._static.setdefault((key.provider, key.name), [])
+                            if not same_name:  # a new name (a dict lookup, not a list scan)
+                                self._names.setdefault(key.provider, []).append(key.name)
+                            same_name.append(key)
                             self._all.append(key)
                     elif entry.kind == "kms" and entry.kms is not None:
                         kms = entry.kms

@@ -60,6 +60,7 @@ from snapshot_tools.config_model import (
     StaticKey,
 )
 from snapshot_tools.errors import ConfigError
+from snapshot_tools.providers import STATIC_NAMES, static_provider
 from snapshot_tools.resources import parse_group_resource
 
 __all__ = [
@@ -75,9 +76,7 @@ __all__ = [
     "parse_duration",
 ]
 
-STATIC_PROVIDERS = ("aescbc", "aesgcm", "secretbox")
-PROVIDER_KINDS = ("identity", *STATIC_PROVIDERS, "kms")
-KEY_SIZES = {"aescbc": (16, 24, 32), "aesgcm": (16, 24, 32), "secretbox": (32,)}
+PROVIDER_KINDS = ("identity", *STATIC_NAMES, "kms")
 TYPE_METAS = {
     ("apiserver.config.k8s.io/v1", "EncryptionConfiguration"),
     ("v1", "EncryptionConfig"),  # legacy alias, v1/register.go
@@ -761,7 +760,7 @@ class _Builder:
         if secret is None:
             self.p.add((*path, "secret"), _BASE64)
             return None
-        sizes = KEY_SIZES[kind]
+        sizes = static_provider(kind).key_sizes
         if len(secret) not in sizes:
             self.p.add(
                 (*path, "secret"),

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snapshot_tools.config import (
-    STATIC_PROVIDERS,
     EncryptionConfig,
     KMSProvider,
     ProviderEntry,
@@ -33,6 +32,7 @@ from snapshot_tools.config import (
     load_config_file,
 )
 from snapshot_tools.errors import ConfigError
+from snapshot_tools.providers import STATIC_NAMES
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -74,7 +74,7 @@ class KeySet:
         for config in self.configs:
             for rule in config.rules:
                 for entry in rule.providers:
-                    if entry.kind in STATIC_PROVIDERS:
+                    if entry.kind in STATIC_NAMES:
                         for key in entry.keys:
                             ident = (key.provider, key.name, key.secret)
                             if ident in seen_static:
@@ -160,7 +160,7 @@ class KeySet:
         out: set[tuple[str, str, str]] = set()
         for rule in self.current.rules:
             first = rule.providers[0]
-            if first.kind in STATIC_PROVIDERS:
+            if first.kind in STATIC_NAMES:
                 key = first.keys[0]
                 out.add((key.provider, key.name, key.fingerprint))
             elif first.kind == "kms" and first.kms is not None:

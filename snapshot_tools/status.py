@@ -19,7 +19,7 @@ import google_crc32c
 
 from snapshot_tools.bbolt.layout import BUCKET_LEAF_FLAG
 from snapshot_tools.errors import SnapshotError
-from snapshot_tools.forms import storage_form
+from snapshot_tools.providers import storage_form
 from snapshot_tools.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class SnapshotStatus:
 
     ``resources`` maps a resource label (``/registry/secrets``) to its live key count.
     ``storage_forms`` lists ``{resource, form, name, count}`` for live values under the prefix:
-    ``form`` from :func:`snapshot_tools.forms.storage_form`, ``name`` the key or KMS provider
+    ``form`` from :func:`snapshot_tools.providers.storage_form`, ``name`` the key or KMS provider
     name (``None`` for identity). ``free_pages`` counts pages below the high-water mark that no
     bucket reaches: etcd copies them into snapshots as they are, so they can still hold old
     values (deleted or overwritten Secrets, old ciphertexts); a rewrite does not copy them.

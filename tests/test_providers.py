@@ -19,15 +19,16 @@ from snapshot_tools import objects
 from snapshot_tools.errors import InvalidCiphertext, MalformedValue
 from snapshot_tools.providers import (
     aescbc,
-    aesgcm,
     identity,
     kms_prefix,
     kmsv1,
     kmsv2,
-    secretbox,
     static_prefix,
+    static_provider,
 )
 from tests.conftest import FIXTURES
+
+AESCBC, AESGCM, SECRETBOX = (static_provider(n) for n in ("aescbc", "aesgcm", "secretbox"))
 
 AES_KEYS = st.sampled_from([16, 24, 32]).flatmap(lambda n: st.binary(min_size=n, max_size=n))
 KEY32 = st.binary(min_size=32, max_size=32)
@@ -48,25 +49,25 @@ ROUND_TRIP = settings(max_examples=150, deadline=None)
 @ROUND_TRIP
 @given(key=AES_KEYS, plaintext=PLAINTEXTS)
 def test_aescbc_round_trip(key: bytes, plaintext: bytes) -> None:
-    body = aescbc.encrypt(key, plaintext)
+    body = AESCBC.encrypt(key, plaintext)
     assert len(body) == 16 + 16 * (len(plaintext) // 16 + 1)
-    assert aescbc.decrypt(key, body) == plaintext
+    assert AESCBC.decrypt(key, body) == plaintext
 
 
 @ROUND_TRIP
 @given(key=AES_KEYS, plaintext=PLAINTEXTS, etcd_key=ETCD_KEYS)
 def test_aesgcm_round_trip(key: bytes, plaintext: bytes, etcd_key: bytes) -> None:
-    body = aesgcm.encrypt(key, plaintext, etcd_key)
+    body = AESGCM.encrypt(key, plaintext, etcd_key)
     assert len(body) == len(plaintext) + 28
-    assert aesgcm.decrypt(key, body, etcd_key) == plaintext
+    assert AESGCM.decrypt(key, body, etcd_key) == plaintext
 
 
 @ROUND_TRIP
 @given(key=KEY32, plaintext=PLAINTEXTS)
 def test_secretbox_round_trip(key: bytes, plaintext: bytes) -> None:
-    body = secretbox.encrypt(key, plaintext)
+    body = SECRETBOX.encrypt(key, plaintext)
     assert len(body) == len(plaintext) + 40
-    assert secretbox.decrypt(key, body) == plaintext
+    assert SECRETBOX.decrypt(key, body) == plaintext
 
 
 @ROUND_TRIP
@@ -144,10 +145,10 @@ def test_moved_to_another_etcd_key() -> None:
     """aesgcm and KMS bind the value to its etcd key (AAD); aescbc and secretbox do not."""
     plaintext, here, there = b"k8s\x00payload", b"/registry/secrets/a/x", b"/registry/secrets/a/y"
     key = os.urandom(32)
-    assert aescbc.decrypt(key, aescbc.encrypt(key, plaintext)) == plaintext
-    assert secretbox.decrypt(key, secretbox.encrypt(key, plaintext)) == plaintext
+    assert AESCBC.decrypt(key, AESCBC.encrypt(key, plaintext)) == plaintext
+    assert SECRETBOX.decrypt(key, SECRETBOX.encrypt(key, plaintext)) == plaintext
     with pytest.raises(InvalidCiphertext):
-        aesgcm.decrypt(key, aesgcm.encrypt(key, plaintext, here), there)
+        AESGCM.decrypt(key, AESGCM.encrypt(key, plaintext, here), there)
     payload = kmsv2.encrypt(key, plaintext, here, encrypted_dek_source=b"w", key_id="k")
     obj = kmsv2.parse(payload)
     assert kmsv2.decrypt(obj, key, here) == plaintext
@@ -172,16 +173,16 @@ def _flips(data: bytes) -> list[bytes]:
 
 def test_tampered_aesgcm_and_secretbox_fail_closed() -> None:
     key, aad, plaintext = os.urandom(32), b"/registry/secrets/ns/n", os.urandom(50)
-    for bad in _flips(aesgcm.encrypt(key, plaintext, aad)):
+    for bad in _flips(AESGCM.encrypt(key, plaintext, aad)):
         with pytest.raises(InvalidCiphertext, match="^decryption failed$"):
-            aesgcm.decrypt(key, bad, aad)
-    for bad in _flips(secretbox.encrypt(key, plaintext)):
+            AESGCM.decrypt(key, bad, aad)
+    for bad in _flips(SECRETBOX.encrypt(key, plaintext)):
         with pytest.raises(InvalidCiphertext, match="^decryption failed$"):
-            secretbox.decrypt(key, bad)
+            SECRETBOX.decrypt(key, bad)
     with pytest.raises(InvalidCiphertext):
-        aesgcm.decrypt(os.urandom(32), aesgcm.encrypt(key, plaintext, aad), aad)
+        AESGCM.decrypt(os.urandom(32), AESGCM.encrypt(key, plaintext, aad), aad)
     with pytest.raises(InvalidCiphertext):
-        secretbox.decrypt(os.urandom(32), secretbox.encrypt(key, plaintext))
+        SECRETBOX.decrypt(os.urandom(32), SECRETBOX.encrypt(key, plaintext))
 
 
 def test_tampered_kms_envelopes_fail_closed() -> None:
@@ -224,7 +225,7 @@ def test_kmsv1_cbc_fallback_is_reported() -> None:
 )
 def test_aescbc_framing(body_len: int, message: str) -> None:
     with pytest.raises(MalformedValue) as err:
-        aescbc.decrypt(os.urandom(32), os.urandom(body_len))
+        AESCBC.decrypt(os.urandom(32), os.urandom(body_len))
     assert str(err.value) == message
 
 
@@ -235,32 +236,72 @@ def test_aescbc_one_context_serves_interleaved_values() -> None:
 
     key = os.urandom(32)
     plaintexts = [os.urandom(n) for n in (0, 1, 15, 16, 17, 100, 1500, 5000, 3, 64)]
-    bodies = [aescbc.encrypt(key, p) for p in plaintexts]
+    bodies = [AESCBC.encrypt(key, p) for p in plaintexts]
     iv = os.urandom(16)
     enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
     bad = iv + enc.update(os.urandom(31) + b"\x00") + enc.finalize()  # last byte 0: rejected
     for _ in range(3):
         for plaintext, body in zip(plaintexts, bodies, strict=True):
             with pytest.raises(InvalidCiphertext):
-                aescbc.decrypt(key, bad)
-            assert aescbc.decrypt(key, body) == plaintext
+                AESCBC.decrypt(key, bad)
+            assert AESCBC.decrypt(key, body) == plaintext
 
 
 def test_aescbc_encrypt_with_a_shared_context_is_standard_cbc_with_fresh_ivs() -> None:
-    """encrypt() reuses one CBC context per key (its IV is AES of a random block chained on):
-    every body must still be plain ``IV || AES-CBC(key, IV, PKCS#7(p))`` with its own IV."""
+    """encrypt() reuses one CBC context per key (steered onto each fresh IV): every body must
+    still be plain ``IV || AES-CBC(key, IV, PKCS#7(p))`` with its own IV."""
     from cryptography.hazmat.primitives import padding
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
     key = os.urandom(32)
     plaintexts = [os.urandom(n) for n in (0, 1, 15, 16, 17, 100, 5000)] * 3
-    bodies = [aescbc.encrypt(key, p) for p in plaintexts]
+    bodies = [AESCBC.encrypt(key, p) for p in plaintexts]
     assert len({b[:16] for b in bodies}) == len(bodies)
     for plaintext, body in zip(plaintexts, bodies, strict=True):
         assert len(body) == 16 + (len(plaintext) // 16 + 1) * 16
         dec = Cipher(algorithms.AES(key), modes.CBC(body[:16])).decryptor()
         unpad = padding.PKCS7(128).unpadder()
         assert unpad.update(dec.update(body[16:]) + dec.finalize()) + unpad.finalize() == plaintext
+
+
+@ROUND_TRIP
+@given(
+    key=AES_KEYS,
+    steps=st.lists(
+        st.tuples(PLAINTEXTS, st.binary(min_size=16, max_size=16), st.sampled_from(["enc", "dec", ""])),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_aescbc_core_equals_a_fresh_cbc_context(
+    key: bytes, steps: list[tuple[bytes, bytes, str]]
+) -> None:
+    """The deterministic core (what encrypt() and the golden vectors both use) steers the key's
+    shared contexts onto the given IV: whatever they did before (other encryptions, decryptions
+    of good and bad bodies), the body is what a fresh ``CBC(iv)`` context gives."""
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    for plaintext, iv, before in steps:
+        if before == "enc":
+            AESCBC.encrypt(key, os.urandom(len(plaintext) % 40))
+        elif before == "dec":
+            with pytest.raises(InvalidCiphertext):
+                AESCBC.decrypt(key, os.urandom(16) + _cbc_tail_zero(key))
+        padder = padding.PKCS7(128).padder()
+        enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+        want = iv + enc.update(padder.update(plaintext) + padder.finalize()) + enc.finalize()
+        assert aescbc._encrypt_from_parts(key, plaintext, iv) == want
+        assert AESCBC.decrypt(key, want, b"") == plaintext
+
+
+def _cbc_tail_zero(key: bytes) -> bytes:
+    """Two ciphertext blocks whose plaintext ends in 0x00 under any IV (rejected padding)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    c1 = os.urandom(16)
+    enc = Cipher(algorithms.AES(key), modes.CBC(c1)).encryptor()
+    return c1 + enc.update(os.urandom(15) + b"\x00") + enc.finalize()
 
 
 def test_aescbc_padding_rules_follow_go() -> None:
@@ -275,25 +316,25 @@ def test_aescbc_padding_rules_follow_go() -> None:
         return iv + enc.update(plain) + enc.finalize()
 
     body = b"A" * 12 + b"\x14" * 20  # pad 20 > 16: Go accepts, strips 20 bytes
-    assert aescbc.decrypt(key, raw(body)) == b"A" * 12
-    assert aescbc.decrypt(key, raw(b"\x20" * 32)) == b""  # c == len: everything is padding
+    assert AESCBC.decrypt(key, raw(body)) == b"A" * 12
+    assert AESCBC.decrypt(key, raw(b"\x20" * 32)) == b""  # c == len: everything is padding
     for bad in (b"A" * 31 + b"\x00", b"A" * 30 + b"\x03\x02", b"A" * 15 + b"\x21" * 17):
         with pytest.raises(InvalidCiphertext, match="^decryption failed$"):
-            aescbc.decrypt(key, raw(bad))
+            AESCBC.decrypt(key, raw(bad))
     with pytest.raises(InvalidCiphertext):
-        aescbc.decrypt(key, raw(b"\x21" * 32))  # c = 33 > len 32
+        AESCBC.decrypt(key, raw(b"\x21" * 32))  # c = 33 > len 32
 
 
 @pytest.mark.parametrize("n", [0, 11, 12, 27])
 def test_aesgcm_framing(n: int) -> None:
     with pytest.raises(MalformedValue, match="^aesgcm: the stored data was shorter"):
-        aesgcm.decrypt(os.urandom(16), os.urandom(n), b"k")
+        AESGCM.decrypt(os.urandom(16), os.urandom(n), b"k")
 
 
 @pytest.mark.parametrize("n", [0, 24, 39])
 def test_secretbox_framing(n: int) -> None:
     with pytest.raises(MalformedValue, match="^secretbox: the stored data was shorter"):
-        secretbox.decrypt(os.urandom(32), os.urandom(n))
+        SECRETBOX.decrypt(os.urandom(32), os.urandom(n))
 
 
 def test_key_sizes() -> None:
@@ -301,13 +342,13 @@ def test_key_sizes() -> None:
         key = os.urandom(size)
         aes_sizes = f"key must be 16, 24 or 32 bytes, got {size}$"
         with pytest.raises(ValueError, match=f"^aescbc {aes_sizes}"):
-            aescbc.decrypt(key, os.urandom(32))
+            AESCBC.decrypt(key, os.urandom(32))
         with pytest.raises(ValueError, match=f"^aesgcm {aes_sizes}"):
-            aesgcm.encrypt(key, b"x", b"k")
+            AESGCM.encrypt(key, b"x", b"k")
         with pytest.raises(ValueError, match=f"^secretbox key must be 32 bytes, got {size}$"):
-            secretbox.decrypt(key, os.urandom(48))
+            SECRETBOX.decrypt(key, os.urandom(48))
     with pytest.raises(ValueError, match="^secretbox key must be 32 bytes, got 16$"):
-        secretbox.encrypt(os.urandom(16), b"x")
+        SECRETBOX.encrypt(os.urandom(16), b"x")
     with pytest.raises(ValueError, match="^aescbc IV must be 16 bytes, got 12$"):
         aescbc._encrypt_from_parts(os.urandom(16), b"x", os.urandom(12))
     with pytest.raises(ValueError, match="^KMS v1 DEK must be 32 bytes, got 16$"):
@@ -467,9 +508,9 @@ def test_100k_wrong_aescbc_keys_never_readable() -> None:
             bodies.append(value[len(prefix) :])
     assert len(bodies) == 14
     right = base64.b64decode("Q/6UFRHDGhUKxtX2dDTCg9tmczF4fSjQe9hfAMKnfYg=")
-    assert all(objects.is_kubernetes_object(aescbc.decrypt(right, b)) for b in bodies)
+    assert all(objects.is_kubernetes_object(AESCBC.decrypt(right, b)) for b in bodies)
 
-    decrypt, sniff = aescbc.decrypt, objects.is_kubernetes_object
+    decrypt, sniff = AESCBC.decrypt, objects.is_kubernetes_object
     small = [b for b in bodies if len(b) <= 2048]  # the 100 KiB Secret gets fewer tries below
     large = [b for b in bodies if len(b) > 2048]
     keys = os.urandom(32 * 100_000)

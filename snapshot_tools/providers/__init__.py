@@ -1,11 +1,14 @@
 """Stored-value formats of kube-apiserver encryption at rest, one module per provider.
 
-Static providers (:mod:`aescbc`, :mod:`aesgcm`, :mod:`secretbox`) work on the *body*, the bytes
-after ``k8s:enc:<provider>:v1:<keyname>:``; the KMS envelopes (:mod:`kmsv1`, :mod:`kmsv2`) on the
-bytes after ``k8s:enc:kms:v1|v2:<provider name>:``. :func:`static_prefix` and :func:`kms_prefix`
-build those prefixes. Every module raises ``errors.InvalidCiphertext`` (opaque) when
-authentication or padding fails and ``errors.MalformedValue`` (exact reason) for broken framing;
-bad key or nonce sizes given by a caller are ``ValueError``.
+:mod:`~snapshot_tools.providers.registry` is the one place that lists the forms and matches
+their prefixes: :func:`format_of` gives a value's :class:`Format`, whose ``static`` is the
+:class:`StaticProvider` that reads it (:mod:`aescbc`, :mod:`aesgcm`, :mod:`secretbox`, working
+on the *body*, the bytes after ``k8s:enc:<provider>:v1:<keyname>:``); the KMS envelopes
+(:mod:`kmsv1`, :mod:`kmsv2`) work on the bytes after ``k8s:enc:kms:v1|v2:<provider name>:``.
+:func:`static_prefix` and :func:`kms_prefix` build those prefixes. Every module raises
+``errors.InvalidCiphertext`` (opaque) when authentication or padding fails and
+``errors.MalformedValue`` (exact reason) for broken framing; bad key or nonce sizes given by a
+caller are ``ValueError``.
 
 References: ``staging/src/k8s.io/apiserver/pkg/server/options/encryptionconfig/config.go``
 (prefix constants), spec sections 1-6.
@@ -14,47 +17,40 @@ References: ``staging/src/k8s.io/apiserver/pkg/server/options/encryptionconfig/c
 from __future__ import annotations
 
 from snapshot_tools.providers import aescbc, aesgcm, identity, kmsv1, kmsv2, secretbox
-
-STATIC_PROVIDERS = ("aescbc", "aesgcm", "secretbox")
-KMS_API_VERSIONS = ("v1", "v2")
+from snapshot_tools.providers.registry import (
+    ENCRYPTED_PREFIX,
+    FORMATS,
+    IDENTITY,
+    KMS_API_VERSIONS,
+    STATIC_NAMES,
+    Format,
+    StaticProvider,
+    by_name,
+    format_of,
+    kms_prefix,
+    static_prefix,
+    static_provider,
+    storage_form,
+)
 
 __all__ = [
+    "ENCRYPTED_PREFIX",
+    "FORMATS",
+    "IDENTITY",
     "KMS_API_VERSIONS",
-    "STATIC_PROVIDERS",
+    "STATIC_NAMES",
+    "Format",
+    "StaticProvider",
     "aescbc",
     "aesgcm",
+    "by_name",
+    "format_of",
     "identity",
     "kms_prefix",
     "kmsv1",
     "kmsv2",
     "secretbox",
     "static_prefix",
+    "static_provider",
+    "storage_form",
 ]
-
-
-def static_prefix(provider: str, keyname: str) -> bytes:
-    """``k8s:enc:<provider>:v1:<keyname>:`` for aescbc, aesgcm or secretbox.
-
-    Raises:
-        ValueError: unknown provider or empty key name.
-    """
-    if provider not in STATIC_PROVIDERS:
-        raise ValueError(f"provider must be one of {', '.join(STATIC_PROVIDERS)}, got {provider!r}")
-    if not keyname:
-        raise ValueError("key name must not be empty")
-    return f"k8s:enc:{provider}:v1:{keyname}:".encode()
-
-
-def kms_prefix(api_version: str, name: str) -> bytes:
-    """``k8s:enc:kms:<v1|v2>:<name>:``.
-
-    Raises:
-        ValueError: unknown API version, empty name, or a v2 name containing ``:``.
-    """
-    if api_version not in KMS_API_VERSIONS:
-        raise ValueError(f"KMS apiVersion must be v1 or v2, got {api_version!r}")
-    if not name:
-        raise ValueError("KMS provider name must not be empty")
-    if api_version == "v2" and ":" in name:
-        raise ValueError("KMS v2 provider name must not contain ':'")
-    return f"k8s:enc:kms:{api_version}:{name}:".encode()

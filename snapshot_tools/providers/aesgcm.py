@@ -1,6 +1,6 @@
 """The ``aesgcm`` provider: ``nonce(12) || AES-GCM(key, nonce, plaintext, AAD) || tag(16)``.
 
-``decrypt``/``encrypt`` work on the *body*, the bytes after ``k8s:enc:aesgcm:v1:<keyname>:``.
+Provider :data:`PROVIDER` works on the *body*, the bytes after ``k8s:enc:aesgcm:v1:<keyname>:``.
 The AAD is the full etcd key (``--etcd-prefix`` included), so a value does not decrypt under
 another key. :func:`open_gcm` and :func:`seal_gcm` are shared with the KMS envelopes, which use
 the same layout with their data keys.
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from snapshot_tools.errors import InvalidCiphertext, MalformedValue
 from snapshot_tools.providers._common import (
+    AES_KEY_SIZES,
     DECRYPTION_FAILED,
     GCM_NONCE_SIZE,
     GCM_TAG_SIZE,
@@ -69,27 +70,51 @@ def seal_gcm(cipher: AESGCM, nonce: bytes, plaintext: bytes, aad: bytes | None) 
     return nonce + cipher.encrypt(nonce, plaintext, aad)
 
 
-def decrypt(key: bytes, body: bytes, aad: bytes) -> bytes:
-    """Decrypt an aesgcm body.
+class AesGcmProvider:
+    """The ``aesgcm`` :class:`~snapshot_tools.providers.registry.StaticProvider` (one instance,
+    :data:`PROVIDER`). The AAD is the full etcd key the value is stored under."""
 
-    Args:
-        key: 16, 24 or 32 bytes.
-        body: the stored value after ``k8s:enc:aesgcm:v1:<keyname>:``.
-        aad: the full etcd key the value is stored under.
+    __slots__ = ()
+    name = "aesgcm"
+    prefix = b"k8s:enc:aesgcm:v1:"
+    key_sizes: tuple[int, ...] = AES_KEY_SIZES
+    authenticated = True
+    needs_aad = True
 
-    Raises:
-        ValueError: the key has an invalid length.
-        MalformedValue: shorter than nonce + tag (28 bytes).
-        InvalidCiphertext: wrong key, other etcd key, or tampered data.
-    """
-    return open_gcm(aead(key), body, aad, "aesgcm")
+    def __repr__(self) -> str:
+        return "<static provider aesgcm>"
 
+    def decrypt(self, key: bytes, body: bytes | memoryview, aad: bytes) -> bytes:
+        """Decrypt an aesgcm body.
 
-def encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    """Encrypt with a fresh random nonce; returns the body ``nonce || ciphertext || tag``."""
-    return _encrypt_from_parts(key, plaintext, aad, os.urandom(GCM_NONCE_SIZE))
+        Args:
+            key: 16, 24 or 32 bytes.
+            body: the stored value after ``k8s:enc:aesgcm:v1:<keyname>:``.
+            aad: the full etcd key the value is stored under.
+
+        Raises:
+            ValueError: the key has an invalid length.
+            MalformedValue: shorter than nonce + tag (28 bytes).
+            InvalidCiphertext: wrong key, other etcd key, or tampered data.
+        """
+        return open_gcm(aead(key), body, aad, "aesgcm")
+
+    def encrypt(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """Encrypt with a fresh random nonce; returns the body ``nonce || ciphertext || tag``.
+
+        Raises:
+            ValueError: the key has an invalid length.
+        """
+        return _encrypt_from_parts(key, plaintext, aad, os.urandom(GCM_NONCE_SIZE))
 
 
 def _encrypt_from_parts(key: bytes, plaintext: bytes, aad: bytes, nonce: bytes) -> bytes:
-    """Deterministic core of :func:`encrypt` (vector tests pass a fixed nonce)."""
+    """Deterministic core of :meth:`AesGcmProvider.encrypt` (vector tests pass a fixed nonce)."""
     return seal_gcm(aead(key), nonce, plaintext, aad)
+
+
+PROVIDER = AesGcmProvider()
+
+# Module-level spellings, kept for resolve.py and bench/ until issue 10's readers land.
+decrypt = PROVIDER.decrypt
+encrypt = PROVIDER.encrypt

@@ -6,8 +6,7 @@ References: ``staging/src/k8s.io/apiserver/pkg/storage/value/encrypt/identity/id
 from __future__ import annotations
 
 from snapshot_tools.errors import MalformedValue
-
-ENCRYPTED_PREFIX = b"k8s:enc:"
+from snapshot_tools.providers.registry import ENCRYPTED_PREFIX
 
 
 def decrypt(value: bytes) -> bytes:

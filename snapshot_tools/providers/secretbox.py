@@ -1,8 +1,9 @@
 """The ``secretbox`` provider: ``nonce(24) || poly1305 tag(16) || XSalsa20 ciphertext``.
 
-``decrypt``/``encrypt`` work on the *body*, the bytes after ``k8s:enc:secretbox:v1:<keyname>:``.
-NaCl secretbox authenticates against the key but has no AAD: a value moved to another etcd
-key still decrypts. The layout is exactly what PyNaCl's ``SecretBox.encrypt`` returns.
+Provider :data:`PROVIDER` works on the *body*, the bytes after
+``k8s:enc:secretbox:v1:<keyname>:``. NaCl secretbox authenticates against the key but has no AAD:
+a value moved to another etcd key still decrypts. The layout is exactly what PyNaCl's
+``SecretBox.encrypt`` returns.
 
 References: ``staging/src/k8s.io/apiserver/pkg/storage/value/encrypt/secretbox/secretbox.go``.
 """
@@ -36,30 +37,57 @@ def _box(key: bytes) -> SecretBox:
     return box
 
 
-def decrypt(key: bytes, body: bytes) -> bytes:
-    """Open a secretbox body.
+class SecretboxProvider:
+    """The ``secretbox`` :class:`~snapshot_tools.providers.registry.StaticProvider` (one
+    instance, :data:`PROVIDER`). ``aad`` is accepted and ignored: secretbox binds nothing to the
+    etcd key."""
 
-    Raises:
-        ValueError: the key is not 32 bytes.
-        MalformedValue: shorter than nonce + tag (40 bytes).
-        InvalidCiphertext: wrong key or tampered data.
-    """
-    box = _box(key)
-    if len(body) < MIN_BODY:
-        raise MalformedValue("secretbox: the stored data was shorter than the required size")
-    try:
-        return box.decrypt(body[NONCE_SIZE:], body[:NONCE_SIZE])
-    except CryptoError:
-        raise InvalidCiphertext(DECRYPTION_FAILED) from None
+    __slots__ = ()
+    name = "secretbox"
+    prefix = b"k8s:enc:secretbox:v1:"
+    key_sizes: tuple[int, ...] = (KEY_SIZE,)
+    authenticated = True
+    needs_aad = False
 
+    def __repr__(self) -> str:
+        return "<static provider secretbox>"
 
-def encrypt(key: bytes, plaintext: bytes) -> bytes:
-    """Seal with a fresh random nonce; returns the body ``nonce || tag || ciphertext``."""
-    return _encrypt_from_parts(key, plaintext, os.urandom(NONCE_SIZE))
+    def decrypt(self, key: bytes, body: bytes | memoryview, aad: bytes = b"") -> bytes:
+        """Open a secretbox body.
+
+        Raises:
+            ValueError: the key is not 32 bytes.
+            MalformedValue: shorter than nonce + tag (40 bytes).
+            InvalidCiphertext: wrong key or tampered data.
+        """
+        box = _box(key)
+        if len(body) < MIN_BODY:
+            raise MalformedValue("secretbox: the stored data was shorter than the required size")
+        if type(body) is not bytes:
+            body = bytes(body)  # PyNaCl takes bytes only
+        try:
+            return box.decrypt(body[NONCE_SIZE:], body[:NONCE_SIZE])
+        except CryptoError:
+            raise InvalidCiphertext(DECRYPTION_FAILED) from None
+
+    def encrypt(self, key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+        """Seal with a fresh random nonce; returns the body ``nonce || tag || ciphertext``.
+
+        Raises:
+            ValueError: the key is not 32 bytes.
+        """
+        return _encrypt_from_parts(key, plaintext, os.urandom(NONCE_SIZE))
 
 
 def _encrypt_from_parts(key: bytes, plaintext: bytes, nonce: bytes) -> bytes:
-    """Deterministic core of :func:`encrypt` (vector tests pass a fixed nonce)."""
+    """Deterministic core of :meth:`SecretboxProvider.encrypt` (vector tests pass a fixed nonce)."""
     box = _box(key)
     check_size(nonce, NONCE_SIZE, "secretbox nonce")
     return bytes(box.encrypt(plaintext, nonce))
+
+
+PROVIDER = SecretboxProvider()
+
+# Module-level spellings, kept for resolve.py and bench/ until issue 10's readers land.
+decrypt = PROVIDER.decrypt
+encrypt = PROVIDER.encrypt

@@ -449,12 +449,13 @@ def profile(n: int, top: int) -> None:
 
     from snapshot_tools.check import CheckOptions, run_check
     from snapshot_tools.cli.check import write_json
+    from snapshot_tools.unwrap import KeyAccess
 
     snap, cfg = aescbc_paths(n)
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()
-    report = run_check(CheckOptions(snapshot=str(snap), configs=[str(cfg)]))
+    report = run_check(CheckOptions(snapshot=str(snap), access=KeyAccess(configs=(str(cfg),))))
     t1 = time.perf_counter()
     with open(os.devnull, "w") as null:
         write_json(report, null)

@@ -120,14 +120,16 @@ def main() -> int:
         subprocess.run([*KMS_PLUGIN, "keyring", "init", str(keyring)], check=True, capture_output=True)
         sock = Path(tmp, "p.sock")
         endpoint = f"unix://{sock}"
-        cmd = [
-            *KMS_PLUGIN, "serve", "--listen", endpoint, "--keyring", str(keyring),
-            "--health-addr", "off", "--server-flavour", args.flavour,
-            "--max-workers", str(args.workers), "--log-level", "error",
-        ]
+        if args.flavour == "aio":  # the asyncio server lives here, not in the product
+            cmd = [sys.executable, str(HERE / "plugin_aio.py"), "--listen", endpoint,
+                   "--keyring", str(keyring)]
+        else:
+            cmd = [
+                *KMS_PLUGIN, "serve", "--listen", endpoint, "--keyring", str(keyring),
+                "--health-addr", "off", "--max-workers", str(args.workers), "--log-level", "error",
+            ]
         if args.profile:
-            cmd = [sys.executable, "-m", "cProfile", "-o", args.profile,
-                   "-c", "from kms_plugin.cli import main; main()", *cmd[3:]]
+            cmd = [sys.executable, "-m", "cProfile", "-o", args.profile, *cmd[1:]]
         server = subprocess.Popen(cmd)
         for _ in range(200):
             if sock.exists():

@@ -146,13 +146,14 @@ def profile(snap: Path, old: Path, top: int) -> None:
     import pstats
 
     from snapshot_tools.reencrypt import RewriteOptions, run_rewrite
+    from snapshot_tools.unwrap import KeyAccess
 
     with tempfile.TemporaryDirectory(dir=CACHE) as d:
         cfg, _ = new_aescbc(Path(d))
         prof = cProfile.Profile()
         t0 = time.perf_counter()
         prof.enable()
-        summary = run_rewrite(RewriteOptions(snapshot=str(snap), configs=[str(old)], to=str(cfg),
+        summary = run_rewrite(RewriteOptions(snapshot=str(snap), access=KeyAccess(configs=(str(old),)), to=str(cfg),
                                              output=str(Path(d) / "out.db")))  # fmt: skip
         prof.disable()
         print(f"(profiled) {time.perf_counter() - t0:.2f} s, {summary.revisions_rewritten:,} rewritten")

@@ -19,7 +19,14 @@ from pathlib import Path
 import typer
 
 from kms_plugin.cli_runner import run_app
-from kms_plugin.errors import ConfigError, Error, InvalidCiphertext, PluginError
+from kms_plugin.errors import (
+    EXIT_FINDINGS,
+    ConfigError,
+    Error,
+    InvalidCiphertext,
+    PluginError,
+    exit_code_for,
+)
 from kms_plugin.terminal import printable
 
 app = typer.Typer(
@@ -101,8 +108,6 @@ def serve(
     log_format: LogFormat = typer.Option(LogFormat.text, help="Log format on stderr."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
     max_workers: int = typer.Option(4, help="gRPC worker threads (sync server)."),
-    server_flavour: str = typer.Option("sync", hidden=True, help="sync or aio (benchmarks)."),
-    debug_call_delay: float = typer.Option(0.0, hidden=True, help="Tests: delay each call."),
 ) -> None:
     """Serve KMS v2 on a unix socket until SIGTERM/SIGINT."""
     from kms_plugin.logs import setup_logging
@@ -150,8 +155,6 @@ def serve(
         annotation_domain=annotation_domain,
         drain_timeout=drain_timeout,
         max_workers=max_workers,
-        flavour=server_flavour,
-        debug_call_delay=debug_call_delay,
         allow_abstract_socket=allow_abstract_socket,
     )
     raise typer.Exit(run_server(config))
@@ -187,7 +190,7 @@ def status(
             typer.echo(f"{name + ':':<10} {printable(value)}")  # the plugin's words: escaped
     if problems:
         typer.echo(f"kms-plugin: unhealthy: {printable('; '.join(problems))}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 def _roundtrip(client: object, key_id: str, problems: list[str]) -> str:
@@ -263,7 +266,7 @@ def _age(seconds: int) -> str:
 
 
 def main() -> None:
-    sys.exit(run_app(app, "kms-plugin", Error))
+    sys.exit(run_app(app, "kms-plugin", Error, exit_code_for))
 
 
 if __name__ == "__main__":

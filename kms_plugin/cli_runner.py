@@ -1,12 +1,15 @@
 """Run a Typer app with the project's exit-code policy: one line on stderr, never a traceback.
 
-Shared by both console scripts (``snapshot_tools`` may import ``kms_plugin``, not the reverse).
-Set ``K8S_AT_REST_DEBUG=1`` to see the traceback of an unexpected error.
+Shared by both console scripts (``snapshot_tools`` may import ``kms_plugin``, not the reverse):
+with :mod:`kms_plugin.api` it is the public surface ``snapshot_tools`` uses. Each package maps
+its error classes to exit codes in one table (``errors.exit_code_for``), handed to
+:func:`run_app`. Set ``K8S_AT_REST_DEBUG=1`` to see the traceback of an unexpected error.
 
 A command that must clean up when stopped (a half-written output) runs its work inside
 :func:`stop_signals_raise`: SIGINT, SIGTERM and SIGHUP then raise :class:`Interrupt`, a
 ``KeyboardInterrupt`` carrying the signal, so ``finally`` blocks and context managers run; the
-exit status is the shell's 128 + N (:func:`signal_exit_code`) wherever it is decided.
+exit status is the shell's 128 + N (:func:`signal_exit_code`), also for a package error that
+carries the signal (``signum``) it was raised for.
 
 References: pip ``Command._main`` and ``status_codes.py`` (STYLE.md 8).
 """
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from kms_plugin.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Interrupt
 from kms_plugin.terminal import printable
 
 # Typer (>= 0.29) vendors click: its usage errors derive from typer.TyperException, and Exit and
@@ -32,11 +36,20 @@ _ABORT = typer.Abort
 _CLICK_ERRORS = typer.TyperException
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from types import FrameType
 
-USAGE_EXIT = 2
-INTERNAL_EXIT = 70
+__all__ = [
+    "INTERRUPTED_EXIT",
+    "STOP_SIGNALS",
+    "Interrupt",
+    "interrupt_signal",
+    "printable",
+    "run_app",
+    "signal_exit_code",
+    "stop_signals_raise",
+]
+
 # Signals that ask a command to stop: Ctrl-C, kill/systemd/timeout(1), a closed terminal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -47,14 +60,6 @@ def signal_exit_code(signum: int) -> int:
 
 
 INTERRUPTED_EXIT = signal_exit_code(signal.SIGINT)
-
-
-class Interrupt(KeyboardInterrupt):
-    """A stop signal turned into an exception by :func:`stop_signals_raise`."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def interrupt_signal(exc: KeyboardInterrupt) -> int:
@@ -105,9 +110,15 @@ def run_app(
     app: typer.Typer,
     prog: str,
     error_base: type[Exception],
+    exit_code_for: Callable[[Exception], int],
     argv: Sequence[str] | None = None,
 ) -> int:
-    """Run ``app`` and return its exit code, mapping ``error_base`` subclasses via ``exit_code``."""
+    """Run ``app`` and return its exit code.
+
+    ``error_base`` subclasses are the package's own errors: one line on stderr, and the exit
+    code ``exit_code_for`` gives (the package's table), or 128 + N if the error carries the
+    stop signal ``signum`` it was raised for. Anything else is an internal error.
+    """
     command = typer.main.get_command(app)
     try:
         rc = command.main(
@@ -120,7 +131,7 @@ def run_app(
     except _CLICK_ERRORS as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         _say(prog, f"{message} (see '{prog} --help')")
-        return int(getattr(exc, "exit_code", USAGE_EXIT))
+        return int(getattr(exc, "exit_code", EXIT_USAGE))
     except _ABORT:
         _say(prog, "interrupted")
         return INTERRUPTED_EXIT
@@ -133,15 +144,18 @@ def run_app(
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         except OSError:
             pass
-        return 0
+        return EXIT_OK
     except error_base as exc:
         _say(prog, str(exc))
-        return int(getattr(exc, "exit_code", 1))
+        signum = getattr(exc, "signum", None)
+        if isinstance(signum, int):
+            return signal_exit_code(signum)
+        return exit_code_for(exc)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
         if os.environ.get("K8S_AT_REST_DEBUG"):
             traceback.print_exc()
         _say(prog, f"internal error ({type(exc).__name__}); rerun with K8S_AT_REST_DEBUG=1 for details")
-        return INTERNAL_EXIT
+        return EXIT_INTERNAL
     if isinstance(rc, int):
         return rc
-    return 0
+    return EXIT_OK

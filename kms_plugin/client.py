@@ -29,15 +29,6 @@ V1_API_VERSION = "v1beta1"
 _UNAVAILABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
-def parse_endpoint(endpoint: str) -> str:
-    """Turn ``unix:///path`` into the grpc target ``unix:/path`` (``unix:///@n`` -> ``unix-abstract:n``).
-
-    Raises:
-        ConfigError: anything that is not a valid ``unix://`` endpoint.
-    """
-    return parse_unix_endpoint(endpoint).grpc_target
-
-
 @dataclass(frozen=True)
 class StatusResult:
     version: str
@@ -94,7 +85,7 @@ class _Channel:
             return PluginUnavailable(message)
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return InvalidCiphertext(message)
-        return PluginError(message)
+        return PluginError(message, code.name)
 
     def close(self) -> None:
         self._channel.close()
@@ -158,7 +149,6 @@ class KMSv2Client(_Client):
         )
         resp = self._ch.call("Decrypt", self._stub.Decrypt, req)
         return bytes(resp.plaintext)
-
 
 
 class KMSv1Client(_Client):

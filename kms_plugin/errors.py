@@ -1,24 +1,42 @@
-"""The one exception hierarchy of ``kms_plugin``; imports nothing from the package.
+"""The one exception hierarchy of ``kms_plugin`` and its exit codes; imports nothing from the package.
 
-The gRPC layer maps classes to status codes and health, the CLI maps them to exit codes
-(``exit_code``). Authentication failures are opaque on purpose (:class:`InvalidCiphertext`).
+The gRPC layer maps classes to status codes (``service.ERROR_CODES``) and health; the CLI maps
+them to exit codes here, in one table (:data:`EXIT_CODES`, :func:`exit_code_for`). The exit
+codes are the policy both console scripts share (DESIGN.md "Conventions"). Authentication
+failures are opaque on purpose (:class:`InvalidCiphertext`).
 
-References: pip ``exceptions.py``; aws-encryption-provider ``kmsplugin.ParseError`` (STYLE.md 3).
+References: pip ``exceptions.py`` and ``status_codes.py``; aws-encryption-provider
+``kmsplugin.ParseError`` (STYLE.md 3).
 """
 
 from __future__ import annotations
+
+import http.client
+import signal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
+
+# The exit codes of both CLIs (``kms-plugin`` and ``snapshot-tools``).
+EXIT_OK = 0
+EXIT_FINDINGS = 1  # findings per policy (snapshot-tools); unhealthy (kms-plugin status)
+EXIT_USAGE = 2  # bad flags, a config or keyring that cannot be used
+EXIT_INPUT = 3  # an input file that cannot be read, or a damaged snapshot
+EXIT_KMS = 4  # a KMS (plugin, AWS) needed could not be reached
+EXIT_INTERNAL = 70  # a bug: an exception no package raises on purpose (sysexits EX_SOFTWARE)
 
 
 class Error(Exception):
     """Root of every error this package raises on purpose."""
 
-    exit_code = 1
-
 
 class ConfigError(Error):
     """Bad flags, a malformed or unsafe keyring file, a bad endpoint: exit 2."""
 
-    exit_code = 2
+
+class InvalidRequest(Error):
+    """A request the plugin refuses as malformed: empty or oversized plaintext, a wrong API version."""
 
 
 class InvalidCiphertext(Error):
@@ -44,8 +62,52 @@ class BackendError(Error):
 class PluginUnavailable(Error):
     """A KMS plugin socket could not be reached or did not answer in time (client side)."""
 
-    exit_code = 4
-
 
 class PluginError(Error):
-    """A KMS plugin answered with an error status other than the ones above (client side)."""
+    """A KMS plugin answered with an error status other than the ones above (client side).
+
+    ``code`` is the gRPC status code's name (``"FAILED_PRECONDITION"``, ``"INTERNAL"``, ...),
+    so a reader can tell an answer about the key from one about the ciphertext.
+    """
+
+    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RpcFailure(Exception):
+    """A call's outcome as a gRPC status (server side); the message is safe to send and log."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Interrupt(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) turned into an exception by
+    ``cli_runner.stop_signals_raise``, so clean-up runs; the command exits 128 + N."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class RequestTooLarge(http.client.HTTPException):
+    """A health request's line plus headers exceed ``HealthLimits.max_request_bytes``."""
+
+
+# Most specific first: the first class ``exc`` is an instance of decides.
+EXIT_CODES: dict[type[Exception], int] = {
+    ConfigError: EXIT_USAGE,
+    PluginUnavailable: EXIT_KMS,
+    Error: EXIT_FINDINGS,
+}
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code of a command that failed with ``exc`` (:data:`EXIT_INTERNAL` if not ours)."""
+    for cls, code in EXIT_CODES.items():
+        if isinstance(exc, cls):
+            return code
+    return EXIT_INTERNAL

@@ -21,7 +21,6 @@ CPython ``socketserver.ThreadingMixIn`` (bounded here).
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
 import os
 import socket
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kms_plugin.errors import ConfigError
+from kms_plugin.errors import ConfigError, RequestTooLarge
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -159,10 +158,6 @@ class HealthLimits:
 
 
 _REFUSED_LOG_INTERVAL = 60.0
-
-
-class RequestTooLarge(http.client.HTTPException):
-    """Request line plus headers exceed :attr:`HealthLimits.max_request_bytes`."""
 
 
 class _BudgetReader:

@@ -18,7 +18,6 @@ References: aws-encryption-provider ``cmd/server/main.go`` and ``pkg/server/serv
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from kms_plugin.endpoint import UnixEndpoint, parse_unix_endpoint
-from kms_plugin.errors import ConfigError
+from kms_plugin.errors import EXIT_OK, ConfigError
 from kms_plugin.health import HealthMonitor, HealthServer, parse_health_addr
 from kms_plugin.keks.hierarchy import DEFAULT_CACHE_SIZE, DEFAULT_MAX_AGE, DEFAULT_MAX_USES
 from kms_plugin.keks.local import LocalKeyringBackend
@@ -59,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("kms_plugin.server")
 
 DEFAULT_HEALTH_ADDR = "127.0.0.1:8787"
-FLAVOURS = ("sync", "aio")
 _SERVER_OPTIONS = [
     # Requests are a 32-byte seed plus at most 32 KiB of annotations; bound what we accept.
     ("grpc.max_receive_message_length", 256 * 1024),
@@ -84,9 +82,7 @@ class ServeConfig:
     annotation_domain: str = DEFAULT_ANNOTATION_DOMAIN
     drain_timeout: float = 10.0
     max_workers: int = 4
-    flavour: str = "sync"
     probe_interval: float = 10.0
-    debug_call_delay: float = 0.0
     allow_abstract_socket: bool = False  # checked by serve(); PluginServer itself only warns
 
 
@@ -173,8 +169,6 @@ def build_backend(
         from kms_plugin.keks.aws import AwsKmsBackend
         from kms_plugin.keks.awsclient import AwsKms
 
-        if config.flavour != "sync":
-            raise ConfigError("--server-flavour aio serves the local keyring only")
         remote = AwsKmsBackend(AwsKms(config.aws, on_call=metrics.remote_call))
         remote.start()
     else:
@@ -203,8 +197,6 @@ class PluginServer:
     """One plugin instance: backend, service, gRPC server on the socket, health HTTP server."""
 
     def __init__(self, config: ServeConfig) -> None:
-        if config.flavour not in FLAVOURS:
-            raise ConfigError(f"unknown server flavour {config.flavour!r}")
         self.config = config
         self.endpoint = parse_unix_endpoint(config.listen)
         self.metrics = PluginMetrics()
@@ -217,14 +209,11 @@ class PluginServer:
             on_probe=None if config.aws is None else self._probed,
         )
         self.service = KMSService(self.backend, self.metrics, self.monitor, domain, v1_backend)
-        self.service.debug_delay = config.debug_call_delay
         self.health: HealthServer | None = None
         if health_addr is not None:
             self.health = HealthServer(health_addr, self.monitor, self.metrics)
         self._inode: int | None = None
-        self._server: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
+        self._server: grpc.Server | None = None
 
     def _probed(self, _probe: Any) -> None:
         key_id = self.backend.status().key_id
@@ -240,26 +229,22 @@ class PluginServer:
 
     def start(self) -> None:
         prepare_socket(self.endpoint)
-        if self.config.flavour == "sync":
-            # Calls waiting on a remote KMS must not starve Status of threads.
-            workers = self.config.max_workers + (
-                self.config.aws.max_in_flight if self.config.aws is not None else 0
+        # Calls waiting on a remote KMS must not starve Status of threads.
+        workers = self.config.max_workers + (
+            self.config.aws.max_in_flight if self.config.aws is not None else 0
+        )
+        server = grpc.server(
+            futures.ThreadPoolExecutor(workers, thread_name_prefix="kms-rpc"),
+            options=_SERVER_OPTIONS,
+        )
+        self._server = server
+        kms_v2_pb2_grpc.add_KeyManagementServiceServicer_to_server(V2Servicer(self.service), server)
+        if self.config.enable_v1:
+            kms_v1beta1_pb2_grpc.add_KeyManagementServiceServicer_to_server(
+                V1Servicer(self.service), server
             )
-            self._server = grpc.server(
-                futures.ThreadPoolExecutor(workers, thread_name_prefix="kms-rpc"),
-                options=_SERVER_OPTIONS,
-            )
-            kms_v2_pb2_grpc.add_KeyManagementServiceServicer_to_server(
-                V2Servicer(self.service), self._server
-            )
-            if self.config.enable_v1:
-                kms_v1beta1_pb2_grpc.add_KeyManagementServiceServicer_to_server(
-                    V1Servicer(self.service), self._server
-                )
-            self._bind()
-            self._server.start()
-        else:
-            self._start_aio()
+        self._bind(server)
+        server.start()
         self.monitor.start()
         if self.health is not None:
             self.health.start()
@@ -270,21 +255,20 @@ class PluginServer:
                 self.endpoint.display,
             )
         log.info(
-            "serving KMS v2%s on %s (%s server), backend %s, key_id %s%s",
+            "serving KMS v2%s on %s (sync server), backend %s, key_id %s%s",
             " and v1beta1" if self.config.enable_v1 else "",
             self.endpoint.display,
-            self.config.flavour,
             self.backend.name,
             self.backend.status().key_id or "-",
             f"; health on http://{self.health.host}:{self.health.port}" if self.health else "",
         )
 
-    def _bind(self) -> None:
+    def _bind(self, server: grpc.Server) -> None:
         ep = self.endpoint
         # umask 0177 while binding: the socket never exists with a wider mode than 0600.
         old = os.umask(0o177)
         try:
-            self._server.add_insecure_port(ep.grpc_target)
+            server.add_insecure_port(ep.grpc_target)
         except RuntimeError:
             raise ConfigError(f"cannot bind {ep.display}") from None
         finally:
@@ -293,40 +277,6 @@ class PluginServer:
             os.chmod(ep.path, self.config.socket_mode)
             self._inode = os.stat(ep.path).st_ino
 
-    def _start_aio(self) -> None:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        async def boot() -> None:
-            self._server = grpc.aio.server(options=_SERVER_OPTIONS)
-            kms_v2_pb2_grpc.add_KeyManagementServiceServicer_to_server(
-                V2Servicer(self.service, asyncio=True), self._server
-            )
-            if self.config.enable_v1:
-                kms_v1beta1_pb2_grpc.add_KeyManagementServiceServicer_to_server(
-                    V1Servicer(self.service, asyncio=True), self._server
-                )
-            self._bind()
-            await self._server.start()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(boot())
-            except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        self._loop_thread = threading.Thread(target=run, name="grpc-aio", daemon=True)
-        self._loop_thread.start()
-        ready.wait()
-        if failure:
-            raise failure[0]
-
     # -- stop ----------------------------------------------------------------------------
 
     def stop(self, grace: float | None = None) -> None:
@@ -334,12 +284,7 @@ class PluginServer:
         grace = self.config.drain_timeout if grace is None else grace
         self.monitor.draining = True
         if self._server is not None:
-            if self._loop is not None:
-                fut = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
-                fut.result(timeout=grace + 5)
-                self._loop.call_soon_threadsafe(self._loop.stop)
-            else:
-                self._server.stop(grace).wait(grace + 5)
+            self._server.stop(grace).wait(grace + 5)
         self.monitor.stop()
         if self.health is not None:
             self.health.stop()
@@ -359,7 +304,18 @@ class PluginServer:
 
 
 def serve(config: ServeConfig) -> int:
-    """Run until SIGTERM/SIGINT, then drain and return 0."""
+    """Run until SIGTERM/SIGINT, then drain; returns the exit code (``EXIT_OK``)."""
+    check_serving_endpoint(parse_unix_endpoint(config.listen), config.allow_abstract_socket)
+    raise_nofile_limit()
+    return run_until_stopped(lambda: PluginServer(config))
+
+
+def run_until_stopped(make_server: Callable[[], PluginServer]) -> int:
+    """Build and start a server, serve until SIGTERM/SIGINT, then drain; returns ``EXIT_OK``.
+
+    The handlers are in place before ``make_server`` runs, so a signal during start-up also
+    ends in a clean stop.
+    """
     stop = threading.Event()
     received: list[int] = []
 
@@ -367,22 +323,20 @@ def serve(config: ServeConfig) -> int:
         received.append(signum)
         stop.set()
 
-    check_serving_endpoint(parse_unix_endpoint(config.listen), config.allow_abstract_socket)
-    raise_nofile_limit()
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server = PluginServer(config)
+        server = make_server()
         server.start()
         while not stop.wait(3600):
             pass
         log.info(
             "%s received: draining for up to %gs",
             signal.Signals(received[0]).name,
-            config.drain_timeout,
+            server.config.drain_timeout,
         )
         server.stop()
         log.info("stopped")
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return 0
+    return EXIT_OK

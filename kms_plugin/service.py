@@ -1,8 +1,10 @@
 """The KMS v2 (and optional v1beta1) gRPC service: validate, call the KEK backend, map errors.
 
-One :class:`KMSService` holds the logic as plain functions on protobuf messages; thin adapters
-make sync (thread pool) and asyncio servicers of it. Errors are mapped to gRPC codes in one
-table (:data:`ERROR_CODES`); metrics and error logs are taken in one place (``_run``).
+One :class:`KMSService` holds the logic as plain functions on protobuf messages; a thin adapter
+makes the (thread pool) servicers of it. Errors are mapped to gRPC codes in one table
+(:data:`ERROR_CODES`): an exception no class there covers (a bare ``ValueError``, a bug) is
+``INTERNAL`` and its text is never sent or logged. Metrics and error logs are taken in one
+place (:meth:`KMSService.run`).
 
 References: aws-encryption-provider ``pkg/plugin/plugin_v2.go``; apiserver
 ``kmsv2/envelope.go`` ``ValidateEncryptedObject`` (the limits checked here).
@@ -24,7 +26,9 @@ from kms_plugin.errors import (
     ConfigError,
     Error,
     InvalidCiphertext,
+    InvalidRequest,
     KeyUnavailable,
+    RpcFailure,
     UnknownKeyId,
 )
 from kms_plugin.proto import kms_v1beta1_pb2, kms_v1beta1_pb2_grpc, kms_v2_pb2, kms_v2_pb2_grpc
@@ -46,23 +50,16 @@ MAX_KEY_ID = 1024
 MAX_ANNOTATIONS = 32 * 1024
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
-ERROR_CODES: dict[type[Exception], grpc.StatusCode] = {
+# The one table of error class -> gRPC code. Any other ``Error`` is INTERNAL with its message;
+# anything else (``ValueError`` included) is INTERNAL with the class name only (_to_failure).
+ERROR_CODES: dict[type[Error], grpc.StatusCode] = {
     InvalidCiphertext: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownKeyId: grpc.StatusCode.INVALID_ARGUMENT,
-    ValueError: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     KeyUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     BackendThrottled: grpc.StatusCode.RESOURCE_EXHAUSTED,
     BackendError: grpc.StatusCode.UNAVAILABLE,
 }
-
-
-class RpcFailure(Exception):
-    """A call's outcome as a gRPC status; the message is safe to send and log."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def is_fqdn(name: str) -> bool:
@@ -107,8 +104,6 @@ class KMSService:
         self.metrics = metrics
         self.health = health
         self.domain = check_annotation_domain(annotation_domain)
-        # Test-only (hidden --debug-call-delay): keeps Encrypt/Decrypt in flight for drain tests.
-        self.debug_delay = 0.0
 
     # -- v2 ------------------------------------------------------------------------------
 
@@ -166,10 +161,10 @@ class KMSService:
 
     def _plaintext(self, plaintext: bytes, backend: KEKBackend | None = None) -> bytes:
         if not plaintext:
-            raise ValueError("plaintext is empty")
+            raise InvalidRequest("plaintext is empty")
         limit = (backend or self.backend).max_plaintext()
         if len(plaintext) > limit:
-            raise ValueError(f"plaintext is {len(plaintext)} bytes; at most {limit} are accepted")
+            raise InvalidRequest(f"plaintext is {len(plaintext)} bytes; at most {limit} are accepted")
         return plaintext
 
     @staticmethod
@@ -197,24 +192,22 @@ class KMSService:
     @staticmethod
     def _v1_check(version: str) -> None:
         if version and version != V1_API_VERSION:
-            raise ValueError(f"unsupported KMS API version {version!r}; this is {V1_API_VERSION}")
+            raise InvalidRequest(f"unsupported KMS API version {version!r}; this is {V1_API_VERSION}")
 
     # -- one place for metrics, logs and error mapping -------------------------------------
 
     def run(self, api: str, method: str, fn: Callable[[Any], Any], request: Any) -> Any:  # noqa: ANN401
         """Call ``fn(request)``; returns the response or raises :class:`RpcFailure`."""
         start = time.perf_counter()
-        if self.debug_delay and method != "Status":
-            time.sleep(self.debug_delay)
         try:
             response = fn(request)
         except RpcFailure as failure:
             self._failed(api, method, start, failure, request)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure must become a status
-            failure = _to_failure(exc)
-            self._failed(api, method, start, failure, request)
-            raise failure from None
+            mapped = _to_failure(exc)
+            self._failed(api, method, start, mapped, request)
+            raise mapped from None
         self.metrics.observe(api, method, "OK", time.perf_counter() - start)
         return response
 
@@ -247,36 +240,24 @@ def _sync_handler(service: KMSService, api: str, method: str, fn: Callable[[Any]
     return handler
 
 
-def _async_handler(service: KMSService, api: str, method: str, fn: Callable[[Any], Any]) -> Handler:
-    # The backend calls take microseconds, so they run inline on the event loop.
-    async def handler(request: Any, context: Any) -> Any:  # noqa: ANN401
-        try:
-            return service.run(api, method, fn, request)
-        except RpcFailure as f:
-            await context.abort(f.code, f.message)
-
-    return handler
-
-
-def _methods(service: KMSService, api: str) -> dict[str, Callable[[Any], Any]]:
+def methods(service: KMSService, api: str) -> dict[str, Callable[[Any], Any]]:
+    """The RPC methods of ``api`` (``"v2"`` or ``"v1beta1"``) by name, as plain functions."""
     if api == "v2":
         return {"Status": service.status, "Encrypt": service.encrypt, "Decrypt": service.decrypt}
     return {"Version": service.v1_version, "Encrypt": service.v1_encrypt, "Decrypt": service.v1_decrypt}
 
 
 class V2Servicer(kms_v2_pb2_grpc.KeyManagementServiceServicer):
-    """KMS v2 servicer; ``asyncio=True`` gives coroutine handlers for ``grpc.aio``."""
+    """KMS v2 servicer for the thread-pool server."""
 
-    def __init__(self, service: KMSService, *, asyncio: bool = False) -> None:
-        make = _async_handler if asyncio else _sync_handler
-        for name, fn in _methods(service, "v2").items():
-            setattr(self, name, make(service, "v2", name, fn))
+    def __init__(self, service: KMSService) -> None:
+        for name, fn in methods(service, "v2").items():
+            setattr(self, name, _sync_handler(service, "v2", name, fn))
 
 
 class V1Servicer(kms_v1beta1_pb2_grpc.KeyManagementServiceServicer):
-    """KMS v1beta1 servicer; ``asyncio=True`` gives coroutine handlers for ``grpc.aio``."""
+    """KMS v1beta1 servicer for the thread-pool server."""
 
-    def __init__(self, service: KMSService, *, asyncio: bool = False) -> None:
-        make = _async_handler if asyncio else _sync_handler
-        for name, fn in _methods(service, "v1beta1").items():
-            setattr(self, name, make(service, "v1beta1", name, fn))
+    def __init__(self, service: KMSService) -> None:
+        for name, fn in methods(service, "v1beta1").items():
+            setattr(self, name, _sync_handler(service, "v1beta1", name, fn))

@@ -1,37 +1,66 @@
-"""The one exception hierarchy of ``snapshot_tools``.
+"""The one exception hierarchy of ``snapshot_tools`` and its exit codes.
 
-Every error a user can cause ends up as a subclass of :class:`Error`; the CLI maps the class to
-an exit code (``exit_code``) and prints ``str(err)`` as one line. Messages never carry key
-material or plaintext.
+Every error a user can cause ends up as a subclass of :class:`Error`; the CLI prints ``str(err)``
+as one line and exits with the code of one table (:data:`EXIT_CODES`, :func:`exit_code_for`).
+The exit codes themselves are the ones both CLIs share (``kms_plugin.api``); commands that decide
+an exit code from their findings import them from here. Messages never carry key material or
+plaintext.
 
-References: pip ``exceptions.py``, dissect ``exceptions.py`` (STYLE.md 3).
+References: pip ``exceptions.py`` and ``status_codes.py``, dissect ``exceptions.py`` (STYLE.md 3).
 """
 
 from __future__ import annotations
+
+import signal
+
+from kms_plugin.api import EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL, EXIT_KMS, EXIT_OK, EXIT_USAGE
+
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_FINDINGS",
+    "EXIT_INPUT",
+    "EXIT_INTERNAL",
+    "EXIT_KMS",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "ConfigError",
+    "Error",
+    "InputError",
+    "Interrupted",
+    "InvalidCiphertext",
+    "KMSUnavailable",
+    "KMSUnreachable",
+    "MalformedValue",
+    "OutputError",
+    "RewriteRefused",
+    "SnapshotError",
+    "UsageError",
+    "exit_code_for",
+]
+
+# Keys named in one message at most (the rest are counted).
+MAX_LISTED = 20
 
 
 class Error(Exception):
     """Root of every error this package raises on purpose."""
 
-    exit_code = 1
+    @property
+    def exit_code(self) -> int:
+        """The exit code of a command that fails with this error (:func:`exit_code_for`)."""
+        return exit_code_for(self)
 
 
 class UsageError(Error):
     """Options that do not fit together, or a bad argument value."""
 
-    exit_code = 2
-
 
 class ConfigError(Error):
     """An EncryptionConfiguration (or key file) that cannot be used: file, position and reason."""
 
-    exit_code = 2
-
 
 class InputError(Error):
     """An input path that cannot be read at all (missing, a directory, no permission)."""
-
-    exit_code = 3
 
 
 class SnapshotError(InputError):
@@ -53,13 +82,21 @@ class SnapshotError(InputError):
 class OutputError(Error):
     """An output path that cannot be written (exists without --force, same as the input, ...)."""
 
-    exit_code = 2
-
 
 class KMSUnavailable(Error):
-    """A KMS needed to unwrap data keys could not be reached."""
+    """A KMS needed to unwrap data keys did not answer about them.
 
-    exit_code = 4
+    Not reachable, timed out, throttled, the key disabled or pending deletion, no permission:
+    the KMS may well hold the key, so no verdict is possible (``kms-unavailable``). Not a
+    permanent answer: asking again later may succeed.
+    """
+
+
+class KMSUnreachable(KMSUnavailable):
+    """The KMS did not answer at all (no socket, refused, timed out, AWS endpoint down).
+
+    Unwrapping fails fast after the first one, so a dead KMS costs one timeout per provider.
+    """
 
 
 class InvalidCiphertext(Error):
@@ -71,3 +108,48 @@ class InvalidCiphertext(Error):
 
 class MalformedValue(Error):
     """A stored value whose framing is broken (truncated IV, bad length, unparsable protobuf)."""
+
+
+class RewriteRefused(Error):
+    """Values the rewrite cannot handle as asked; nothing was written."""
+
+    def __init__(self, what: str, keys: list[str], hint: str) -> None:
+        shown = ", ".join(keys[:MAX_LISTED]) + (f" and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else "")
+        super().__init__(f"{len(keys)} {what}: {shown}; {hint}; nothing was written")
+        self.keys = keys
+
+
+class Interrupted(Error):
+    """SIGINT, SIGTERM or SIGHUP during a rewrite: the temporary file is gone.
+
+    OUT is untouched unless the signal came after it was published (then it is complete).
+    It carries the signal (``signum``): the CLI runner exits 128 + N for it.
+    """
+
+    def __init__(self, output: str, signum: int, *, written: bool) -> None:
+        how = "interrupted" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})"
+        if written:
+            super().__init__(f"{how} after {output} was written (complete and verified)")
+        else:
+            super().__init__(f"{how}; nothing was written to {output}")
+        self.signum = signum
+
+
+# Most specific first: the first class an error is an instance of decides. Interrupted is not
+# here: it exits 128 + N for its signal (``kms_plugin.cli_runner.signal_exit_code``).
+EXIT_CODES: dict[type[Exception], int] = {
+    UsageError: EXIT_USAGE,
+    ConfigError: EXIT_USAGE,
+    OutputError: EXIT_USAGE,
+    InputError: EXIT_INPUT,  # SnapshotError too
+    KMSUnavailable: EXIT_KMS,
+    Error: EXIT_FINDINGS,  # RewriteRefused, InvalidCiphertext, MalformedValue
+}
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code of a command that failed with ``exc`` (:data:`EXIT_INTERNAL` if not ours)."""
+    for cls, code in EXIT_CODES.items():
+        if isinstance(exc, cls):
+            return code
+    return EXIT_INTERNAL

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from kms_plugin.cli import app
 from kms_plugin.cli_runner import run_app
-from kms_plugin.errors import Error
+from kms_plugin.errors import Error, exit_code_for
 from kms_plugin.keks.local import Keyring, save_keyring
 from kms_plugin.server import PluginServer, ServeConfig
 
@@ -42,7 +42,7 @@ def make_keyring(path: Path) -> Keyring:
 
 def cli(*args: str) -> int:
     """Run the kms-plugin CLI in-process; returns its exit code."""
-    return run_app(app, "kms-plugin", Error, list(args))
+    return run_app(app, "kms-plugin", Error, exit_code_for, list(args))
 
 
 @contextmanager

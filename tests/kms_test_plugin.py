@@ -3,7 +3,9 @@
 It serves ``v2.KeyManagementService`` and, on the same socket, ``v1beta1.KeyManagementService``.
 It wraps like the plugin that wrote the g-kmsv2 fixture (fixtures README):
 ``ciphertext = nonce(12) || AES-256-GCM(KEK).Seal(nonce, plaintext, AAD=None)``, key_id
-``kek-1``. It counts every call per method so tests can assert how often a client asked.
+``kek-1``. It counts every call per method so tests can assert how often a client asked, and
+can be told to answer every v2 Decrypt with a given gRPC status (``decrypt_error``), as a plugin
+does for a disabled key (``FAILED_PRECONDITION``) or a throttled one.
 This is a test double for the *peer* of our client, not a mock of our code: it speaks the
 upstream ``v2.KeyManagementService`` wire API through the generated stubs.
 """
@@ -33,6 +35,8 @@ class _Servicer(kms_v2_pb2_grpc.KeyManagementServiceServicer):
         self.key_id = key_id
         # Older key_ids Decrypt still accepts (a plugin after a KEK rotation).
         self.accept_key_ids: set[str] = set()
+        # Answer every Decrypt with this status instead (after counting it).
+        self.decrypt_error: grpc.StatusCode | None = None
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -52,6 +56,8 @@ class _Servicer(kms_v2_pb2_grpc.KeyManagementServiceServicer):
 
     def Decrypt(self, request, context):  # noqa: N802, ANN001, ANN201
         self._count("Decrypt")
+        if self.decrypt_error is not None:
+            context.abort(self.decrypt_error, f"test plugin answers {self.decrypt_error.name}")
         if request.key_id != self.key_id and request.key_id not in self.accept_key_ids:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown key_id {request.key_id!r}")
         data = request.ciphertext
@@ -100,9 +106,16 @@ class TestKMSPlugin:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, socket_path: Path, kek: bytes, key_id: str = "kek-1") -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        kek: bytes,
+        key_id: str = "kek-1",
+        decrypt_error: grpc.StatusCode | None = None,
+    ) -> None:
         self.socket_path = socket_path
         self.servicer = _Servicer(kek, key_id)
+        self.servicer.decrypt_error = decrypt_error
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         kms_v2_pb2_grpc.add_KeyManagementServiceServicer_to_server(self.servicer, self._server)
         kms_v1beta1_pb2_grpc.add_KeyManagementServiceServicer_to_server(

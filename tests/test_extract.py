@@ -26,6 +26,7 @@ import yaml
 from snapshot_tools.cli import main
 from snapshot_tools.extract import RAW_ANNOTATION, SERVER_FIELDS, ExtractOptions, run_extract
 from snapshot_tools.providers import aescbc, aesgcm, static_prefix
+from snapshot_tools.unwrap import KeyAccess
 from tests.conftest import FIXTURE_CASES, FIXTURES
 from tests.kms_support import short_dir
 from tests.kms_test_plugin import TestKMSPlugin
@@ -297,7 +298,9 @@ def test_other_kinds(capsys: pytest.CaptureFixture[str]) -> None:
 def test_library_returns_data_and_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     case = "d-secretbox"
     result = run_extract(
-        ExtractOptions(snapshot=_snap(case), configs=[_config(case)], namespace="alpha", name="binary")
+        ExtractOptions(
+            snapshot=_snap(case), access=KeyAccess(configs=(_config(case),)), namespace="alpha", name="binary"
+        )
     )
     assert capsys.readouterr() == ("", "")
     assert result.exit_code == 0

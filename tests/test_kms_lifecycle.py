@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -89,11 +90,39 @@ def test_a_non_socket_path_is_never_replaced() -> None:
         assert (d / "p.sock").read_text() == "precious"
 
 
+# ``serve``'s signal handling and drain around a backend whose wraps take 1.5 s each.
+_SLOW_SERVE = """
+import sys, time
+from pathlib import Path
+from kms_plugin.server import PluginServer, ServeConfig, run_until_stopped
+
+class Slow:
+    def __init__(self, inner):
+        self.inner = inner
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+    def wrap(self, plaintext):
+        time.sleep(1.5)
+        return self.inner.wrap(plaintext)
+
+def make():
+    d = Path(sys.argv[1])
+    server = PluginServer(ServeConfig(listen=f"unix://{d}/p.sock", keyring=d / "k.json",
+                                      health_addr="off", drain_timeout=20))
+    server.service.backend = Slow(server.service.backend)
+    return server
+
+sys.exit(run_until_stopped(make))
+"""
+
+
 def test_in_flight_calls_finish_during_drain() -> None:
     with short_dir() as d:
         cli("keyring", "init", str(d / "k.json"))
         keyring = Keyring.load(d / "k.json")
-        proc = start_serve(*_serve_args(d, "--debug-call-delay", "1.5", "--drain-timeout", "20"))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SLOW_SERVE, str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         wait_for_socket(d / "p.sock", proc)
         results: list[object] = []
         lock = threading.Lock()

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from kms_plugin.client import KMSv1Client, KMSv2Client, parse_endpoint
+from kms_plugin.client import KMSv1Client, KMSv2Client
+from kms_plugin.endpoint import parse_unix_endpoint
 from kms_plugin.errors import ConfigError, InvalidCiphertext, PluginUnavailable
 from kms_plugin.keks.local import Keyring
 from tests.kms_support import cli, served, short_dir, start_serve, wait_for_socket
@@ -46,6 +47,10 @@ def _get(server: PluginServer, path: str) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def parse_endpoint(endpoint: str) -> str:
+    return parse_unix_endpoint(endpoint).grpc_target
 
 
 def test_parse_endpoint() -> None:

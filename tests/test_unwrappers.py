@@ -11,12 +11,16 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 
 from kms_plugin.client import KMSv1Client, KMSv2Client
-from snapshot_tools.errors import ConfigError, InvalidCiphertext, KMSUnavailable
-from snapshot_tools.kms import CachingUnwrapper, PluginUnwrapper
+from snapshot_tools.cli import main
+from snapshot_tools.errors import ConfigError, InvalidCiphertext, KMSUnavailable, KMSUnreachable
 from snapshot_tools.providers import kms_prefix, kmsv1, kmsv2
+from snapshot_tools.unwrap import CachingUnwrapper, PluginUnwrapper
+from tests.conftest import FIXTURES
+from tests.kms_support import short_dir
 from tests.kms_test_plugin import TestKMSPlugin
 
 
@@ -47,7 +51,9 @@ class GateUnwrapper:
             if ciphertext.startswith(b"bad"):
                 raise InvalidCiphertext("refused")
             if ciphertext.startswith(b"down"):
-                raise KMSUnavailable("plugin down")
+                raise KMSUnreachable("plugin down")
+            if ciphertext.startswith(b"refuse"):
+                raise KMSUnavailable("key disabled")
             return b"plain:" + ciphertext
         finally:
             self._leave()
@@ -76,7 +82,7 @@ def test_same_source_unwrapped_once_under_concurrency() -> None:
         inner.release.set()
         results = [f.result(timeout=10) for f in futures]
     assert results == [b"plain:src"] * 64
-    assert inner.calls == [b"src"] and caching.calls == 1
+    assert inner.calls == [b"src"]
 
 
 def test_identity_includes_key_id_and_annotations() -> None:
@@ -90,7 +96,7 @@ def test_identity_includes_key_id_and_annotations() -> None:
     caching.unwrap_v2(b"src", "k1", {"a.io": b"2"})
     caching.unwrap_v1(b"src")
     caching.unwrap_v1(b"src")
-    assert caching.calls == 5 == len(inner.calls)
+    assert len(inner.calls) == 5
 
 
 def test_concurrency_is_bounded() -> None:
@@ -105,7 +111,7 @@ def test_concurrency_is_bounded() -> None:
         assert sorted(f.result(timeout=10) for f in futures) == sorted(
             b"plain:dek-%d" % i for i in range(8)
         )
-    assert inner.max_in_flight == 2 and caching.calls == 8
+    assert inner.max_in_flight == 2 and len(inner.calls) == 8
     with pytest.raises(ValueError, match="max_concurrency must be at least 1"):
         CachingUnwrapper(inner, max_concurrency=0)
 
@@ -117,7 +123,7 @@ def test_failures_are_cached_and_unavailability_fails_fast() -> None:
     for _ in range(3):
         with pytest.raises(InvalidCiphertext, match="^refused$"):
             caching.unwrap_v2(b"bad-1", "k", {})
-    assert caching.calls == 1
+    assert len(inner.calls) == 1
     assert caching.unwrap_v2(b"good", "k", {}) == b"plain:good"
     with pytest.raises(KMSUnavailable, match="plugin down"):
         caching.unwrap_v1(b"down")
@@ -125,8 +131,23 @@ def test_failures_are_cached_and_unavailability_fails_fast() -> None:
     with pytest.raises(KMSUnavailable, match="plugin down"):
         caching.unwrap_v1(b"another")
     assert caching.unwrap_v2(b"good", "k", {}) == b"plain:good"
-    assert caching.calls == 3
+    assert len(inner.calls) == 3
     assert caching.current_key_id() == "kid"
+
+
+def test_kms_unavailable_is_not_kept_and_does_not_stop_other_sources() -> None:
+    # A refusal about the key (disabled, throttled, no permission) is no answer about the
+    # source: the next ask tries again, and other sources are still unwrapped.
+    inner = GateUnwrapper()
+    inner.release.set()
+    caching = CachingUnwrapper(inner)
+    for _ in range(2):
+        with pytest.raises(KMSUnavailable, match="key disabled") as info:
+            caching.unwrap_v2(b"refuse-1", "k", {})
+        assert not isinstance(info.value, KMSUnreachable)
+    assert len(inner.calls) == 2
+    assert caching.unwrap_v2(b"good", "k", {}) == b"plain:good"
+    assert len(inner.calls) == 3
 
 
 # -- the plugin unwrapper over a real unix socket --------------------------------------------------
@@ -188,12 +209,25 @@ def test_plugin_unwrap_v1(plugin: TestKMSPlugin) -> None:
 
 def test_plugin_unavailable(tmp_path: Path) -> None:
     missing = PluginUnwrapper(f"unix://{tmp_path}/nothing.sock", timeout=1.0)
-    caching = CachingUnwrapper(missing)
-    with pytest.raises(KMSUnavailable, match="nothing.sock"):
+    asked: list[bytes] = []
+
+    class Counting:
+        def unwrap_v2(self, ciphertext: bytes, key_id: str, annotations: Mapping[str, bytes]) -> bytes:
+            asked.append(ciphertext)
+            return missing.unwrap_v2(ciphertext, key_id, annotations)
+
+        def unwrap_v1(self, ciphertext: bytes) -> bytes:
+            raise AssertionError("not called")
+
+        def current_key_id(self) -> str | None:
+            return None
+
+    caching = CachingUnwrapper(Counting())
+    with pytest.raises(KMSUnreachable, match="nothing.sock"):
         caching.unwrap_v2(b"x", "k", {})
-    with pytest.raises(KMSUnavailable):
+    with pytest.raises(KMSUnreachable):
         caching.unwrap_v2(b"y", "k", {})
-    assert caching.calls == 1
+    assert asked == [b"x"]  # unreachable: later sources fail fast
     with pytest.raises(KMSUnavailable):
         missing.current_key_id()
 
@@ -207,3 +241,42 @@ def test_bad_endpoints_are_config_errors(endpoint: str) -> None:
 def test_bad_api_version() -> None:
     with pytest.raises(ConfigError, match="apiVersion must be v1 or v2"):
         PluginUnwrapper("unix:///tmp/x.sock", api_version="v3")
+
+
+# -- the one error mapping, end to end: a real plugin, `snapshot-tools check` ------------------
+
+# What a plugin's gRPC status on Decrypt makes of every KMS v2 value: (verdict, exit code).
+# Only an answer about the ciphertext itself is wrong-key (DESIGN.md "Keys and verdicts").
+DECRYPT_STATUS_ROWS = [
+    (grpc.StatusCode.FAILED_PRECONDITION, "unreadable (kms-unavailable)", 4),  # key disabled
+    (grpc.StatusCode.PERMISSION_DENIED, "unreadable (kms-unavailable)", 4),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "unreadable (kms-unavailable)", 4),  # throttled
+    (grpc.StatusCode.INTERNAL, "unreadable (kms-unavailable)", 4),
+    (grpc.StatusCode.UNAVAILABLE, "unreadable (kms-unavailable)", 4),
+    (grpc.StatusCode.INVALID_ARGUMENT, "unreadable (wrong-key)", 1),  # invalid ciphertext
+    (grpc.StatusCode.NOT_FOUND, "unreadable (wrong-key)", 1),  # unknown key_id
+]
+
+
+@pytest.mark.parametrize(("code", "verdict", "exit_code"), DECRYPT_STATUS_ROWS, ids=lambda v: getattr(v, "name", None))
+def test_check_verdict_follows_the_plugins_decrypt_status(
+    code: grpc.StatusCode, verdict: str, exit_code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = FIXTURES / "g-kmsv2"
+    kek = bytes.fromhex((case / "kms-plugin-kek-1.hex").read_text().strip())
+    with short_dir() as d, TestKMSPlugin(d / "kms.sock", kek, decrypt_error=code) as plugin:
+        args = ["check", str(case / "etcd-snapshot.db"), "--config", str(case / "encryption-config.yaml"),
+                "--kms", f"testkms={plugin.endpoint}"]  # fmt: skip
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        decrypts = plugin.calls["Decrypt"]
+    out = capsys.readouterr().out
+    assert info.value.code == exit_code, out
+    rows = [line for line in out.splitlines() if line.startswith("unreadable")]
+    assert rows and all(line.startswith(verdict + " ") for line in rows), out
+    # A refusal is not kept as the answer for the shared seed: each object asked again. An
+    # answer about the ciphertext (and an unreachable plugin) is asked once.
+    if verdict.endswith("(kms-unavailable)") and code != grpc.StatusCode.UNAVAILABLE:
+        assert decrypts == len(rows) > 1
+    else:
+        assert decrypts == 1

@@ -1,8 +1,12 @@
-"""Key-encryption-key backends: the protocol and the local keyring."""
+"""Key-encryption-key backends: the protocol (:mod:`.base`), the local keyring (:mod:`.local`),
+AWS KMS (:mod:`.aws`) and the local-KEK hierarchy (:mod:`.hierarchy`).
+
+Import the backend modules themselves: this package imports none of them, so reaching the
+protocol does not load cryptography or boto3.
+"""
 
 from __future__ import annotations
 
 from kms_plugin.keks.base import BackendStatus, KEKBackend, Wrapped
-from kms_plugin.keks.local import Kek, Keyring, LocalKeyringBackend
 
-__all__ = ["BackendStatus", "KEKBackend", "Kek", "Keyring", "LocalKeyringBackend", "Wrapped"]
+__all__ = ["BackendStatus", "KEKBackend", "Wrapped"]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from kms_plugin.cli_runner import run_app
-from snapshot_tools.errors import Error
+from snapshot_tools.errors import Error, exit_code_for
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -32,4 +32,4 @@ from snapshot_tools.cli import check, extract, rewrite  # noqa: E402, F401
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
-    sys.exit(run_app(app, "snapshot-tools", Error, argv))
+    sys.exit(run_app(app, "snapshot-tools", Error, exit_code_for, argv))

@@ -19,7 +19,7 @@ from snapshot_tools.cli.options import (
     KmsOpt,
     PrefixOpt,
     SnapshotArg,
-    kms_access,
+    key_access,
 )
 from snapshot_tools.cli.output import OutputFormat, printable, progress_reporter, render_table
 from snapshot_tools.report import DEFAULT_FAIL_ON, CheckReport, parse_fail_on
@@ -59,8 +59,7 @@ def check(
     policy = parse_fail_on(fail_on)
     opts = CheckOptions(
         snapshot=str(snapshot),
-        configs=config,
-        **kms_access(kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
+        access=key_access(config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
         all_revisions=all_revisions,
         resources=resource or (),
         etcd_prefix=etcd_prefix,

@@ -19,10 +19,18 @@ from snapshot_tools.cli.options import (
     KmsOpt,
     PrefixOpt,
     SnapshotArg,
-    kms_access,
+    key_access,
 )
 from snapshot_tools.cli.output import printable
-from snapshot_tools.extract import RAW_ANNOTATION, ExtractOptions, ExtractResult, render_json, render_yaml, run_extract
+from snapshot_tools.errors import EXIT_FINDINGS
+from snapshot_tools.extract import (
+    RAW_ANNOTATION,
+    ExtractOptions,
+    ExtractResult,
+    render_json,
+    render_yaml,
+    run_extract,
+)
 
 _PROG = "snapshot-tools"
 
@@ -72,8 +80,7 @@ def extract(
     """
     opts = ExtractOptions(
         snapshot=str(snapshot),
-        configs=config,
-        **kms_access(kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
+        access=key_access(config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
         resources=resource or ("secrets",),
         namespace=namespace,
         name=name,
@@ -85,7 +92,7 @@ def extract(
     result = run_extract(opts)
     if result.matched == 0:
         print(f"{_PROG}: no object matched", file=sys.stderr)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FINDINGS)
     _report(result)
     if result.items:
         text = render_json(result.manifest()) if output is ManifestFormat.json else render_yaml(result.manifest())

@@ -1,11 +1,21 @@
-"""Typer options shared by several commands, defined once so their flags and help agree."""
+"""Typer options shared by several commands, defined once so their flags and help agree, and the
+one :class:`~snapshot_tools.unwrap.KeyAccess` value built from them (:func:`key_access`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from kms_plugin import api as plugin
+from snapshot_tools.errors import ConfigError, UsageError
+from snapshot_tools.unwrap import KeyAccess
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from kms_plugin.api import AwsSettings
 
 SnapshotArg = Annotated[
     Path, typer.Argument(help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy; only read.")
@@ -43,43 +53,58 @@ AwsContextOpt = Annotated[
 ]
 
 
-def aws_settings(region: str | None, endpoint_url: str | None, context: str) -> object:
-    """The AWS settings shared by every --aws-kms provider (each gets its own key)."""
-    from kms_plugin import errors as plugin_errors
-    from kms_plugin.keks.awsclient import AwsSettings
-    from kms_plugin.keks.awsformat import parse_encryption_context
-    from snapshot_tools.errors import ConfigError
+def parse_assignments(values: Sequence[str], flag: str) -> dict[str, str]:
+    """``["a=b", ...]`` -> ``{"a": "b"}``; a malformed or repeated name is a usage error."""
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, target = item.partition("=")
+        if not sep or not name or not target:
+            raise UsageError(f"{flag} takes NAME=VALUE, got {item!r}")
+        if name in out:
+            raise UsageError(f"{flag} names provider {name!r} twice")
+        out[name] = target
+    return out
 
+
+def parse_aws_kms(values: Sequence[str]) -> dict[str, str | None]:
+    """``["a=alias/k", "b"]`` -> ``{"a": "alias/k", "b": None}`` (``--aws-kms NAME[=KEY]``)."""
+    out: dict[str, str | None] = {}
+    for item in values:
+        name, sep, key = item.partition("=")
+        if not name or (sep and not key):
+            raise UsageError(f"--aws-kms takes NAME or NAME=KEY (ARN, key id or alias), got {item!r}")
+        if name in out:
+            raise UsageError(f"--aws-kms names provider {name!r} twice")
+        out[name] = key or None
+    return out
+
+
+def aws_settings(region: str | None, endpoint_url: str | None, context: str) -> AwsSettings:
+    """The AWS settings shared by every --aws-kms provider (each gets its own key)."""
     try:
         # Offline there is no apiserver deadline: allow slower answers than the plugin does.
-        return AwsSettings(
-            key=None,
-            region=region,
-            endpoint_url=endpoint_url,
-            encryption_context=parse_encryption_context(context),
-            call_timeout=20.0,
-            read_timeout=10.0,
-            max_attempts=5,
+        return plugin.aws_settings(
+            region, endpoint_url, context, call_timeout=20.0, read_timeout=10.0, max_attempts=5
         )
-    except plugin_errors.Error as exc:
+    except plugin.Error as exc:
         raise ConfigError(str(exc)) from None
 
 
-def kms_access(
-    kms: list[str] | None,
-    keyring: list[str] | None,
-    aws_kms: list[str] | None,
+def key_access(
+    configs: Sequence[str],
+    kms: Sequence[str] | None,
+    keyring: Sequence[str] | None,
+    aws_kms: Sequence[str] | None,
     aws_region: str | None,
     aws_endpoint_url: str | None,
     aws_encryption_context: str,
-) -> dict[str, object]:
-    """The KMS-related fields of the command option dataclasses, parsed from the shared flags."""
-    from snapshot_tools.check import parse_assignments, parse_aws_kms
-
+) -> KeyAccess:
+    """The one key-access value of a command, from the shared --config/KMS flags."""
     names = parse_aws_kms(aws_kms or [])
-    return {
-        "kms": parse_assignments(kms or [], "--kms"),
-        "keyrings": parse_assignments(keyring or [], "--keyring"),
-        "aws_kms": names,
-        "aws": aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if names else None,
-    }
+    return KeyAccess(
+        configs=tuple(configs),
+        kms=parse_assignments(kms or [], "--kms"),
+        keyrings=parse_assignments(keyring or [], "--keyring"),
+        aws_kms=names,
+        aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if names else None,
+    )

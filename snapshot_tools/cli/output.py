@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from kms_plugin.terminal import printable
+from kms_plugin.cli_runner import printable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence

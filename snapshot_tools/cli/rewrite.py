@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path  # Typer reads the annotations at run time
 from typing import Annotated
 
 import typer
 
-from kms_plugin.cli_runner import (
-    INTERRUPTED_EXIT,
-    interrupt_signal,
-    signal_exit_code,
-    stop_signals_raise,
-)
+from kms_plugin.cli_runner import interrupt_signal, stop_signals_raise
 from snapshot_tools.cli import app
 from snapshot_tools.cli.options import (
     AwsContextOpt,
@@ -32,10 +26,10 @@ from snapshot_tools.cli.options import (
     KmsOpt,
     PrefixOpt,
     SnapshotArg,
-    kms_access,
+    key_access,
 )
 from snapshot_tools.cli.output import OutputFormat, printable, render_table
-from snapshot_tools.errors import Error
+from snapshot_tools.errors import Interrupted
 from snapshot_tools.reencrypt import RewriteOptions, RewriteSummary, run_rewrite
 
 OutOpt = Annotated[Path, typer.Option("--output-file", "-o", help="Where to write the new snapshot (mode 0600).")]
@@ -82,12 +76,11 @@ def reencrypt(
     _run(
         RewriteOptions(
             snapshot=str(snapshot),
-            configs=config,
             output=str(output_file),
             to=str(to),
             force=force,
             latest_only=latest_only,
-            **kms_access(kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
+            access=key_access(config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
             decrypt_uncovered=decrypt_uncovered,
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
@@ -121,34 +114,15 @@ def decrypt(
     _run(
         RewriteOptions(
             snapshot=str(snapshot),
-            configs=config,
             output=str(output_file),
             force=force,
             latest_only=latest_only,
-            **kms_access(kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
+            access=key_access(config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
         ),
         fmt,
     )
-
-
-class Interrupted(Error):
-    """SIGINT, SIGTERM or SIGHUP during a rewrite: the temporary file is gone; exit 128 + N.
-
-    OUT is untouched unless the signal came after it was published (then it is complete).
-    """
-
-    exit_code = INTERRUPTED_EXIT  # SIGINT's; an instance carries its own signal's
-
-    def __init__(self, output: str, signum: int, *, written: bool) -> None:
-        how = "interrupted" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})"
-        if written:
-            super().__init__(f"{how} after {output} was written (complete and verified)")
-        else:
-            super().__init__(f"{how}; nothing was written to {output}")
-        self.signum = signum
-        self.exit_code = signal_exit_code(signum)
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

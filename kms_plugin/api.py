@@ -1,0 +1,182 @@
+"""The public surface of ``kms_plugin`` for other packages (``snapshot_tools``): nothing else.
+
+* the error classes and the exit codes both CLIs share (:mod:`kms_plugin.errors`);
+* :class:`Wrapped`, a wrap result;
+* the KMS plugin clients, made by :func:`plugin_client` (:func:`check_endpoint` validates an
+  endpoint without connecting);
+* the offline unwrap entry points: a keyring file (:func:`open_keyring`) and AWS KMS
+  (:func:`aws_settings`, :class:`AwsKmsKeys`), reading every format the plugin writes.
+
+Running a console script with the shared exit policy and stop signals is
+:mod:`kms_plugin.cli_runner`. Cheap to import: cryptography, grpc and boto3 load when a keyring,
+a client, AWS settings or an AWS reader are first made.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kms_plugin.errors import (
+    EXIT_FINDINGS,
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_KMS,
+    EXIT_OK,
+    EXIT_USAGE,
+    BackendError,
+    BackendThrottled,
+    ConfigError,
+    Error,
+    InvalidCiphertext,
+    InvalidRequest,
+    KeyUnavailable,
+    PluginError,
+    PluginUnavailable,
+    UnknownKeyId,
+)
+from kms_plugin.keks.base import Wrapped
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    # For annotations only (they import grpc and boto3); ``as`` re-exports them to type checkers.
+    from kms_plugin.client import KMSv1Client as KMSv1Client  # noqa: PLC0414
+    from kms_plugin.client import KMSv2Client as KMSv2Client  # noqa: PLC0414
+    from kms_plugin.keks.awsclient import AwsSettings as AwsSettings  # noqa: PLC0414
+    from kms_plugin.keks.local import Keyring as Keyring  # noqa: PLC0414
+
+__all__ = [
+    "EXIT_FINDINGS",
+    "EXIT_INPUT",
+    "EXIT_INTERNAL",
+    "EXIT_KMS",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "AwsKmsKeys",
+    "BackendError",
+    "BackendThrottled",
+    "ConfigError",
+    "Error",
+    "InvalidCiphertext",
+    "InvalidRequest",
+    "KeyUnavailable",
+    "PluginError",
+    "PluginUnavailable",
+    "UnknownKeyId",
+    "Wrapped",
+    "aws_settings",
+    "check_endpoint",
+    "open_keyring",
+    "plugin_client",
+]
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Validate a ``unix:///path`` or ``unix:///@name`` endpoint without connecting.
+
+    Raises:
+        ConfigError: anything that is not a valid ``unix://`` endpoint.
+    """
+    from kms_plugin.endpoint import parse_unix_endpoint
+
+    parse_unix_endpoint(endpoint)
+
+
+def open_keyring(path: str) -> Keyring:
+    """A ``kms-plugin`` keyring file, loaded once (``wrap``, ``unwrap``, ``active_key_id``).
+
+    Raises:
+        ConfigError: the file is missing, unsafe (group/other access) or malformed.
+    """
+    from kms_plugin.keks.local import Keyring
+
+    return Keyring.load(path)
+
+
+def plugin_client(endpoint: str, timeout: float, api_version: str) -> KMSv1Client | KMSv2Client:
+    """A blocking client of the plugin at ``endpoint``: KMS ``"v2"`` or ``"v1"`` (v1beta1).
+
+    gRPC answers become the error classes above; a :class:`PluginError` keeps the gRPC code.
+    """
+    from kms_plugin.client import KMSv1Client, KMSv2Client
+
+    if api_version == "v2":
+        return KMSv2Client(endpoint, timeout=timeout)
+    return KMSv1Client(endpoint, timeout=timeout)
+
+
+def aws_settings(
+    region: str | None,
+    endpoint_url: str | None,
+    encryption_context: str,
+    *,
+    call_timeout: float,
+    read_timeout: float,
+    max_attempts: int,
+) -> AwsSettings:
+    """AWS KMS settings without a key (:class:`AwsKmsKeys` adds one per provider).
+
+    Raises:
+        ConfigError: a malformed encryption context (``k=v[,k=v...]``) or bad limits.
+    """
+    from kms_plugin.keks.awsclient import AwsSettings
+    from kms_plugin.keks.awsformat import parse_encryption_context
+
+    return AwsSettings(
+        key=None,
+        region=region,
+        endpoint_url=endpoint_url,
+        encryption_context=parse_encryption_context(encryption_context),
+        call_timeout=call_timeout,
+        read_timeout=read_timeout,
+        max_attempts=max_attempts,
+    )
+
+
+class AwsKmsKeys:
+    """AWS KMS without a plugin: unwrap every format ``kms-plugin`` reads, wrap with its key.
+
+    Our plain format, the local-KEK format (each local KEK unwrapped once) and
+    aws-encryption-provider's. With a ``key`` the current key_id is the one the plugin's Status
+    would report and values wrapped by other keys are refused; without one any key AWS decrypts
+    with is accepted and there is no current key_id.
+
+    Raises:
+        ConfigError: bad AWS settings (no region, bad endpoint URL).
+    """
+
+    def __init__(self, settings: AwsSettings, key: str | None) -> None:
+        import dataclasses
+
+        from kms_plugin.keks.aws import AwsKmsBackend
+        from kms_plugin.keks.awsclient import AwsKms
+        from kms_plugin.keks.hierarchy import LocalKekHierarchy
+
+        self._backend = AwsKmsBackend(AwsKms(dataclasses.replace(settings, key=key)))
+        self._reader = LocalKekHierarchy(self._backend, None)
+        self.key = key
+
+    def unwrap(self, ciphertext: bytes, key_id: str, annotations: Mapping[str, bytes]) -> bytes:
+        """A KMS v2 ``encryptedDEKSource``, in any format the plugin writes."""
+        return self._reader.unwrap(ciphertext, key_id, dict(annotations))
+
+    def unwrap_v1(self, ciphertext: bytes) -> bytes:
+        """A KMS v1 encrypted DEK (no key_id, no annotations)."""
+        return self._backend.unwrap(ciphertext, None, {})
+
+    def current_key_id(self) -> str | None:
+        """The key_id the plugin's Status would report for ``key`` now; None without a key."""
+        if self.key is None:
+            return None
+        return self._backend.current_key_id()
+
+    def wrap(self, plaintext: bytes) -> Wrapped:
+        """Wrap with ``key`` in the plugin's plain format (the alias is resolved first)."""
+        self._backend.current_key_id()
+        return self._backend.wrap(plaintext)
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __repr__(self) -> str:
+        return f"AwsKmsKeys(key={self.key!r})"

@@ -35,8 +35,8 @@ DEFAULT = ROOT / "bench" / ".cache" / "scan-100000-25000.db"
 
 
 def _one(snapshot: Path, transform: bool) -> dict[str, float]:
-    from snapshot_tools.rewrite import copy_snapshot, kv_transform
     from snapshot_tools.snapshot import Snapshot
+    from snapshot_tools.snapshot_copy import copy_snapshot, kv_transform
 
     fn = kv_transform(lambda rec: rec.value) if transform else None
     with tempfile.TemporaryDirectory(dir=snapshot.parent, prefix=".bench-copy-") as tmp:

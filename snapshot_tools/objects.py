@@ -3,7 +3,8 @@
 Stored objects are either protobuf (``k8s\\x00`` + ``runtime.Unknown{typeMeta, raw, ...}``; the
 default for built-in types) or JSON (custom resources, ``--storage-media-type=application/json``).
 :func:`is_kubernetes_object` is what makes an aescbc result (no MAC) count as readable, so it
-parses strictly: a small bounds-checked protobuf wire reader, not a lenient generated parser.
+parses strictly: the bounds-checked :mod:`snapshot_tools.protowire` reader, not a lenient
+generated parser.
 :func:`decode_object` returns plain Python data (secret values as ``bytes``); it prints nothing.
 
 References: ``staging/src/k8s.io/apimachinery/pkg/runtime/serializer/protobuf/protobuf.go``,
@@ -20,79 +21,27 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from snapshot_tools.errors import MalformedValue
+from snapshot_tools.protowire import (
+    LEN,
+    VARINT,
+    WireError,
+    fields,
+    int64,
+    read_field,
+    read_len_field,
+)
 
 PROTOBUF_MAGIC = b"k8s\x00"
 _JSON_WS = b" \t\r\n"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# wire types
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
-
-
-class _WireError(Exception):
-    """Internal: the bytes are not well-formed protobuf (turned into MalformedValue / False)."""
-
-
-# -- a strict protobuf wire reader ------------------------------------------------------------
-
-
-def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise _WireError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            if shift == 63 and b > 1:
-                raise _WireError("varint overflows 64 bits")
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise _WireError("varint longer than 10 bytes")
-
-
-def _next(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int, int]:
-    """Read one field at ``pos``: ``(number, wire type, a, b, next pos)``.
-
-    For LEN fields ``(a, b)`` is the ``[start, stop)`` slice of the payload; for numeric fields
-    ``a`` is the value. Every length is bounds-checked against ``end``; groups are rejected.
-    """
-    tag, pos = _varint(buf, pos, end)
-    number, wire = tag >> 3, tag & 7
-    if number == 0:
-        raise _WireError("field number 0")
-    if wire == _LEN:
-        length, pos = _varint(buf, pos, end)
-        stop = pos + length
-        if stop > end:
-            raise _WireError("length runs past the end of the message")
-        return number, wire, pos, stop, stop
-    if wire == _VARINT:
-        value, pos = _varint(buf, pos, end)
-        return number, wire, value, 0, pos
-    if wire == _I64 or wire == _I32:
-        stop = pos + (8 if wire == _I64 else 4)
-        if stop > end:
-            raise _WireError("truncated fixed-width field")
-        return number, wire, int.from_bytes(buf[pos:stop], "little"), 0, stop
-    raise _WireError(f"unsupported wire type {wire}")
-
-
-def _fields(buf: bytes, pos: int, end: int) -> list[tuple[int, int, int, int]]:
-    """All fields of one message as ``(number, wire type, a, b)`` (see :func:`_next`)."""
-    out = []
-    while pos < end:
-        number, wire, a, b, pos = _next(buf, pos, end)
-        out.append((number, wire, a, b))
-    return out
+# Malformed protobuf raises protowire's WireError, turned here into MalformedValue (decode_object)
+# or None (sniff, decode_metadata).
 
 
 def _expect(number: int, wire: int, want: int) -> None:
     if wire != want:
-        raise _WireError(f"field {number} has wire type {wire}, expected {want}")
+        raise WireError(f"field {number} has wire type {wire}, expected {want}")
 
 
 def _text(buf: bytes, start: int, stop: int) -> str:
@@ -103,28 +52,10 @@ def _strict_text(buf: bytes, start: int, stop: int) -> str:
     try:
         return buf[start:stop].decode("utf-8")
     except UnicodeDecodeError:
-        raise _WireError("string is not valid UTF-8") from None
-
-
-def _int64(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
+        raise WireError("string is not valid UTF-8") from None
 
 
 # -- runtime.Unknown ----------------------------------------------------------------------------
-
-
-def _len_field(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    """Fast path of :func:`_next` for a one-byte LEN tag at ``pos``: ``(tag, start, stop)``."""
-    tag = buf[pos]
-    if pos + 1 < end and buf[pos + 1] < 0x80:
-        start = pos + 2
-        stop = start + buf[pos + 1]
-    else:
-        length, start = _varint(buf, pos + 1, end)
-        stop = start + length
-    if stop > end:
-        raise _WireError("length runs past the end of the message")
-    return tag, start, stop
 
 
 # One-byte tags of the LEN fields of runtime.Unknown / TypeMeta (field << 3 | 2).
@@ -132,25 +63,25 @@ _LEN_TAGS = frozenset({0x0A, 0x12, 0x1A, 0x22})
 
 
 def _parse_unknown(buf: bytes) -> tuple[str, str, int, int]:
-    """``(apiVersion, kind, raw start, raw stop)`` of a ``k8s\\x00`` value, or ``_WireError``.
+    """``(apiVersion, kind, raw start, raw stop)`` of a ``k8s\\x00`` value, or ``WireError``.
 
     Fields 1-4 must be LEN; unknown fields are stepped over; the message must end exactly at
     the end of the value. Hand-inlined for the common tags: this runs on every aescbc value.
     """
     if not buf.startswith(PROTOBUF_MAGIC):
-        raise _WireError("no k8s protobuf magic")
+        raise WireError("no k8s protobuf magic")
     end = len(buf)
     pos = len(PROTOBUF_MAGIC)
     type_meta: tuple[int, int] | None = None
     raw: tuple[int, int] | None = None
     while pos < end:
         if buf[pos] in _LEN_TAGS:
-            tag, start, pos = _len_field(buf, pos, end)
+            tag, start, pos = read_len_field(buf, pos, end)
             number = tag >> 3
         else:
-            number, wire, start, _b, pos = _next(buf, pos, end)
+            number, wire, start, _b, pos = read_field(buf, pos, end)
             if number <= 4:
-                raise _WireError(f"field {number} has wire type {wire}, expected {_LEN}")
+                raise WireError(f"field {number} has wire type {wire}, expected {LEN}")
             continue
         if number == 1:
             type_meta = (start, pos)
@@ -159,22 +90,22 @@ def _parse_unknown(buf: bytes) -> tuple[str, str, int, int]:
         else:
             _strict_text(buf, start, pos)  # contentEncoding / contentType
     if type_meta is None or raw is None:
-        raise _WireError("runtime.Unknown without typeMeta or raw")
+        raise WireError("runtime.Unknown without typeMeta or raw")
     api_version = kind = ""
     pos, end = type_meta
     while pos < end:  # runtime.TypeMeta: 1 apiVersion, 2 kind
         if buf[pos] == 0x0A or buf[pos] == 0x12:
-            tag, start, pos = _len_field(buf, pos, end)
+            tag, start, pos = read_len_field(buf, pos, end)
             if tag == 0x0A:
                 api_version = _strict_text(buf, start, pos)
             else:
                 kind = _strict_text(buf, start, pos)
         else:
-            number, wire, _a, _b, pos = _next(buf, pos, end)
+            number, wire, _a, _b, pos = read_field(buf, pos, end)
             if number <= 2:
-                raise _WireError(f"field {number} has wire type {wire}, expected {_LEN}")
+                raise WireError(f"field {number} has wire type {wire}, expected {LEN}")
     if not api_version or not kind:
-        raise _WireError("runtime.Unknown without apiVersion and kind")
+        raise WireError("runtime.Unknown without apiVersion and kind")
     return api_version, kind, raw[0], raw[1]
 
 
@@ -201,7 +132,7 @@ def sniff(plaintext: bytes) -> str | None:
     if plaintext.startswith(PROTOBUF_MAGIC):
         try:
             _parse_unknown(plaintext)
-        except _WireError:
+        except WireError:
             return None
         return "protobuf"
     return "json" if _json_object(plaintext) is not None else None
@@ -222,22 +153,22 @@ def is_kubernetes_object(plaintext: bytes) -> bool:
 
 def _time(buf: bytes, start: int, stop: int) -> str:
     seconds = 0
-    for number, wire, a, _b in _fields(buf, start, stop):
+    for number, wire, a, _b in fields(buf, start, stop):
         if number == 1:
-            _expect(number, wire, _VARINT)
-            seconds = _int64(a)
+            _expect(number, wire, VARINT)
+            seconds = int64(a)
     # Stored times have second precision (nanos = 0); RFC 3339 UTC as kubectl prints them.
     try:
         return (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
     except OverflowError:
-        raise _WireError("timestamp out of range") from None
+        raise WireError("timestamp out of range") from None
 
 
 def _map_entry(buf: bytes, start: int, stop: int) -> tuple[str, tuple[int, int]]:
     key, value = "", (start, start)
-    for number, wire, a, b in _fields(buf, start, stop):
+    for number, wire, a, b in fields(buf, start, stop):
         if number in (1, 2):
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             if number == 1:
                 key = _text(buf, a, b)
             else:
@@ -249,12 +180,12 @@ def _owner_reference(buf: bytes, start: int, stop: int) -> dict[str, Any]:
     names = {1: "kind", 3: "name", 4: "uid", 5: "apiVersion"}
     flags = {6: "controller", 7: "blockOwnerDeletion"}
     ref: dict[str, Any] = {}
-    for number, wire, a, b in _fields(buf, start, stop):
+    for number, wire, a, b in fields(buf, start, stop):
         if number in names:
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             ref[names[number]] = _text(buf, a, b)
         elif number in flags:
-            _expect(number, wire, _VARINT)
+            _expect(number, wire, VARINT)
             ref[flags[number]] = bool(a)
     return ref
 
@@ -262,21 +193,21 @@ def _owner_reference(buf: bytes, start: int, stop: int) -> dict[str, Any]:
 def _managed_fields_entry(buf: bytes, start: int, stop: int) -> dict[str, Any]:
     names = {1: "manager", 2: "operation", 3: "apiVersion", 6: "fieldsType", 8: "subresource"}
     entry: dict[str, Any] = {}
-    for number, wire, a, b in _fields(buf, start, stop):
+    for number, wire, a, b in fields(buf, start, stop):
         if number in names:
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             text = _text(buf, a, b)
             if text:
                 entry[names[number]] = text
         elif number == 4:
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             entry["time"] = _time(buf, a, b)
         elif number == 7:
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             raw = b""
-            for n2, w2, a2, b2 in _fields(buf, a, b):
+            for n2, w2, a2, b2 in fields(buf, a, b):
                 if n2 == 1:
-                    _expect(n2, w2, _LEN)
+                    _expect(n2, w2, LEN)
                     raw = buf[a2:b2]
             try:
                 entry["fieldsV1"] = json.loads(raw) if raw else {}
@@ -292,79 +223,79 @@ _META_STRINGS = {1: "name", 2: "generateName", 3: "namespace", 4: "selfLink", 5:
 def _object_meta(buf: bytes, start: int, stop: int) -> dict[str, Any]:
     """ObjectMeta with empty strings and zeros dropped (spec 9.4); times as RFC 3339 UTC."""
     meta: dict[str, Any] = {}
-    for number, wire, a, b in _fields(buf, start, stop):
+    for number, wire, a, b in fields(buf, start, stop):
         if number in _META_STRINGS:
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             text = _text(buf, a, b)
             if text:
                 meta[_META_STRINGS[number]] = text
         elif number == 7:
-            _expect(number, wire, _VARINT)
+            _expect(number, wire, VARINT)
             if a:
-                meta["generation"] = _int64(a)
+                meta["generation"] = int64(a)
         elif number in (8, 9):
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             meta["creationTimestamp" if number == 8 else "deletionTimestamp"] = _time(buf, a, b)
         elif number == 10:
-            _expect(number, wire, _VARINT)
-            meta["deletionGracePeriodSeconds"] = _int64(a)
+            _expect(number, wire, VARINT)
+            meta["deletionGracePeriodSeconds"] = int64(a)
         elif number in (11, 12):
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             key, (v0, v1) = _map_entry(buf, a, b)
             meta.setdefault("labels" if number == 11 else "annotations", {})[key] = _text(
                 buf, v0, v1
             )
         elif number == 13:
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             meta.setdefault("ownerReferences", []).append(_owner_reference(buf, a, b))
         elif number == 14:
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             meta.setdefault("finalizers", []).append(_text(buf, a, b))
         elif number == 17:
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             meta.setdefault("managedFields", []).append(_managed_fields_entry(buf, a, b))
     return meta
 
 
 def _secret(buf: bytes, start: int, stop: int) -> dict[str, Any]:
     obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "metadata": {}}
-    for number, wire, a, b in _fields(buf, start, stop):
+    for number, wire, a, b in fields(buf, start, stop):
         if number == 1:
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             obj["metadata"] = _object_meta(buf, a, b)
         elif number in (2, 4):
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             key, (v0, v1) = _map_entry(buf, a, b)
             if number == 2:
                 obj.setdefault("data", {})[key] = buf[v0:v1]
             else:
                 obj.setdefault("stringData", {})[key] = _text(buf, v0, v1)
         elif number == 3:
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             text = _text(buf, a, b)
             if text:
                 obj["type"] = text
         elif number == 5:
-            _expect(number, wire, _VARINT)
+            _expect(number, wire, VARINT)
             obj["immutable"] = bool(a)
     return obj
 
 
 def _config_map(buf: bytes, start: int, stop: int) -> dict[str, Any]:
     obj: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}
-    for number, wire, a, b in _fields(buf, start, stop):
+    for number, wire, a, b in fields(buf, start, stop):
         if number == 1:
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             obj["metadata"] = _object_meta(buf, a, b)
         elif number in (2, 3):
-            _expect(number, wire, _LEN)
+            _expect(number, wire, LEN)
             key, (v0, v1) = _map_entry(buf, a, b)
             if number == 2:
                 obj.setdefault("data", {})[key] = _text(buf, v0, v1)
             else:
                 obj.setdefault("binaryData", {})[key] = buf[v0:v1]
         elif number == 4:
-            _expect(number, wire, _VARINT)
+            _expect(number, wire, VARINT)
             obj["immutable"] = bool(a)
     return obj
 
@@ -414,7 +345,7 @@ def decode_object(plaintext: bytes) -> dict[str, Any]:
                 return _secret(plaintext, start, stop)
             if api_version == "v1" and kind == "ConfigMap":
                 return _config_map(plaintext, start, stop)
-        except _WireError as exc:
+        except WireError as exc:
             raise MalformedValue(f"damaged Kubernetes protobuf object: {exc}") from None
         return {"apiVersion": api_version, "kind": kind, "raw": plaintext[start:stop]}
     obj = _json_object(plaintext)
@@ -432,9 +363,9 @@ def decode_metadata(raw: bytes) -> dict[str, Any] | None:
     we have no schema for (Deployments, Namespaces, ...). ``None`` when it cannot be parsed.
     """
     try:
-        for number, wire, a, b in _fields(raw, 0, len(raw)):
-            if number == 1 and wire == _LEN:
+        for number, wire, a, b in fields(raw, 0, len(raw)):
+            if number == 1 and wire == LEN:
                 return _object_meta(raw, a, b)
-    except _WireError:
+    except WireError:
         return None
     return None

@@ -3,6 +3,7 @@
 Files are opened read-only and mapped, never read whole. The two record views stream in etcd
 key order although the ``key`` bucket is stored in revision order: a first pass remembers, per
 etcd key, only where its record lies (an int), then the chosen records are decoded in key order.
+What a revision key and a record are is :mod:`snapshot_tools.mvcc`'s; this module reads them fast.
 
 References: etcd ``server/storage/mvcc/revision.go`` (revision keys), ``api/mvccpb/kv.proto``,
 ``client/v3/snapshot/v3_snapshot.go`` (``hasChecksum``), ``etcdutl/snapshot/v3_snapshot.go``
@@ -15,16 +16,24 @@ import hashlib
 import mmap
 import os
 import stat
-import struct
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Self
+from typing import TYPE_CHECKING, Self
 
 from google.protobuf.message import DecodeError
 
 from snapshot_tools.bbolt import DB
-from snapshot_tools.bbolt.layout import BUCKET_LEAF_FLAG
 from snapshot_tools.errors import InputError, SnapshotError
+from snapshot_tools.mvcc import (
+    KEY_BUCKET,
+    KV_KEY_TAG,
+    REVISION_KEY,
+    REVISION_KEY_SIZE,
+    REVISION_SEP,
+    TOMBSTONE_KEY_SIZE,
+    Record,
+    check_revision_key,
+)
 from snapshot_tools.proto.etcd_kv_pb2 import KeyValue
 
 if TYPE_CHECKING:
@@ -33,12 +42,11 @@ if TYPE_CHECKING:
 
     from snapshot_tools.bbolt import Bucket
 
-KEY_BUCKET = b"key"
+# Record and KEY_BUCKET are mvcc's, re-exported: the views return Records.
+__all__ = ["KEY_BUCKET", "MAX_ETCD_KEY", "TRAILER_SIZE", "Record", "Snapshot"]
+
 TRAILER_SIZE = 32
-_REV_SEP = 0x5F  # '_' between main and sub
-_TOMBSTONE = 0x74  # 't', the 18th byte of a deletion's revision key
 _HASH_WINDOW = 16 << 20
-_REV_KEY = struct.Struct(">QxQ")  # main, '_', sub
 _parse_kv = KeyValue.FromString
 _SIZE_MASK = (1 << 48) - 1  # record size bits in a ``loc``: a record lies inside the file
 
@@ -51,26 +59,6 @@ _SIZE_MASK = (1 << 48) - 1  # record size bits in a ``loc``: a record lies insid
 # The reader's memory is bounded by the file anyway (elements and pages may not overlap); the
 # cap keeps each key small. The common 1-2 byte length in ``_scan`` is below it and costs nothing.
 MAX_ETCD_KEY = 64 << 10
-
-
-class Record(NamedTuple):
-    """One stored MVCC record (immutable).
-
-    ``main``/``sub`` come from the revision key; the other fields from ``mvccpb.KeyValue``. A
-    tombstone (deletion) stores only the key, so its revisions, version, lease and value are 0/empty.
-    A ``NamedTuple`` because the views build one per record: tuple construction is several times
-    cheaper than a frozen dataclass's ``__init__``.
-    """
-
-    key: bytes
-    main: int
-    sub: int
-    create_revision: int
-    mod_revision: int
-    version: int
-    lease: int
-    value: bytes
-    tombstone: bool
 
 
 class Snapshot:
@@ -187,7 +175,7 @@ class Snapshot:
         mm = self._mm
         for batch in self._key_bucket.leaf_batches():
             for flags, kstart, kend, vend in batch:
-                tomb = _check_revision_key(mm, flags, kstart, kend)
+                tomb = check_revision_key(mm, flags, kstart, kend)
                 yield kstart << 49 | (vend - kstart) << 1 | tomb
 
     def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, int]]:
@@ -195,17 +183,19 @@ class Snapshot:
         if self._key_bucket is None:
             return
         mm = self._mm
+        key_tag, rev_size, rev_sep = KV_KEY_TAG, REVISION_KEY_SIZE, REVISION_SEP  # locals: hot loop
         for batch in self._key_bucket.leaf_batches():
             for flags, kstart, kend, vend in batch:
-                # Inline of _check_revision_key for the common 17-byte case: this loop is the hot path.
-                if flags or kend - kstart != 17 or mm[kstart + 8] != _REV_SEP:
-                    tomb = _check_revision_key(mm, flags, kstart, kend)
+                # Inline of check_revision_key for the common 17-byte case: this loop is the hot path.
+                if flags or kend - kstart != rev_size or mm[kstart + 8] != rev_sep:
+                    tomb = check_revision_key(mm, flags, kstart, kend)
                 else:
                     tomb = False
-                # Go marshals field 1 (key) first: read it in place (1- or 2-byte length), and
-                # decode the whole record only for any other shape.
+                # Fast path of the etcd key (tests/test_mvcc.py compares it with protowire): Go
+                # marshals field 1 (key) first, so read it in place when its length varint has 1
+                # or 2 bytes, and decode the whole record (upb) for any other shape.
                 start = 0
-                if vend - kend > 3 and mm[kend] == 0x0A:
+                if vend - kend > 3 and mm[kend] == key_tag:
                     n = mm[kend + 1]
                     if n < 0x80:
                         start = kend + 2
@@ -234,8 +224,9 @@ class Snapshot:
         fd = self._fd
         pread = os.pread
         parse = _parse_kv
-        unpack_rev = _REV_KEY.unpack_from
+        unpack_rev = REVISION_KEY.unpack_from
         new = Record
+        tomb_size, rev_size = TOMBSTONE_KEY_SIZE, REVISION_KEY_SIZE
         for loc in locs:
             kstart = loc >> 49
             size = (loc >> 1) & _SIZE_MASK
@@ -246,7 +237,7 @@ class Snapshot:
                     "the file changed while it was read (short read)", offset=kstart
                 )
             main, sub = unpack_rev(raw)
-            ks = 18 if tomb else 17
+            ks = tomb_size if tomb else rev_size
             try:
                 kv = parse(raw[ks:])
             except DecodeError as exc:
@@ -266,7 +257,7 @@ class Snapshot:
         if last is None:
             return 0
         flags, kstart, kend, _ = last
-        _check_revision_key(self._mm, flags, kstart, kend)
+        check_revision_key(self._mm, flags, kstart, kend)
         return int.from_bytes(self._mm[kstart : kstart + 8], "big")
 
     def _check_trailer(self) -> str:
@@ -308,22 +299,6 @@ def _open_readonly(path: Path) -> tuple[int, mmap.mmap, int]:
     except BaseException:
         os.close(fd)
         raise
-
-
-def _check_revision_key(mm: mmap.mmap | bytes, flags: int, kstart: int, kend: int) -> bool:
-    """Validate a ``key`` bucket key (``main '_' sub ['t']``); return whether it is a tombstone."""
-    if flags & BUCKET_LEAF_FLAG:
-        raise SnapshotError("the key bucket holds a nested bucket", offset=kstart)
-    size = kend - kstart
-    if size not in (17, 18):
-        raise SnapshotError(f"revision key of {size} bytes, expected 17 or 18", offset=kstart)
-    if mm[kstart + 8] != _REV_SEP:
-        raise SnapshotError("revision key has no '_' at byte 8", offset=kstart + 8)
-    if size == 18:
-        if mm[kstart + 17] != _TOMBSTONE:
-            raise SnapshotError("18-byte revision key does not end in 't'", offset=kstart + 17)
-        return True
-    return False
 
 
 def _bad(kstart: int, at: int, why: str) -> SnapshotError:

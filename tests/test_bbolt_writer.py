@@ -33,16 +33,9 @@ from snapshot_tools.atomic_file import TEMP_MARK
 from snapshot_tools.bbolt import DB, BucketContents, write_db
 from snapshot_tools.bbolt.layout import BUCKET_HEADER, LEAF, PAGE_HEADER
 from snapshot_tools.bbolt.page import branch_children
-from snapshot_tools.errors import MalformedValue, OutputError
-from snapshot_tools.proto.etcd_kv_pb2 import KeyValue
-from snapshot_tools.rewrite import (
-    copy_snapshot,
-    decode_record,
-    kv_transform,
-    kv_verify,
-    replace_kv_value,
-)
+from snapshot_tools.errors import OutputError
 from snapshot_tools.snapshot import Record, Snapshot
+from snapshot_tools.snapshot_copy import copy_snapshot, kv_transform, kv_verify
 from tests.bbolt_builder import kv_bytes, revision_key
 from tests.conftest import FIXTURE_CASES, FIXTURES, ROOT
 from tests.etcd_harness import EtcdBinaries, EtcdServer, etcdutl_restore, etcdutl_status, start_etcd_on
@@ -298,59 +291,6 @@ def test_fixture_copied_to_another_page_size(page_size: int, tmp_path: Path, etc
     assert etcdutl_status(out, bins=etcd_bins)["hash"] == etcdutl_status(src_path, bins=etcd_bins)["hash"]
 
 
-# -- mvccpb.KeyValue splicing -------------------------------------------------------------------
-
-
-def test_kv_reencoding_is_byte_identical_on_every_fixture_record() -> None:
-    checked = 0
-    for case in FIXTURE_CASES:
-        with Snapshot.open(FIXTURES / case / "etcd-snapshot.db") as snap:
-            for key, raw in snap.items(b"key"):
-                kv = KeyValue.FromString(raw)
-                # Go's marshal (field order 1..6, zeros omitted) equals protobuf's; we keep both.
-                assert kv.SerializeToString() == raw
-                assert replace_kv_value(raw, kv.value) == raw
-                rec = decode_record(key, raw)
-                assert (rec.key, rec.value, rec.tombstone) == (kv.key, kv.value, len(key) == 18)
-                checked += 1
-    assert checked > 500
-
-
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"key": b"/a", "create_revision": 5, "mod_revision": 9, "version": 2, "value": b"v", "lease": 77},
-        {"key": b"/a", "create_revision": 5, "mod_revision": 9, "version": 2, "lease": 77},  # empty value
-        {"key": b"/tomb"},
-        {"key": b"/neg", "create_revision": -1, "mod_revision": 3, "version": 1, "value": b"x" * 300},
-    ],
-)
-@pytest.mark.parametrize("new", [b"", b"new", b"N" * 200])
-def test_replace_kv_value_changes_only_the_value(fields: dict[str, Any], new: bytes) -> None:
-    raw = KeyValue(**fields).SerializeToString()
-    out = replace_kv_value(raw, new)
-    want = KeyValue(**{**fields, "value": new})
-    assert KeyValue.FromString(out) == want
-    assert out == want.SerializeToString()  # canonical: what Go's marshal writes
-
-
-def test_replace_kv_value_keeps_non_canonical_bytes() -> None:
-    raw = KeyValue(key=b"/a", create_revision=5, mod_revision=9, version=3, value=b"old", lease=7).SerializeToString()
-    odd = raw.replace(b"\x20\x03", b"\x20\x83\x00")  # version as an overlong varint: valid, not canonical
-    assert KeyValue.FromString(odd) == KeyValue.FromString(raw)
-    assert replace_kv_value(odd, b"new") == odd.replace(b"*\x03old", b"*\x03new")
-    assert replace_kv_value(odd, b"") == odd.replace(b"*\x03old", b"")
-    no_value = odd.replace(b"*\x03old", b"")
-    assert replace_kv_value(no_value, b"v") == odd.replace(b"*\x03old", b"*\x01v")  # before lease (6)
-
-
-def test_replace_kv_value_refuses_garbage() -> None:
-    with pytest.raises(MalformedValue):
-        replace_kv_value(b"\x0a\x05ab", b"x")  # length runs past the record
-    with pytest.raises(MalformedValue):
-        replace_kv_value(b"\x0b", b"x")  # wire type 3 (group)
-
-
 # -- safety -----------------------------------------------------------------------------------
 
 
@@ -447,7 +387,7 @@ _KILL_CHILD = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, sys.argv[3])
-    from snapshot_tools.rewrite import copy_snapshot
+    from snapshot_tools.snapshot_copy import copy_snapshot
     from snapshot_tools.snapshot import Snapshot
     count = [0]
     def transform(path, key, value):

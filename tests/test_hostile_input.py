@@ -24,7 +24,7 @@ import pytest
 
 from snapshot_tools.bbolt import DB, fnv64a
 from snapshot_tools.bbolt.layout import BRANCH, BUCKET_HEADER, LEAF, META_OFFSET, PAGE_HEADER
-from snapshot_tools.bbolt.page import Node, leaf_spans
+from snapshot_tools.bbolt.page import leaf_spans
 from snapshot_tools.errors import SnapshotError
 from snapshot_tools.snapshot import MAX_ETCD_KEY, Snapshot
 from snapshot_tools.status import snapshot_status
@@ -329,14 +329,12 @@ def _naive_page_map(db: DB) -> tuple[int, list[int], list[int]]:
     if listed is not None:
         marks[db.meta.freelist] = 1
 
-    def mark(seen: bytearray, node: Node) -> None:
-        pgid, overflow = node.pgid or 0, node.overflow
-        seen[pgid : pgid + overflow + 1] = b"\x01" * (overflow + 1)
-
     pending = [db.root()]
     while pending:
         bucket = pending.pop()
-        for node in bucket.nodes(marks=marks, mark=mark):
+        for node in bucket.nodes():
+            pgid, overflow = node.pgid or 0, node.overflow
+            marks[pgid : pgid + overflow + 1] = b"\x01" * (overflow + 1)
             if node.flags == LEAF:
                 for flags, kstart, kend, vend in leaf_spans(db.buf, node):
                     if flags & 1:

@@ -14,7 +14,7 @@ References: etcd-io/bbolt ``db.go``, ``bucket.go``, ``cursor.go``, ``tx_check.go
 
 from __future__ import annotations
 
-from snapshot_tools.bbolt.db import DB, Bucket, PageMap
+from snapshot_tools.bbolt.db import DB, Bucket, PageMap, PageWalk
 from snapshot_tools.bbolt.layout import fnv64a
 from snapshot_tools.bbolt.meta import Meta, choose_meta, read_meta
 from snapshot_tools.bbolt.page import Node
@@ -27,6 +27,7 @@ __all__ = [
     "Meta",
     "Node",
     "PageMap",
+    "PageWalk",
     "WriteStats",
     "choose_meta",
     "fnv64a",

@@ -137,6 +137,14 @@ class DB:
             ids.extend(chunk)
         return ids
 
+    def walk(self) -> PageWalk:
+        """A walk over every bucket's leaves with ``tx.Check``'s page accounting (:class:`PageWalk`).
+
+        Raises:
+            SnapshotError: the freelist is damaged.
+        """
+        return PageWalk(self)
+
     def page_map(self) -> PageMap:
         """Which pages below the high-water mark are reachable, free, or neither.
 
@@ -148,33 +156,75 @@ class DB:
         Raises:
             SnapshotError: damage found on the way, or a page referenced twice.
         """
-        reached = _Reached(self.hwm)
-        reached.add(0, 2, 0)  # the metas
-        freelist = self.freelist()
-        if freelist is not None:
-            node = read_page(self.buf, self.meta.freelist, self.page_size, self.hwm, _FREELIST_PAGES)
-            reached.add(self.meta.freelist, node.overflow + 1, node.offset)
-        pending = [(self.root(), 0)]
+        walk = self.walk()
+        for _leaf in walk:
+            pass
+        return walk.page_map()
+
+
+class PageWalk:
+    """One walk over every bucket of a :class:`DB`, accounting for its pages as ``tx.Check`` does.
+
+    Iterating yields ``(bucket path, spans)`` for every leaf node, in key order within a bucket;
+    a bucket's leaves come together, the root bucket's (``()``) first, nested buckets after their
+    parent. Every page reached (metas, the persisted freelist, every tree page of every bucket)
+    must be reached exactly once. Once the iteration is complete, :meth:`page_map` splits the
+    pages below the high-water mark into reachable, free and unreachable: the one page check
+    shared by the reader (:meth:`DB.page_map`) and the verification of a written snapshot.
+
+    Raises (while iterating):
+        SnapshotError: damage, buckets nested deeper than ``MAX_DEPTH``, or a page reached twice.
+    """
+
+    __slots__ = ("db", "freelist", "reached")
+
+    def __init__(self, db: DB) -> None:
+        self.db = db
+        self.reached = _Reached(db.hwm)
+        self.reached.add(0, 2, 0)  # the metas
+        self.freelist = db.freelist()  # None when not persisted
+        if self.freelist is not None:
+            node = read_page(db.buf, db.meta.freelist, db.page_size, db.hwm, _FREELIST_PAGES)
+            self.reached.add(db.meta.freelist, node.overflow + 1, node.offset)
+
+    def __repr__(self) -> str:
+        return f"<PageWalk {self.db!r} nodes_reached={len(self.reached.starts)}>"
+
+    def __iter__(self) -> Iterator[tuple[tuple[bytes, ...], list[Span]]]:
+        db = self.db
+        buf = db.buf
+        pending: list[tuple[tuple[bytes, ...], Bucket, int]] = [((), db.root(), 0)]
         while pending:
-            bucket, depth = pending.pop()
+            path, bucket, depth = pending.pop()
             if depth > MAX_DEPTH:
                 raise SnapshotError("buckets nested too deep (a loop?)", offset=bucket.offset)
-            for node in bucket.nodes(reached=reached):
+            for node in bucket.nodes(reached=self.reached):
+                db.touch(node.end - node.offset)
                 if node.flags != LEAF:
                     continue
-                for flags, kstart, kend, vend in leaf_spans(self.buf, node):
+                spans = leaf_spans(buf, node)
+                for flags, kstart, kend, vend in spans:
                     if flags & BUCKET_LEAF_FLAG:
-                        child = bucket.child(bytes(self.buf[kstart:kend]), kend, vend)
-                        pending.append((child, depth + 1))
-        spans = [(start, reached.starts[start]) for start in reached.check(self.page_size)]
+                        name = bytes(buf[kstart:kend])
+                        pending.append(((*path, name), bucket.child(name, kend, vend), depth + 1))
+                yield path, spans
+
+    def page_map(self) -> PageMap:
+        """The accounting of the completed walk.
+
+        Raises:
+            SnapshotError: two nodes overlap (one starts inside another's overflow pages).
+        """
+        db = self.db
+        reached = self.reached
+        spans = [(start, reached.starts[start]) for start in reached.check(db.page_size)]
         reachable = sum(stop - start for start, stop in spans)
-        gaps = _gaps(spans, self.hwm)
-        if freelist is None:
-            return PageMap(self.hwm, self.page_size, reachable, PageIds(gaps), PageIds(), persisted_freelist=False)
-        freelist.sort()
-        free, unreachable = _split(gaps, freelist)
+        gaps = _gaps(spans, db.hwm)
+        if self.freelist is None:
+            return PageMap(db.hwm, db.page_size, reachable, PageIds(gaps), PageIds(), persisted_freelist=False)
+        free, unreachable = _split(gaps, sorted(self.freelist))
         return PageMap(
-            self.hwm, self.page_size, reachable, PageIds(free), PageIds(unreachable), persisted_freelist=True
+            db.hwm, db.page_size, reachable, PageIds(free), PageIds(unreachable), persisted_freelist=True
         )
 
 
@@ -370,30 +420,24 @@ class Bucket:
             raise SnapshotError(f"bucket {name!r}: root page {root} is outside [2, {self.db.hwm})", offset=vstart)
         return Bucket(self.db, name, root, None, vstart)
 
-    def nodes(  # type: ignore[no-untyped-def]
-        self, *, reverse: bool = False, marks: bytearray | None = None, mark=None, reached: _Reached | None = None
-    ) -> Iterator[Node]:
+    def nodes(self, *, reverse: bool = False, reached: _Reached | None = None) -> Iterator[Node]:
         """Every node of the tree, depth first in key order (``reverse``: from the last key).
 
         Branch nodes come before their children. Each page may appear once per walk: the walk
-        is recorded in ``reached`` (shared across buckets by :meth:`DB.page_map`), or, when
-        ``mark`` is given, ``mark(marks, node)`` is called instead (the caller's own accounting).
-        A walk of its own checks for overlapping nodes once it is complete.
+        is recorded in ``reached`` (shared across buckets by :class:`PageWalk`). A walk of its
+        own checks for overlapping nodes once it is complete.
         """
         if self.inline is not None:
             yield self.inline
             return
         db = self.db
-        own = reached is None and mark is None
+        own = reached is None
         walk = _Reached(db.hwm) if reached is None else reached
         stack = [(self.root, 0)]
         while stack:
             pgid, depth = stack.pop()
             node = db.page(pgid)
-            if mark is not None:
-                mark(marks, node)
-            else:
-                walk.add(pgid, node.overflow + 1, node.offset)
+            walk.add(pgid, node.overflow + 1, node.offset)
             yield node
             if node.flags == BRANCH:
                 if depth >= MAX_DEPTH:

@@ -49,6 +49,10 @@ MAX_PAGE_SIZE = 1 << 24
 # A B+tree deeper than this is a loop or garbage: 2^64 pages fit in far fewer levels.
 MAX_DEPTH = 64
 
+# ``MaxKeySize`` and ``MaxValueSize`` (bbolt ``bucket.go``): what a write may store.
+MAX_KEY_SIZE = 32768
+MAX_VALUE_SIZE = (1 << 31) - 2
+
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 _MASK64 = 0xFFFFFFFFFFFFFFFF

@@ -46,16 +46,23 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from snapshot_tools.bbolt.layout import (
     BRANCH,
+    BRANCH_ELEMENT,
     BUCKET_HEADER,
     BUCKET_LEAF_FLAG,
+    ELEMENT_SIZE,
     FREELIST,
     LEAF,
+    LEAF_ELEMENT,
     MAGIC,
+    MAX_KEY_SIZE,
     MAX_PAGE_SIZE,
+    MAX_VALUE_SIZE,
     META,
+    META_CHECKSUMMED,
     META_STRUCT,
     MIN_PAGE_SIZE,
     PAGE_HEADER,
+    PAGE_HEADER_SIZE,
     VERSION,
     fnv64a,
 )
@@ -63,8 +70,6 @@ from snapshot_tools.bbolt.layout import (
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-MAX_KEY_SIZE = 32768  # bbolt MaxKeySize
-MAX_VALUE_SIZE = (1 << 31) - 2  # bbolt MaxValueSize
 # node.write panics at 0xFFFF elements: the page header count is a u16.
 _MAX_ELEMENTS = 0xFFFE
 # Past this size a multi-page node takes no more elements into its last page's tail, so the
@@ -74,8 +79,7 @@ NODE_SPAN = 64 << 10  # default largest multi-element leaf node, bytes
 _FLUSH_AT = 4 << 20  # write buffered pages out in chunks of about this size
 _QUEUED = 2  # full buffers waiting for the I/O thread
 _HASH_CHUNK = 8 << 20
-_FREELIST_PGID = 2
-_BRANCH_ELEMENT = struct.Struct("<IIQ")
+_FREELIST_PGID = 2  # where this writer puts the (empty) freelist
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +213,8 @@ def _as_bucket(name: bytes, b: object) -> BucketContents:
 
 
 def _meta_page(pgid: int, page_size: int, root: int, sequence: int, hwm: int, txid: int) -> bytes:
-    fields = META_STRUCT.pack(MAGIC, VERSION, page_size, 0, root, sequence, _FREELIST_PGID, hwm, txid, 0)[:56]
+    packed = META_STRUCT.pack(MAGIC, VERSION, page_size, 0, root, sequence, _FREELIST_PGID, hwm, txid, 0)
+    fields = packed[:META_CHECKSUMMED]
     return PAGE_HEADER.pack(pgid, META, 0, 0) + fields + fnv64a(fields).to_bytes(8, "little")
 
 
@@ -261,7 +266,8 @@ def _hash_body(out: BinaryIO, body: int) -> bytes:
 
 @lru_cache(maxsize=512)
 def _leaf_elements(n: int) -> struct.Struct:
-    return struct.Struct(f"<{4 * n}I")
+    """``n`` leaf elements in one format, packed from one flat list of their fields."""
+    return struct.Struct(LEAF_ELEMENT.format[:1] + LEAF_ELEMENT.format[1:] * n)
 
 
 class _Writer:
@@ -310,7 +316,7 @@ class _Writer:
         # Metas are written last (they need the root page and the high-water mark).
         self.buf += bytes(2 * ps)
         self.buf += PAGE_HEADER.pack(_FREELIST_PGID, FREELIST, 0, 0)
-        self.buf += self.zeros[: ps - PAGE_HEADER.size]
+        self.buf += self.zeros[: ps - PAGE_HEADER_SIZE]
         self.next_pgid = 3
 
     def finish(self) -> int:
@@ -336,11 +342,11 @@ class _Writer:
         n = len(flags)
         lens = [len(x) for x in kv]
         sizes = [a + b for a, b in zip(lens[0::2], lens[1::2])]
-        # pos is relative to the element's own address: 16 * (n - i) + data before element i.
+        # pos is relative to the element's own address: the elements after it + data before it.
         offsets = list(accumulate(sizes, initial=0))
         elems = [0] * (4 * n)
         elems[0::4] = flags
-        elems[1::4] = [16 * (n - i) + offsets[i] for i in range(n)]
+        elems[1::4] = [ELEMENT_SIZE * (n - i) + offsets[i] for i in range(n)]
         elems[2::4] = lens[0::2]
         elems[3::4] = lens[1::2]
         return self._node(LEAF, n, _leaf_elements(n).pack(*elems), kv, offsets[n])
@@ -348,15 +354,15 @@ class _Writer:
     def branch(self, keys: list[bytes], pgids: list[int]) -> int:
         n = len(keys)
         parts = []
-        pos = 16 * n
+        pos = ELEMENT_SIZE * n
         for key, pgid in zip(keys, pgids):
-            parts.append(_BRANCH_ELEMENT.pack(pos, len(key), pgid))
-            pos += len(key) - 16
+            parts.append(BRANCH_ELEMENT.pack(pos, len(key), pgid))
+            pos += len(key) - ELEMENT_SIZE
         return self._node(BRANCH, n, b"".join(parts), keys, sum(map(len, keys)))
 
     def _node(self, flags: int, count: int, elems: bytes, data: list[bytes], data_size: int) -> int:
         ps = self.ps
-        total = 16 + len(elems) + data_size
+        total = PAGE_HEADER_SIZE + len(elems) + data_size
         npages = -(-total // ps)
         pgid = self.next_pgid
         buf = self.buf
@@ -381,10 +387,11 @@ class _Writer:
         """
         ps = self.ps
         span = self.span
+        header, element = PAGE_HEADER_SIZE, ELEMENT_SIZE  # locals: the loop below is hot
         levels = _Levels(self)
         kv: list[bytes] = []
         flags: list[int] = []
-        size = 16  # page header + elements + data of the pending leaf
+        size = header  # page header + elements + data of the pending leaf
         limit = span
         prev = b""
         count = 0
@@ -412,14 +419,14 @@ class _Writer:
                     value = bytes(value)  # type: ignore[arg-type]
             if len(value) > MAX_VALUE_SIZE:
                 raise ValueError(f"bucket {_path(path)}: value of {len(value)} bytes exceeds {MAX_VALUE_SIZE}")
-            new = size + 16 + len(key) + len(value)
+            new = size + element + len(key) + len(value)
             if new > limit or len(flags) >= _MAX_ELEMENTS:
                 if flags:
                     levels.push(kv[0], self.leaf(kv, flags))
                     leaves += 1
                     kv = []
                     flags = []
-                    new = 32 + len(key) + len(value)
+                    new = header + element + len(key) + len(value)
                 # A single element bigger than the span gets whole pages; later ones may use its tail.
                 limit = span if new <= span else (-(-new // ps) * ps if new <= _TAIL_FILL_LIMIT else new)
             kv.append(key)
@@ -445,11 +452,11 @@ def _leaf_image(kv: list[bytes], flags: list[int]) -> bytes:
     """Elements and data of a leaf (no header): the inline bucket form."""
     n = len(flags)
     parts = []
-    pos = 16 * n
+    pos = ELEMENT_SIZE * n
     for i in range(n):
         k, v = kv[2 * i], kv[2 * i + 1]
-        parts.append(struct.pack("<IIII", flags[i], pos, len(k), len(v)))
-        pos += len(k) + len(v) - 16
+        parts.append(LEAF_ELEMENT.pack(flags[i], pos, len(k), len(v)))
+        pos += len(k) + len(v) - ELEMENT_SIZE
     return b"".join(parts) + b"".join(kv)
 
 
@@ -473,15 +480,15 @@ class _Levels:
         if level == len(self.keys):
             self.keys.append([])
             self.pgids.append([])
-            self.sizes.append(16)
+            self.sizes.append(PAGE_HEADER_SIZE)
             self.limits.append(self.w.ps)
         keys, pgids = self.keys[level], self.pgids[level]
-        new = self.sizes[level] + 16 + len(key)
+        new = self.sizes[level] + ELEMENT_SIZE + len(key)
         if new > self.limits[level] or len(keys) >= _MAX_ELEMENTS:
             if keys:
                 self.push(keys[0], self.w.branch(keys, pgids), level + 1)
                 keys, pgids = self.keys[level], self.pgids[level] = [], []
-                new = 32 + len(key)
+                new = PAGE_HEADER_SIZE + ELEMENT_SIZE + len(key)
             ps = self.w.ps
             self.limits[level] = ps if new <= ps else (-(-new // ps) * ps if new <= _TAIL_FILL_LIMIT else new)
         keys.append(key)

@@ -30,6 +30,7 @@ from google.protobuf.message import DecodeError
 
 from snapshot_tools.errors import InvalidCiphertext, MalformedValue
 from snapshot_tools.proto import kmsv2_encrypted_object_pb2 as pb
+from snapshot_tools.protowire import LEN, WireError, decode_varint, encode_varint, tag
 from snapshot_tools.providers._common import AES_KEY_SIZES, GCM_NONCE_SIZE, check_size
 from snapshot_tools.providers.aesgcm import MIN_BODY as GCM_MIN_BODY
 from snapshot_tools.providers.aesgcm import aead, open_gcm, seal_gcm
@@ -47,6 +48,7 @@ ENCRYPTED_DEK_SOURCE_MAX_SIZE = 1024
 KEY_ID_MAX_SIZE = 1024
 ANNOTATIONS_MAX_SIZE = 32 * 1024
 
+_DATA_TAG = bytes([tag(1, LEN)])  # encryptedData, the first field Go marshals
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
@@ -169,6 +171,65 @@ def serialize(obj: EncryptedObject) -> bytes:
         encryptedDEKSourceType=obj.dek_source_type,  # type: ignore[arg-type]
     )
     return msg.SerializeToString(deterministic=True)
+
+
+class ObjectTemplate:
+    """The EncryptedObject of every object written under one wrapped DEK source, marshalled once.
+
+    An apiserver wraps one seed per state and writes all its objects with the same keyID,
+    encryptedDEKSource, annotations and type; only ``encryptedData`` differs, and Go's marshal
+    writes it first (field 1). So the shared fields are validated and marshalled once (``tail``)
+    and :meth:`encode` puts field 1 in front: byte-identical to :func:`serialize` of the whole
+    object. :meth:`encrypted_data` is the inverse, for values this template wrote.
+
+    Raises:
+        ValueError: the shared fields fail validation (spec 6.3).
+    """
+
+    __slots__ = ("tail",)
+
+    def __init__(
+        self,
+        key_id: str,
+        encrypted_dek_source: bytes,
+        annotations: Mapping[str, bytes] | None = None,
+        dek_source_type: int = HKDF_SHA256_XNONCE_AES_GCM_SEED,
+    ) -> None:
+        # Field 1 of a one-byte placeholder, then the shared fields.
+        one = serialize(
+            EncryptedObject(
+                encrypted_data=b"\x00",
+                key_id=key_id,
+                encrypted_dek_source=encrypted_dek_source,
+                annotations=dict(annotations or {}),
+                dek_source_type=dek_source_type,
+            )
+        )
+        assert one.startswith(_DATA_TAG + b"\x01\x00")
+        self.tail = one[3:]
+
+    def __repr__(self) -> str:
+        return f"<ObjectTemplate tail={len(self.tail)} bytes>"
+
+    def encode(self, encrypted_data: bytes, prefix: bytes = b"") -> bytes:
+        """``prefix`` and the object holding ``encrypted_data`` (non-empty, as Go writes it)."""
+        if not encrypted_data:
+            raise ValueError("encrypted data is empty")
+        return b"".join((prefix, _DATA_TAG, encode_varint(len(encrypted_data)), encrypted_data, self.tail))
+
+    def encrypted_data(self, value: bytes, start: int = 0) -> memoryview | None:
+        """``encryptedData`` if ``value[start:]`` is byte for byte an object :meth:`encode`
+        wrote with this template (no copy), else ``None``."""
+        tail = self.tail
+        if not value.endswith(tail) or value[start : start + 1] != _DATA_TAG:
+            return None
+        try:
+            n, at = decode_varint(value, start + 1, len(value))
+        except WireError:
+            return None
+        if at + n + len(tail) != len(value):
+            return None
+        return memoryview(value)[at : at + n]
 
 
 def cache_key(

@@ -1,4 +1,4 @@
-"""Rewrite an etcd snapshot: copy every bucket into a new, compact file, replacing chosen values.
+"""Copy an etcd snapshot into a new, compact file with a value transform, then verify it.
 
 :func:`copy_snapshot` streams the logical contents of an open :class:`Snapshot` (names, nesting,
 sequences, keys and values byte for byte) through a caller's ``transform`` into
@@ -8,7 +8,7 @@ under a temporary name (mode 0600), synced, re-opened with our own reader and ve
 renamed into place (:class:`snapshot_tools.atomic_file.AtomicFile`).
 
 For the etcd ``key`` bucket, :func:`kv_transform` hands the caller decoded records and splices
-only the ``value`` field of the stored ``mvccpb.KeyValue`` (:func:`replace_kv_value`), so every
+only the ``value`` field of the stored ``mvccpb.KeyValue`` (:func:`mvcc.replace_kv_value`), so every
 other byte of a record, and every record left alone, stays as stored.
 
 References: etcd ``api/mvccpb/kv.proto`` (field order 1..6, proto3 zero omission, as Go's
@@ -19,38 +19,38 @@ verification mirrors); spec/etcd-snapshot-format.md 1.5, 1.7.
 from __future__ import annotations
 
 import os
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from google.protobuf.message import DecodeError
-
 from snapshot_tools.atomic_file import AtomicFile
 from snapshot_tools.bbolt import BucketContents, write_db
-from snapshot_tools.bbolt.layout import BUCKET_HEADER, BUCKET_LEAF_FLAG, LEAF
-from snapshot_tools.bbolt.page import leaf_spans
+from snapshot_tools.bbolt.layout import BUCKET_HEADER, BUCKET_LEAF_FLAG
 from snapshot_tools.bbolt.writer import check_page_size
-from snapshot_tools.errors import InputError, MalformedValue, OutputError, SnapshotError
-from snapshot_tools.proto.etcd_kv_pb2 import KeyValue
-from snapshot_tools.snapshot import KEY_BUCKET, Record, Snapshot
+from snapshot_tools.errors import InputError, OutputError, SnapshotError
+from snapshot_tools.mvcc import (
+    KEY_BUCKET,
+    TOMBSTONE_KEY_SIZE,
+    Record,
+    decode_entry,
+    decode_record,
+    replace_kv_value,
+)
+from snapshot_tools.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from snapshot_tools.bbolt import Bucket
-    from snapshot_tools.bbolt.page import Node
+    from snapshot_tools.bbolt.page import Buffer
 
 BucketPath = tuple[bytes, ...]
 # transform(bucket_path, key, stored_value) -> replacement value, or None to keep it.
 Transform = Callable[[BucketPath, bytes, bytes], "bytes | None"]
 # verify(bucket_path, key, value_as_written) -> truthy when the rewritten value is right.
 Verify = Callable[[BucketPath, bytes, bytes], object]
-
-_REV_KEY = struct.Struct(">QxQ")
-_KV_VALUE_FIELD = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +166,8 @@ def _top_buckets(src: Snapshot, state: _CopyState) -> Iterator[tuple[bytes, Buck
         yield name, _contents(root.child(name, kend, vend), (name,), buf, kend, state)
 
 
-def _contents(bucket: Bucket, path: BucketPath, buf: object, header_at: int, state: _CopyState) -> BucketContents:
-    _root, sequence = BUCKET_HEADER.unpack_from(buf, header_at)  # type: ignore[call-overload]
+def _contents(bucket: Bucket, path: BucketPath, buf: Buffer, header_at: int, state: _CopyState) -> BucketContents:
+    _root, sequence = BUCKET_HEADER.unpack_from(buf, header_at)
     return BucketContents(_items(bucket, path, state), sequence)
 
 
@@ -218,8 +218,9 @@ def _verify_output(
 ) -> int:
     """Re-read the written file with our reader; return its revision.
 
-    The page accounting is ``tx.Check``'s: metas, the freelist and every tree page referenced
-    exactly once, and nothing else below the high-water mark (the freelist is empty).
+    The page accounting is the reader's ``tx.Check`` (:class:`snapshot_tools.bbolt.PageWalk`):
+    metas, the freelist and every tree page referenced exactly once, and nothing else below the
+    high-water mark (the freelist is empty).
 
     Raises:
         OutputError: any difference.
@@ -230,56 +231,42 @@ def _verify_output(
 
     try:
         with Snapshot.open(path) as snap:
-            db = snap.db
-            buf = db.buf
-            free = db.freelist()
-            if free is None or free:
+            buf = snap.db.buf
+            walk = snap.db.walk()
+            if walk.freelist is None or walk.freelist:
                 raise fail("expected an empty persisted freelist")
-            pages = bytearray(db.hwm)
-            pages[0] = pages[1] = pages[db.meta.freelist] = 1
-
-            def mark(seen: bytearray, node: Node) -> None:
-                assert node.pgid is not None
-                for pgid in range(node.pgid, node.pgid + node.overflow + 1):
-                    if seen[pgid]:
-                        raise fail(f"page {pgid} is referenced twice")
-                    seen[pgid] = 1
-
             found: dict[BucketPath, int] = {}
             failures = 0
             first_failure = b""
-            pending: list[tuple[BucketPath, Bucket]] = [((), db.root())]
-            while pending:
-                bpath, bucket = pending.pop()
-                flagged = marks.get(bpath) if verify is not None else None
-                n = 0
-                prev = None
-                for node in bucket.nodes(marks=pages, mark=mark):
-                    db.touch(node.end - node.offset)
-                    if node.flags != LEAF:
-                        continue
-                    for flags, kstart, kend, vend in leaf_spans(buf, node):
-                        key = buf[kstart:kend]
-                        if prev is not None and key <= prev:
-                            raise fail(f"keys out of order in bucket {bpath!r}")
-                        prev = key
-                        if flags & BUCKET_LEAF_FLAG:
-                            pending.append(((*bpath, key), bucket.child(key, kend, vend)))
-                        elif (
-                            flagged is not None
-                            and n < len(flagged)
-                            and flagged[n]
-                            and not verify(bpath, key, buf[kend:vend])  # type: ignore[misc]
-                        ):
-                            failures += 1
-                            first_failure = first_failure or key
-                        n += 1
+            bpath = None
+            for leaf_path, spans in walk:
+                if leaf_path != bpath:  # a bucket's leaves come together
+                    bpath = leaf_path
+                    flagged = marks.get(bpath) if verify is not None else None
+                    n = 0
+                    prev = None
+                for flags, kstart, kend, vend in spans:
+                    key = buf[kstart:kend]
+                    if prev is not None and key <= prev:
+                        raise fail(f"keys out of order in bucket {bpath!r}")
+                    prev = key
+                    if (
+                        not flags & BUCKET_LEAF_FLAG
+                        and flagged is not None
+                        and n < len(flagged)
+                        and flagged[n]
+                        and not verify(bpath, key, buf[kend:vend])  # type: ignore[misc]
+                    ):
+                        failures += 1
+                        first_failure = first_failure or key
+                    n += 1
                 found[bpath] = n
+            pages = walk.page_map()
             if found != counts:
                 diff = sorted(p for p in set(found) | set(counts) if found.get(p) != counts.get(p))
                 raise fail(f"entry counts differ from what was written in buckets {diff[:5]!r}")
-            if pages.count(0):
-                raise fail(f"{pages.count(0)} pages below the high-water mark are unreachable")
+            if pages.unreachable:
+                raise fail(f"{len(pages.unreachable)} pages below the high-water mark are unreachable")
             if snap.revision != revision:
                 raise fail(f"revision {snap.revision}, the input has {revision}")
             if failures:
@@ -291,118 +278,7 @@ def _verify_output(
         raise fail(str(exc)) from None
 
 
-# -- mvccpb.KeyValue -----------------------------------------------------------------------
-
-
-def replace_kv_value(raw: bytes, value: bytes) -> bytes:
-    """The stored ``mvccpb.KeyValue`` ``raw`` with its ``value`` (field 5) set to ``value``.
-
-    Every other field keeps its bytes and order; field 5 goes where it was, or where Go's
-    marshal puts it (after fields 1-4), and is omitted when empty (proto3). A record re-encoded
-    with its own value is therefore identical to the stored bytes.
-
-    Raises:
-        MalformedValue: ``raw`` is not a KeyValue.
-    """
-    return _replace_value(_parse_kv(raw), raw, value)
-
-
-def _parse_kv(raw: bytes) -> KeyValue:
-    try:
-        return KeyValue.FromString(raw)
-    except DecodeError:
-        raise MalformedValue("KeyValue does not decode") from None
-
-
-def _replace_value(kv: KeyValue, raw: bytes, value: bytes) -> bytes:
-    # Fast path: a record in canonical form (what Go writes; every fixture record is) re-encodes
-    # to the same bytes, so setting the field and encoding changes nothing else. Otherwise splice.
-    if kv.SerializeToString() == raw:
-        kv.value = value
-        return kv.SerializeToString()
-    return _splice_value(raw, value)
-
-
-def _splice_value(raw: bytes, value: bytes) -> bytes:
-    spans = _fields(raw)
-    kept = [(f, s, e) for f, s, e in spans if f != _KV_VALUE_FIELD]
-    at = None
-    for i, (f, _s, _e) in enumerate(spans):
-        if f == _KV_VALUE_FIELD:
-            at = i - sum(1 for g, _, _ in spans[:i] if g == _KV_VALUE_FIELD)  # index among kept
-    if at is None:
-        at = next((i for i, (f, _s, _e) in enumerate(kept) if f > _KV_VALUE_FIELD), len(kept))
-    parts = [raw[s:e] for _f, s, e in kept]
-    if value:
-        parts.insert(at, b"\x2a" + _varint(len(value)) + value)
-    return b"".join(parts)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    end = len(raw)
-    while pos < end and shift < 70:
-        b = raw[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-    raise MalformedValue("KeyValue does not decode: truncated or overlong varint")
-
-
-def _fields(raw: bytes) -> list[tuple[int, int, int]]:
-    """``(field_number, start, end)`` of every field of a protobuf message, tag included."""
-    spans = []
-    pos = 0
-    end = len(raw)
-    while pos < end:
-        start = pos
-        tag, pos = _read_varint(raw, pos)
-        wire = tag & 7
-        if tag >> 3 == 0:
-            raise MalformedValue("KeyValue does not decode: field number 0")
-        if wire == 0:
-            _, pos = _read_varint(raw, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 2:
-            n, pos = _read_varint(raw, pos)
-            pos += n
-        elif wire == 5:
-            pos += 4
-        else:
-            raise MalformedValue(f"KeyValue does not decode: unsupported wire type {wire}")
-        if pos > end:
-            raise MalformedValue("KeyValue does not decode: a field runs past the record")
-        spans.append((tag >> 3, start, pos))
-    return spans
-
-
-def decode_record(revision_key: bytes, raw: bytes) -> Record:
-    """A ``key`` bucket entry as a :class:`Record` (revision from the key, rest from ``raw``).
-
-    Raises:
-        MalformedValue: the revision key or the KeyValue does not decode.
-    """
-    if len(revision_key) not in (17, 18) or revision_key[8] != 0x5F:
-        raise MalformedValue(f"not a revision key ({len(revision_key)} bytes)")
-    return _record(revision_key, _parse_kv(raw))
-
-
-def _record(revision_key: bytes, kv: KeyValue) -> Record:
-    main, sub = _REV_KEY.unpack_from(revision_key)
-    tomb = len(revision_key) == 18
-    return Record(kv.key, main, sub, kv.create_revision, kv.mod_revision, kv.version, kv.lease, kv.value, tomb)
+# -- hooks over etcd records -----------------------------------------------------------------
 
 
 def kv_transform(replace: Callable[[Record], bytes | None], *, bucket: bytes = KEY_BUCKET) -> Transform:
@@ -410,18 +286,20 @@ def kv_transform(replace: Callable[[Record], bytes | None], *, bucket: bytes = K
 
     ``replace(record)`` is called for every live record of the top-level ``bucket`` (not for
     tombstones, which carry no value) and returns the new inner value or ``None``; the stored
-    KeyValue then changes in its ``value`` field only. Other buckets are copied unchanged.
+    KeyValue then changes in its ``value`` field only (:func:`mvcc.replace_kv_value`). Other
+    buckets are copied unchanged.
+
+    Raises (from the transform):
+        MalformedValue: a key that is not a revision key, or a KeyValue that does not decode.
     """
     path = (bucket,)
 
     def transform(bpath: BucketPath, key: bytes, raw: bytes) -> bytes | None:
-        if bpath != path or len(key) == 18:
+        if bpath != path or len(key) == TOMBSTONE_KEY_SIZE:
             return None
-        if len(key) != 17 or key[8] != 0x5F:
-            raise MalformedValue(f"not a revision key ({len(key)} bytes)")
-        kv = _parse_kv(raw)
-        new = replace(_record(key, kv))
-        return None if new is None else _replace_value(kv, raw, new)
+        rec, kv = decode_entry(key, raw)
+        new = replace(rec)
+        return None if new is None else replace_kv_value(raw, new, kv)
 
     return transform
 
@@ -444,8 +322,6 @@ __all__ = [
     "Verify",
     "WriteResult",
     "copy_snapshot",
-    "decode_record",
     "kv_transform",
     "kv_verify",
-    "replace_kv_value",
 ]

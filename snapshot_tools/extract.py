@@ -1,7 +1,7 @@
 """``extract``: chosen objects of a snapshot as Kubernetes manifests that ``kubectl apply`` takes.
 
 The library half of ``snapshot-tools extract``: it selects records (the latest live revision, or
-the object as it was at an etcd revision), decrypts them with the :class:`Resolver`, decodes them
+the object as it was at an etcd revision), decrypts them with the :class:`~snapshot_tools.readers.Reader`, decodes them
 and builds manifest dicts; it prints nothing. Rendering the ``v1 List`` as YAML or JSON text is
 here too, because the YAML needs care that belongs with the data (see :func:`render_yaml`).
 
@@ -31,10 +31,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from snapshot_tools import objects
-from snapshot_tools.check import build_unwrappers
-from snapshot_tools.errors import MalformedValue, UsageError
+from snapshot_tools.errors import EXIT_FINDINGS, EXIT_KMS, EXIT_OK, MalformedValue, UsageError
 from snapshot_tools.keysets import load_keyset
-from snapshot_tools.resolve import Resolver
+from snapshot_tools.readers import Reader
 from snapshot_tools.resources import (
     BUILTIN_PREFIXES,
     normalize_prefix,
@@ -42,13 +41,17 @@ from snapshot_tools.resources import (
     parse_group_resource,
     resource_label,
 )
-from snapshot_tools.snapshot import Snapshot
+from snapshot_tools.sources import as_of, open_source
+from snapshot_tools.unwrap import open_unwrappers
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    from snapshot_tools.keysets import KeySet
     from snapshot_tools.resources import ResourceRef
     from snapshot_tools.snapshot import Record
+    from snapshot_tools.sources import RecordSource
+    from snapshot_tools.unwrap import KeyAccess, Unwrapper
 
 __all__ = [
     "RAW_ANNOTATION",
@@ -89,11 +92,7 @@ class ExtractOptions:
     """Everything ``extract`` needs; built by the CLI from its flags."""
 
     snapshot: str
-    configs: Sequence[str]
-    kms: dict[str, str] = field(default_factory=dict)  # provider name -> unix:// endpoint
-    keyrings: dict[str, str] = field(default_factory=dict)  # provider name -> keyring file
-    aws_kms: dict[str, str | None] = field(default_factory=dict)  # provider name -> AWS key or None
-    aws: object | None = None  # AwsSettings template for --aws-kms (key unset)
+    access: KeyAccess  # the configs and how to reach each KMS provider
     resources: Sequence[str] = ("secrets",)
     namespace: str | None = None
     name: str | None = None
@@ -134,10 +133,10 @@ class ExtractResult:
     def exit_code(self) -> int:
         """0 all out; 1 nothing matched or some object skipped; 4 a KMS was unreachable."""
         if self.kms_unavailable:
-            return 4
+            return EXIT_KMS
         if self.matched == 0 or self.skipped:
-            return 1
-        return 0
+            return EXIT_FINDINGS
+        return EXIT_OK
 
     def manifest(self) -> dict[str, Any]:
         """The ``v1 List`` that ``kubectl apply -f`` takes."""
@@ -170,35 +169,12 @@ def scan_prefix(label: str, etcd_prefix: str = "/registry", namespace: str | Non
     return prefix.encode()
 
 
-def _as_of(snap: Snapshot, prefix: bytes, revision: int) -> Iterator[Record]:
-    """Per key, the newest record with ``main <= revision``; keys deleted by then are absent."""
-    key: bytes | None = None
-    chosen: Record | None = None
-    for rec in snap.all_revisions(prefix):  # by key, then revision ascending
-        if rec.key != key:
-            if chosen is not None and not chosen.tombstone:
-                yield chosen
-            key, chosen = rec.key, None
-        if rec.main <= revision:
-            chosen = rec
-    if chosen is not None and not chosen.tombstone:
-        yield chosen
-
-
-def _compacted_revision(snap: Snapshot) -> int:
-    # etcd's meta bucket: "finishedCompactRev" = revision key bytes (8-byte big-endian main, ...).
-    for key, value in snap.items(b"meta"):
-        if key == b"finishedCompactRev" and len(value) >= 8:
-            return int.from_bytes(value[:8], "big")
-    return 0
-
-
-def _check_revision(snap: Snapshot, revision: int) -> None:
+def _check_revision(source: RecordSource, revision: int) -> None:
     if revision < 1:
         raise UsageError(f"--revision must be a positive etcd revision, got {revision}")
-    if revision > snap.revision:
-        raise UsageError(f"revision {revision} is after the snapshot's last revision {snap.revision}")
-    compacted = _compacted_revision(snap)
+    if revision > source.revision:
+        raise UsageError(f"revision {revision} is after the snapshot's last revision {source.revision}")
+    compacted = source.compacted_revision()
     if revision < compacted:
         # Older records may be gone; an answer could be silently wrong (etcd: ErrCompacted).
         raise UsageError(
@@ -216,10 +192,10 @@ def _labels(resources: Sequence[str]) -> list[str]:
     return out
 
 
-def _selected(snap: Snapshot, opts: ExtractOptions) -> Iterator[tuple[Record, ResourceRef]]:
+def _selected(source: RecordSource, opts: ExtractOptions) -> Iterator[tuple[Record, ResourceRef]]:
     for label in _labels(opts.resources):
         prefix = scan_prefix(label, opts.etcd_prefix, opts.namespace)
-        records = snap.latest(prefix) if opts.revision is None else _as_of(snap, prefix, opts.revision)
+        records = source.latest(prefix) if opts.revision is None else as_of(source, prefix, opts.revision)
         for rec in records:
             ref = parse_etcd_key(rec.key, opts.etcd_prefix)
             if ref is None or resource_label(ref) != label:
@@ -329,18 +305,22 @@ def run_extract(opts: ExtractOptions) -> ExtractResult:
     labels = _labels(opts.resources)
     for label in labels:
         scan_prefix(label, opts.etcd_prefix)  # unknown resources fail before any work
-    keyset = load_keyset(opts.configs)
-    unwrappers = build_unwrappers(keyset, opts.kms, opts.keyrings, opts.aws_kms, opts.aws)
-    resolver = Resolver(keyset, unwrappers, keep_plaintext=True)
+    keyset = load_keyset(opts.access.configs)
+    with open_unwrappers(keyset, opts.access) as unwrappers:
+        return _extract(opts, keyset, unwrappers)
+
+
+def _extract(opts: ExtractOptions, keyset: KeySet, unwrappers: dict[str, Unwrapper]) -> ExtractResult:
+    reader = Reader(keyset, unwrappers, keep_plaintext=True)
     result = ExtractResult()
-    with Snapshot.open(opts.snapshot) as snap:
-        result.snapshot_revision = snap.revision
+    with open_source(opts.snapshot) as source:
+        result.snapshot_revision = source.revision
         if opts.revision is not None:
-            _check_revision(snap, opts.revision)
-        for rec, ref in _selected(snap, opts):
+            _check_revision(source, opts.revision)
+        for rec, ref in _selected(source, opts):
             result.matched += 1
             key = rec.key.decode("utf-8", "replace")
-            res = resolver.resolve(rec.key, rec.value, ref)
+            res = reader.resolve(rec.key, rec.value, (ref.group, ref.resource))
             # Plaintext comes back even when the config would reject it: the data is here.
             if res.plaintext is None:
                 reason = res.reason or res.verdict

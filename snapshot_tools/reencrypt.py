@@ -4,7 +4,7 @@ Each value is read with the whole history (the configs given plus the new one) a
 again the way a kube-apiserver started with the new config would write it: its first provider
 for the resource, that provider's first key, the etcd key as AAD where the format has one. KMS
 v2 output uses one fresh seed per run, wrapped once (like an apiserver process). The output is a
-rebuilt snapshot (:func:`snapshot_tools.rewrite.copy_snapshot`): never the input, written beside
+rebuilt snapshot (:func:`snapshot_tools.snapshot_copy.copy_snapshot`): never the input, written beside
 OUT, verified, then renamed. Verification decrypts every rewritten record with exactly the
 target's key (for KMS v2: this run's seed, once confirmed to be what the KMS unwraps the stored
 DEK source to) and compares a checksum of the plaintext with what was written; unchanged
@@ -24,46 +24,39 @@ from typing import TYPE_CHECKING
 import google_crc32c
 
 from snapshot_tools.atomic_file import check_target
-from snapshot_tools.check import build_unwrappers
 from snapshot_tools.errors import (
     Error,
     InvalidCiphertext,
     KMSUnavailable,
     MalformedValue,
+    RewriteRefused,
     UsageError,
 )
-from snapshot_tools.forms import ENCRYPTED_PREFIX
 from snapshot_tools.keysets import config_files, load_keyset
-from snapshot_tools.providers import aescbc, aesgcm, kms_prefix, kmsv2, secretbox, static_prefix
-from snapshot_tools.resolve import Resolver
+from snapshot_tools.providers import (
+    ENCRYPTED_PREFIX,
+    kms_prefix,
+    kmsv2,
+    static_prefix,
+    static_provider,
+)
+from snapshot_tools.readers import Reader
 from snapshot_tools.resources import KeyParser
-from snapshot_tools.rewrite import copy_snapshot, kv_transform, kv_verify
+from snapshot_tools.snapshot_copy import copy_snapshot, kv_transform, kv_verify
 from snapshot_tools.snapshot import KEY_BUCKET, Snapshot
+from snapshot_tools.unwrap import open_unwrappers
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from snapshot_tools.config import EncryptionConfig, ProviderEntry
+    from snapshot_tools.config import EncryptionConfig, ProviderEntry, StaticKey
     from snapshot_tools.keysets import KeySet
-    from snapshot_tools.kms import Unwrapper
-    from snapshot_tools.resolve import Resolution
+    from snapshot_tools.providers import StaticProvider
+    from snapshot_tools.readers import Resolution
     from snapshot_tools.snapshot import Record
+    from snapshot_tools.unwrap import KeyAccess, Unwrapper
 
 GroupResource = tuple[str, str]
 
 IDENTITY = "identity"
-MAX_LISTED = 20
-
-
-class RewriteRefused(Error):
-    """Values the rewrite cannot handle as asked; nothing was written."""
-
-    exit_code = 1
-
-    def __init__(self, what: str, keys: list[str], hint: str) -> None:
-        shown = ", ".join(keys[:MAX_LISTED]) + (f" and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else "")
-        super().__init__(f"{len(keys)} {what}: {shown}; {hint}; nothing was written")
-        self.keys = keys
 
 
 @dataclass
@@ -71,15 +64,11 @@ class RewriteOptions:
     """Everything ``reencrypt``/``decrypt`` need; ``to=None`` means decrypt (identity)."""
 
     snapshot: str
-    configs: Sequence[str]
+    access: KeyAccess  # the configs read (besides ``to``) and how to reach each KMS provider
     output: str
     to: str | None = None
     force: bool = False
     latest_only: bool = False
-    kms: dict[str, str] = field(default_factory=dict)
-    keyrings: dict[str, str] = field(default_factory=dict)
-    aws_kms: dict[str, str | None] = field(default_factory=dict)  # provider name -> AWS key or None
-    aws: object | None = None  # AwsSettings template for --aws-kms (key unset)
     decrypt_uncovered: bool = False
     skip_unreadable: bool = False
     etcd_prefix: str = "/registry"
@@ -144,18 +133,16 @@ class _Writer:
 
 
 class _StaticWriter(_Writer):
-    def __init__(self, entry: ProviderEntry) -> None:
-        self.key = entry.keys[0]
-        self.form = entry.kind
-        self.prefix = static_prefix(self.form, self.key.name)
-        self.label = f"{self.form}/{self.key.name} ({self.key.fingerprint})"
+    """Writes with one key of a static provider (the target's first), reads back with it alone."""
+
+    def __init__(self, provider: StaticProvider, key: StaticKey) -> None:
+        self.secret = key.secret
+        self.prefix = static_prefix(provider.name, key.name)
+        self.label = f"{provider.name}/{key.name} ({key.fingerprint})"
+        self._encrypt, self._decrypt = provider.encrypt, provider.decrypt
 
     def write(self, plaintext: bytes, etcd_key: bytes) -> bytes:
-        if self.form == "aescbc":
-            return self.prefix + aescbc.encrypt(self.key.secret, plaintext)
-        if self.form == "aesgcm":
-            return self.prefix + aesgcm.encrypt(self.key.secret, plaintext, etcd_key)
-        return self.prefix + secretbox.encrypt(self.key.secret, plaintext)
+        return self.prefix + self._encrypt(self.secret, plaintext, etcd_key)
 
     def read(self, value: bytes, etcd_key: bytes) -> bytes | None:
         prefix = self.prefix
@@ -163,11 +150,7 @@ class _StaticWriter(_Writer):
             return None
         body = memoryview(value)[len(prefix) :]  # no copy of the body
         try:
-            if self.form == "aescbc":
-                return aescbc.decrypt(self.key.secret, body)
-            if self.form == "aesgcm":
-                return aesgcm.decrypt(self.key.secret, body, etcd_key)
-            return secretbox.decrypt(self.key.secret, bytes(body))
+            return self._decrypt(self.secret, body, etcd_key)
         except (InvalidCiphertext, MalformedValue):
             return None
 
@@ -176,9 +159,7 @@ class _KMSv2Writer(_Writer):
     """One fresh seed per run, wrapped once, shared by every object (as an apiserver does).
 
     Every object of the run shares the EncryptedObject's other fields (keyID, the wrapped
-    seed, annotations, type), so they are marshalled once: a value is ``prefix || field 1
-    (encryptedData) || tail``, exactly what Go's deterministic marshal (fields in number order)
-    and :func:`kmsv2.serialize` write.
+    seed, annotations, type): one :class:`kmsv2.ObjectTemplate` marshals them once.
     """
 
     def __init__(self, name: str, unwrapper: Unwrapper) -> None:
@@ -191,22 +172,10 @@ class _KMSv2Writer(_Writer):
         self.label = f"kms-v2/{name}"
         self.unwrapper = unwrapper
         self._unwraps: bool | None = None
-        # Field 1 (tag 0x0a) of a one-byte placeholder, then the shared fields; validated here.
-        one = kmsv2.serialize(
-            kmsv2.EncryptedObject(
-                encrypted_data=b"\x00",
-                key_id=w.key_id,
-                encrypted_dek_source=w.ciphertext,
-                annotations=dict(w.annotations or {}),
-                dek_source_type=kmsv2.HKDF_SHA256_XNONCE_AES_GCM_SEED,
-            )
-        )
-        assert one.startswith(b"\x0a\x01\x00")
-        self.tail = one[3:]
+        self.template = kmsv2.ObjectTemplate(w.key_id, w.ciphertext, w.annotations)  # validates
 
     def write(self, plaintext: bytes, etcd_key: bytes) -> bytes:
-        data = kmsv2.encrypt_data(self.seed, plaintext, etcd_key)
-        return b"".join((self.prefix, b"\x0a", _varint(len(data)), data, self.tail))
+        return self.template.encode(kmsv2.encrypt_data(self.seed, plaintext, etcd_key), self.prefix)
 
     def read(self, value: bytes, etcd_key: bytes) -> bytes | None:
         """The plaintext if ``value`` is byte for byte an object of this run (this prefix, the
@@ -218,42 +187,15 @@ class _KMSv2Writer(_Writer):
                 self._unwraps = self.unwrapper.unwrap_v2(w.ciphertext, w.key_id, w.annotations or {}) == self.seed
             except Error:
                 self._unwraps = False
-        prefix, tail = self.prefix, self.tail
-        if not self._unwraps or not value.startswith(prefix) or not value.endswith(tail):
+        if not self._unwraps or not value.startswith(self.prefix):
             return None
-        start = len(prefix) + 1
-        if value[start - 1 : start] != b"\x0a":
-            return None
-        n, at = _read_varint(value, start)
-        if at < 0 or at + n + len(tail) != len(value):
+        data = self.template.encrypted_data(value, len(self.prefix))
+        if data is None:
             return None
         try:
-            return kmsv2.decrypt_data(
-                kmsv2.HKDF_SHA256_XNONCE_AES_GCM_SEED, self.seed, memoryview(value)[at : at + n], etcd_key
-            )
+            return kmsv2.decrypt_data(kmsv2.HKDF_SHA256_XNONCE_AES_GCM_SEED, self.seed, data, etcd_key)
         except (InvalidCiphertext, MalformedValue):
             return None
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    """``(value, position after it)``; ``(0, -1)`` when truncated or longer than 10 bytes."""
-    result = shift = 0
-    for i in range(pos, min(len(data), pos + 10)):
-        b = data[i]
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, i + 1
-        shift += 7
-    return 0, -1
 
 
 class _Target:
@@ -281,7 +223,7 @@ class _Target:
         if entry.kind == IDENTITY:
             return self.identity
         if entry.kind != "kms":
-            return _StaticWriter(entry)
+            return _StaticWriter(static_provider(entry.kind), entry.keys[0])
         kms = entry.kms
         assert kms is not None
         if kms.api_version != "v2":
@@ -342,10 +284,10 @@ def input_files(opts: RewriteOptions) -> list[str]:
         ConfigError: a config path that does not exist (or a directory without configs).
     """
     files = [opts.snapshot]
-    for path in ([opts.to] if opts.to else []) + list(opts.configs):
+    for path in ([opts.to] if opts.to else []) + list(opts.access.configs):
         files.append(path)
         files.extend(str(f) for f in config_files(path))
-    files.extend(opts.keyrings.values())
+    files.extend(opts.access.keyrings.values())
     return files
 
 
@@ -363,24 +305,18 @@ def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
         KMSUnavailable: a KMS needed to read or to wrap could not be reached.
     """
     started = time.monotonic()
-    paths = ([opts.to] if opts.to else []) + list(opts.configs)
+    paths = ([opts.to] if opts.to else []) + list(opts.access.configs)
     keyset = load_keyset(paths)
     inputs = input_files(opts)
     check_target(opts.output, force=opts.force, inputs=inputs)  # before a KMS is asked anything
-    unwrappers = build_unwrappers(keyset, opts.kms, opts.keyrings, opts.aws_kms, opts.aws)
-    try:
+    with open_unwrappers(keyset, opts.access) as unwrappers:
         return _rewrite(opts, keyset, unwrappers, started, inputs)
-    finally:
-        for unwrapper in unwrappers.values():
-            close = getattr(unwrapper, "close", None)
-            if close is not None:
-                close()
 
 
 def _rewrite(
     opts: RewriteOptions, keyset: KeySet, unwrappers: dict[str, Unwrapper], started: float, inputs: list[str]
 ) -> RewriteSummary:
-    reader = Resolver(keyset, unwrappers, keep_plaintext=True)
+    reader = Reader(keyset, unwrappers, keep_plaintext=True)
     target_config = keyset.configs[0] if opts.to else None
     target = _Target(target_config, unwrappers)
     summary = RewriteSummary(output=str(opts.output), latest_only=opts.latest_only)
@@ -393,7 +329,7 @@ def _rewrite(
     group_resource = KeyParser(opts.etcd_prefix).group_resource
     labels = _Labels()
     transitions = summary.transitions
-    reported, resolve = reader.is_reported_gr, reader.resolve_gr
+    reported, resolve = reader.is_reported, reader.resolve
 
     with Snapshot.open(opts.snapshot) as snap:
         newest = {(r.main, r.sub) for r in snap.latest()} if opts.latest_only else None

@@ -9,21 +9,21 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from snapshot_tools.errors import UsageError
-from snapshot_tools.resolve import VERDICTS
+from snapshot_tools.errors import EXIT_FINDINGS, EXIT_KMS, EXIT_OK, UsageError
+from snapshot_tools.verdict import VERDICTS
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterator
 
     from snapshot_tools.keysets import KeySet
-    from snapshot_tools.resolve import Resolution, Resolver
+    from snapshot_tools.readers import KeyUse, Reader, Resolution
+    from snapshot_tools.resources import ObjectBase
 
 FAIL_ON_CHOICES = ("unreadable", "retired", "stale", "plaintext")
 DEFAULT_FAIL_ON = "unreadable,retired"
-EXIT_OK, EXIT_FINDINGS, EXIT_KMS = 0, 1, 4
 
 
 def parse_fail_on(text: str) -> frozenset[str]:
@@ -37,10 +37,19 @@ def parse_fail_on(text: str) -> frozenset[str]:
     return frozenset(items)
 
 
-# One judged value as the report keeps it: (etcd key, base, name, revision, resolution, latest),
-# base = (resource, group, namespace) shared by every object under one key prefix, or None.
-# Compact on purpose: 100,000 of these are a few MB; dicts are built only when rendering.
-Row = tuple  # tuple[bytes, tuple[str, str, str | None] | None, str | None, int, Resolution, bool | None]
+class Row(NamedTuple):
+    """One judged value as the report keeps it.
+
+    Compact on purpose: 100,000 of these are a few MB, ``base`` and ``result`` are shared by
+    many rows, and dicts are built only when rendering.
+    """
+
+    key: bytes  # the full etcd key
+    base: ObjectBase | None  # shared by every object under one key prefix; None: no API object
+    name: str | None
+    revision: int  # etcd mod_revision
+    result: Resolution
+    latest: bool | None  # only with --all-revisions
 
 
 @dataclass(slots=True)
@@ -105,6 +114,16 @@ class ObjectResult:
         return out
 
 
+_RESULT = attrgetter("result")
+
+
+class _Tally(NamedTuple):
+    rows: int  # how many rows were counted
+    counts: dict[str, int]  # per verdict
+    reasons: dict[str, int]  # unreadable per reason
+    plaintext: int
+
+
 @dataclass
 class CheckReport:
     """The whole answer of ``check``; :meth:`exit_code` applies ``--fail-on``.
@@ -119,58 +138,46 @@ class CheckReport:
     rows: list[Row] = field(default_factory=list)
     uncovered_plaintext: int = 0
     _keyset: KeySet | None = None
-    _tally: tuple[int, dict[str, int], dict[str, int], int] | None = field(default=None, repr=False)
+    _tally: _Tally | None = field(default=None, repr=False)
 
     @classmethod
     def begin(cls, keyset: KeySet) -> CheckReport:
         return cls(configs=[{"path": c.path} for c in keyset.configs], _keyset=keyset)
 
-    def add_row(
-        self,
-        etcd_key: bytes,
-        base: tuple[str, str, str | None] | None,
-        name: str | None,
-        revision: int,
-        res: Resolution,
-        latest: bool | None,
-    ) -> None:
-        """Record one judged value (see :data:`Row`)."""
-        self.rows.append((etcd_key, base, name, revision, res, latest))
-
-    def _counted(self) -> tuple[int, dict[str, int], dict[str, int], int]:
+    def _counted(self) -> _Tally:
         # Counted from the rows when asked, not per add: many rows share one Resolution.
         tally = self._tally
-        if tally is None or tally[0] != len(self.rows):
-            results = list(map(itemgetter(4), self.rows))
-            per_res = Counter(map(id, results))
-            by_id = {id(res): res for res in results}
+        if tally is None or tally.rows != len(self.rows):
+            results = list(map(_RESULT, self.rows))
+            per_result = Counter(map(id, results))  # C-level counting: rows share results
+            shared = {id(res): res for res in results}
             counts = dict.fromkeys(VERDICTS, 0)
             reasons: dict[str, int] = {}
             plaintext = 0
-            for rid, n in per_res.items():
-                res = by_id[rid]
+            for rid, n in per_result.items():
+                res = shared[rid]
                 counts[res.verdict] += n
                 if res.reason:
                     reasons[res.reason] = reasons.get(res.reason, 0) + n
                 if res.plaintext_flag:
                     plaintext += n
-            tally = self._tally = (len(self.rows), counts, reasons, plaintext)
+            tally = self._tally = _Tally(len(self.rows), counts, reasons, plaintext)
         return tally
 
     @property
     def counts(self) -> dict[str, int]:
         """Objects per verdict."""
-        return self._counted()[1]
+        return self._counted().counts
 
     @property
     def reasons(self) -> dict[str, int]:
         """Unreadable objects per reason."""
-        return self._counted()[2]
+        return self._counted().reasons
 
     @property
     def plaintext(self) -> int:
         """Objects stored unencrypted although the current config encrypts their resource."""
-        return self._counted()[3]
+        return self._counted().plaintext
 
     @property
     def objects(self) -> list[ObjectResult]:
@@ -182,13 +189,13 @@ class CheckReport:
         return [
             ObjectResult.from_row(r)
             for r in self.rows
-            if r[4].verdict in verdicts or (plaintext and r[4].plaintext_flag)
+            if r.result.verdict in verdicts or (plaintext and r.result.plaintext_flag)
         ]
 
-    def finish(self, resolver: Resolver) -> None:
+    def finish(self, reader: Reader) -> None:
         """Build the key table once every object is judged."""
         assert self._keyset is not None
-        self.keys = key_table(self._keyset, resolver.key_use)
+        self.keys = key_table(self._keyset, reader.key_use)
 
     @property
     def kms_unavailable(self) -> bool:
@@ -273,7 +280,7 @@ class CheckReport:
 _ENCODE_STR = json.encoder.encode_basestring_ascii  # what json.dumps uses for str: same bytes
 
 
-def _base_fragment(base: tuple[str, str, str | None] | None) -> str:
+def _base_fragment(base: ObjectBase | None) -> str:
     if base is None:
         return '"resource": null, "group": null, "namespace": null'
     resource, group, namespace = base
@@ -296,7 +303,7 @@ def _outcome_fragment(res: Resolution, latest: bool | None) -> str:
     return json.dumps(fields)[1:-1]
 
 
-def key_table(keyset: KeySet, use: dict[tuple[str, str, str], int]) -> list[dict[str, Any]]:
+def key_table(keyset: KeySet, use: dict[KeyUse, int]) -> list[dict[str, Any]]:
     """One row per distinct key or KMS provider, in config order, with the objects under it."""
     rows = []
     active = keyset.active_identities()

@@ -18,6 +18,7 @@ spec section 10.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "BUILTIN_PREFIXES",
@@ -232,13 +233,40 @@ def parse_etcd_key(key: bytes, prefix: str = "/registry") -> ResourceRef | None:
     return None
 
 
+class ObjectBase(NamedTuple):
+    """What every object under one key prefix shares: ``(resource, group, namespace)``."""
+
+    resource: str
+    group: str
+    namespace: str | None
+
+
+class ParsedKey(NamedTuple):
+    """An etcd key as the commands that walk snapshots need it; all ``None`` for a key that is
+    no API object key. ``label`` is the ``--resource`` form (``secrets``, ``deployments.apps``)."""
+
+    gr: tuple[str, str] | None
+    base: ObjectBase | None
+    name: str | None
+    label: str | None
+
+
+class _Parent(NamedTuple):
+    gr: tuple[str, str]
+    base: ObjectBase
+    label: str
+
+
+NOT_AN_OBJECT = ParsedKey(None, None, None, None)
+
+
 class KeyParser:
     """``parse_etcd_key`` cached by the key's parent path (``/registry/secrets/ns-1``).
 
     Once the path after the etcd prefix has at least three segments, the last one (the object
     name) takes no part in finding the group, resource and namespace: it only has to be
-    non-empty (:func:`parse_etcd_key`). Those keys share one ``(gr, base, label)`` per parent;
-    every other key is parsed in full. Used by the commands that walk whole snapshots.
+    non-empty (:func:`parse_etcd_key`). Those keys share one :class:`_Parent` per parent; every
+    other key is parsed in full. Used by the commands that walk whole snapshots.
     """
 
     __slots__ = ("_cache", "prefix", "prefix_bytes")
@@ -246,39 +274,38 @@ class KeyParser:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.prefix_bytes = normalize_prefix(prefix).encode()
-        # parent -> (gr, base, label) or None (not an API object key), see parse()
-        self._cache: dict[bytes, tuple[tuple[str, str], tuple[str, str, str | None], str] | None] = {}
+        self._cache: dict[bytes, _Parent | None] = {}  # None: not an API object key
 
-    def parse(
-        self, key: bytes
-    ) -> tuple[tuple[str, str] | None, tuple[str, str, str | None] | None, str | None, str | None]:
-        """``(gr, base, name, label)``; ``gr`` is ``(group, resource)``, ``base`` is
-        ``(resource, group, namespace)``; all ``None`` when the key is no API object key."""
+    def parse(self, key: bytes) -> ParsedKey:
+        """The :class:`ParsedKey` of ``key``."""
         parent, sep, last = key.rpartition(b"/")
         if sep and last:
             try:
                 name = last.decode()
             except UnicodeDecodeError:
-                return None, None, None, None
+                return NOT_AN_OBJECT
             hit = self._cache.get(parent, _MISS)
-            if hit is not _MISS:
-                return (None, None, None, None) if hit is None else (hit[0], hit[1], name, hit[2])
-            if parent.startswith(self.prefix_bytes) and parent.count(b"/", len(self.prefix_bytes)) >= 1:
+            if hit is _MISS and parent.startswith(self.prefix_bytes) and parent.count(b"/", len(self.prefix_bytes)) >= 1:
                 ref = parse_etcd_key(key, self.prefix)
-                entry = None
-                if ref is not None:
-                    label = resource_label(ref)
-                    entry = ((ref.group, ref.resource), (ref.resource, ref.group, ref.namespace), label)
-                self._cache[parent] = entry
-                return (None, None, None, None) if entry is None else (entry[0], entry[1], name, entry[2])
+                hit = self._cache[parent] = None if ref is None else _parent(ref)
+            if hit is not _MISS:
+                if hit is None:
+                    return NOT_AN_OBJECT
+                # One per key on the hot path: tuple.__new__ skips NamedTuple's Python __new__.
+                return tuple.__new__(ParsedKey, (hit.gr, hit.base, name, hit.label))  # type: ignore[arg-type,union-attr]
         ref = parse_etcd_key(key, self.prefix)
         if ref is None:
-            return None, None, None, None
-        return (ref.group, ref.resource), (ref.resource, ref.group, ref.namespace), ref.name, resource_label(ref)
+            return NOT_AN_OBJECT
+        p = _parent(ref)
+        return ParsedKey(p.gr, p.base, ref.name, p.label)
 
     def group_resource(self, key: bytes) -> tuple[str, str] | None:
         """Just ``(group, resource)``, or ``None`` for a key that is no API object key."""
-        return self.parse(key)[0]
+        return self.parse(key).gr
+
+
+def _parent(ref: ResourceRef) -> _Parent:
+    return _Parent((ref.group, ref.resource), ObjectBase(ref.resource, ref.group, ref.namespace), resource_label(ref))
 
 
 _MISS = object()

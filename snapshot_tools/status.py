@@ -10,7 +10,6 @@ last ``key`` record; total size = ``Tx.Size()``. Spec section 1.4.
 
 from __future__ import annotations
 
-import posixpath
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ import google_crc32c
 from snapshot_tools.bbolt.layout import BUCKET_LEAF_FLAG
 from snapshot_tools.errors import SnapshotError
 from snapshot_tools.providers import storage_form
+from snapshot_tools.resources import normalize_prefix
 from snapshot_tools.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -57,14 +57,9 @@ class SnapshotStatus:
         return asdict(self)
 
 
-def normalize_prefix(prefix: str) -> str:
-    """``--etcd-prefix`` as kube-apiserver uses it (``path.Join("/", prefix)``): ``registry/`` -> ``/registry``."""
-    cleaned = posixpath.normpath("/" + prefix.strip())
-    return "/" + cleaned.lstrip("/")
-
-
-def resource_label(key: bytes, key_prefix: bytes) -> str:
-    """``/registry/secrets`` for ``/registry/secrets/ns/name``; ``/registry/<group>/<plural>`` for a dotted group.
+def resource_path(key: bytes, key_prefix: bytes) -> str:
+    """The path ``status`` counts a key under: ``/registry/secrets`` for
+    ``/registry/secrets/ns/name``, ``/registry/<group>/<plural>`` for a dotted group.
 
     ``key_prefix`` is the normalised prefix with its trailing ``/`` (``b"/registry/"``).
     """
@@ -108,15 +103,15 @@ def snapshot_status(path: str | os.PathLike[str], etcd_prefix: str = "/registry"
         InputError: the path cannot be opened.
         SnapshotError: the file is damaged (a trailer mismatch is a state, not an error).
     """
-    prefix = normalize_prefix(etcd_prefix)
-    key_prefix = prefix.rstrip("/").encode() + b"/"
+    key_prefix = normalize_prefix(etcd_prefix).encode()  # with its trailing "/"
+    prefix = key_prefix.decode().rstrip("/") or "/"  # as reported: "/registry"
     with Snapshot.open(path) as snap:
         crc, revision, total = etcdutl_figures(snap.db)
         pages = snap.db.page_map()
         resources: Counter[str] = Counter()
         forms: Counter[tuple[str, str, str | None]] = Counter()
         for record in snap.latest(key_prefix):
-            label = resource_label(record.key, key_prefix)
+            label = resource_path(record.key, key_prefix)
             resources[label] += 1
             forms[(label, *storage_form(record.value))] += 1
         return SnapshotStatus(

@@ -1,7 +1,7 @@
 """The shortcuts ``check`` takes for speed give exactly the answers of the plain paths.
 
 * ``resources.KeyParser`` (parse_etcd_key cached by parent path) against ``parse_etcd_key``;
-* ``Resolver`` with its caches and the last-key fast path (with and without ``keep_plaintext``)
+* ``Reader`` with its caches and the last-key fast path (with and without ``keep_plaintext``)
   against a fresh resolver per value with ``keep_plaintext=True`` (no shared results, no fast
   path);
 * ``CheckReport.json_chunks`` (one object per line, fragments shared) against ``to_json``, on a
@@ -20,10 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snapshot_tools.check import CheckOptions, run_check
+from snapshot_tools.unwrap import KeyAccess
 from snapshot_tools.resources import KeyParser
 from snapshot_tools.keysets import load_keyset
 from snapshot_tools.providers import aescbc, aesgcm, static_prefix
-from snapshot_tools.resolve import Resolver
+from snapshot_tools.readers import Reader
 from snapshot_tools.resources import BUILTIN_PREFIXES, parse_etcd_key, resource_label
 
 A, AB, K1_OLD, K1_NEW, G, STRANGER = (bytes([i]) * 32 for i in range(1, 7))
@@ -169,13 +170,13 @@ def _facts(res) -> tuple:  # noqa: ANN001
 def test_resolver_shortcuts_agree_with_a_fresh_resolver_per_value(tmp_path: Path) -> None:
     keyset = load_keyset(_configs(tmp_path))
     values = _values(random.Random(7))
-    fast = Resolver(keyset, {})
-    got = [_facts(fast.resolve_gr(k, v, gr)) for k, v, gr in values]
+    fast = Reader(keyset, {})
+    got = [_facts(fast.resolve(k, v, gr)) for k, v, gr in values]
     want = []
     use: dict[tuple[str, str, str], int] = {}
     for k, v, gr in values:
-        plain = Resolver(keyset, {}, keep_plaintext=True)
-        want.append(_facts(plain.resolve_gr(k, v, gr)))
+        plain = Reader(keyset, {}, keep_plaintext=True)
+        want.append(_facts(plain.resolve(k, v, gr)))
         for slot, n in plain.key_use.items():
             use[slot] = use.get(slot, 0) + n
     assert got == want
@@ -193,20 +194,20 @@ def test_resolver_shortcuts_keep_plaintext_agree_with_a_fresh_resolver_per_value
     # out a result of its own per value, carrying that value's plaintext.
     keyset = load_keyset(_configs(tmp_path))
     values = _values(random.Random(11))
-    fast = Resolver(keyset, {}, keep_plaintext=True)
-    got = [fast.resolve_gr(k, v, gr) for k, v, gr in values]
+    fast = Reader(keyset, {}, keep_plaintext=True)
+    got = [fast.resolve(k, v, gr) for k, v, gr in values]
     want = []
     use: dict[tuple[str, str, str], int] = {}
     for k, v, gr in values:
-        plain = Resolver(keyset, {}, keep_plaintext=True)
-        want.append(plain.resolve_gr(k, v, gr))
+        plain = Reader(keyset, {}, keep_plaintext=True)
+        want.append(plain.resolve(k, v, gr))
         for slot, n in plain.key_use.items():
             use[slot] = use.get(slot, 0) + n
     assert [(_facts(r), r.plaintext) for r in got] == [(_facts(r), r.plaintext) for r in want]
     assert fast.key_use == use
     read = [r for r in got if r.plaintext is not None]
     assert len({id(r) for r in read}) == len(read)  # no shared (mutable) results
-    assert fast._fast is not None  # the fast path was armed, so it was exercised
+    assert fast.static.last is not None  # the last-read shortcut was armed, so it was exercised
     assert sum(1 for r in got if r.verdict == "current" and r.key_name == "a") > 10
 
 
@@ -230,7 +231,8 @@ def test_json_chunks_equal_to_json_on_awkward_keys(etcd_server, tmp_path: Path) 
     snap = tmp_path / "snap.db"
     etcd_server.snapshot_save(snap)
     for all_revisions in (False, True):
-        report = run_check(CheckOptions(snapshot=str(snap), configs=cfgs, all_revisions=all_revisions))
+        access = KeyAccess(configs=tuple(map(str, cfgs)))
+        report = run_check(CheckOptions(snapshot=str(snap), access=access, all_revisions=all_revisions))
         for batch in (1, 3, 2048):
             assert json.loads("".join(report.json_chunks(batch=batch))) == report.to_json()
         doc = report.to_json()

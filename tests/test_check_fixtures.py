@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from snapshot_tools import objects
-from snapshot_tools.check import CheckOptions, build_unwrappers, run_check
+from snapshot_tools.check import CheckOptions, run_check
 from snapshot_tools.cli import main
 from snapshot_tools.keysets import load_keyset
-from snapshot_tools.resolve import Resolver
-from snapshot_tools.resources import parse_etcd_key
+from snapshot_tools.readers import Reader
+from snapshot_tools.resources import KeyParser
 from snapshot_tools.snapshot import Snapshot
+from snapshot_tools.unwrap import KeyAccess, open_unwrappers
 from tests.conftest import FIXTURE_CASES, FIXTURES
 from tests.kms_support import short_dir
 from tests.kms_test_plugin import TestKMSPlugin
@@ -94,7 +95,8 @@ def test_decrypted_data_equals_manifest(case: str) -> None:
     with ExitStack() as stack:
         flags, _plugin = _kms_flags(case, stack)
         kms = dict([flags[1].split("=", 1)]) if flags else {}
-        resolver = Resolver(keyset, build_unwrappers(keyset, kms, {}), keep_plaintext=True)
+        unwrappers = stack.enter_context(open_unwrappers(keyset, KeyAccess(kms=kms)))
+        resolver = Reader(keyset, unwrappers, keep_plaintext=True)
         live = {o["etcd_key"]: o for o in manifest["objects"] if not o.get("deleted")}
         seen = 0
         with Snapshot.open(FIXTURES / case / "etcd-snapshot.db") as snap:
@@ -102,7 +104,7 @@ def test_decrypted_data_equals_manifest(case: str) -> None:
                 want = live.get(rec.key.decode())
                 if want is None:
                     continue
-                res = resolver.resolve(rec.key, rec.value, parse_etcd_key(rec.key))
+                res = resolver.resolve(rec.key, rec.value, KeyParser("/registry").group_resource(rec.key))
                 assert res.plaintext is not None, rec.key
                 obj = objects.decode_object(res.plaintext)
                 _assert_same_data(want, obj)
@@ -147,7 +149,9 @@ def test_kms_plugin_down_is_exit_4(capsys: pytest.CaptureFixture[str]) -> None:
 def test_library_report_has_no_key_material() -> None:
     case = "b-aescbc"
     report = run_check(
-        CheckOptions(snapshot=str(FIXTURES / case / "etcd-snapshot.db"), configs=[str(_config(case))])
+        CheckOptions(
+            snapshot=str(FIXTURES / case / "etcd-snapshot.db"), access=KeyAccess(configs=(str(_config(case)),))
+        )
     )
     text = json.dumps(report.to_json())
     for key in _manifest(case)["keys"].values():

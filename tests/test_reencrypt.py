@@ -24,13 +24,13 @@ from pathlib import Path
 import pytest
 
 from snapshot_tools.atomic_file import TEMP_MARK
-from snapshot_tools.check import build_unwrappers
 from snapshot_tools.cli import main
 from snapshot_tools.keysets import load_keyset
 from snapshot_tools.providers import aescbc, aesgcm, secretbox, static_prefix
-from snapshot_tools.resolve import Resolver
-from snapshot_tools.resources import parse_etcd_key
+from snapshot_tools.readers import Reader
+from snapshot_tools.resources import KeyParser, parse_etcd_key
 from snapshot_tools.snapshot import KEY_BUCKET, Snapshot
+from snapshot_tools.unwrap import KeyAccess, open_unwrappers
 from tests.conftest import FIXTURE_CASES, FIXTURES, ROOT
 from tests.etcd_harness import EtcdServer, etcdutl_restore, etcdutl_status, start_etcd_on
 from tests.kms_support import make_keyring, short_dir
@@ -310,19 +310,19 @@ def test_table_summary_names_source_and_target_keys(tmp_path: Path, capsys: pyte
 def _plaintexts(path: Path, configs: list[Path], kms: dict[str, str], keyrings: dict[str, str]) -> dict:
     """(key, mod_revision) -> plaintext of every live record a config covers or that is encrypted."""
     keyset = load_keyset([str(c) for c in configs])
-    unwrappers = build_unwrappers(keyset, kms, keyrings)
-    resolver = Resolver(keyset, unwrappers, keep_plaintext=True)
-    out = {}
-    with Snapshot.open(path) as snap:
-        for rec in snap.records():
-            if rec.tombstone:
-                continue
-            ref = parse_etcd_key(rec.key)
-            if resolver.is_reported(rec.value, ref):
-                res = resolver.resolve(rec.key, rec.value, ref)
-                assert res.plaintext is not None, (rec.key, res.reason)
-                out[(rec.key, rec.mod_revision)] = res.plaintext
-    return out
+    with open_unwrappers(keyset, KeyAccess(kms=kms, keyrings=keyrings)) as unwrappers:
+        resolver = Reader(keyset, unwrappers, keep_plaintext=True)
+        out = {}
+        with Snapshot.open(path) as snap:
+            for rec in snap.records():
+                if rec.tombstone:
+                    continue
+                ref = parse_etcd_key(rec.key)
+                if resolver.is_reported(rec.value, (ref.group, ref.resource) if ref else None):
+                    res = resolver.resolve(rec.key, rec.value, (ref.group, ref.resource) if ref else None)
+                    assert res.plaintext is not None, (rec.key, res.reason)
+                    out[(rec.key, rec.mod_revision)] = res.plaintext
+        return out
 
 
 @pytest.mark.etcd
@@ -359,23 +359,24 @@ def test_output_restores_and_etcd_serves_it(
         server.cleanup()
     assert served.keys() == latest_in.keys()
     new_keyset = load_keyset([str(target.path)])
-    checker = Resolver(new_keyset, build_unwrappers(new_keyset, {}, keyrings), keep_plaintext=True)
-    prefixes = _covered_prefixes(case)
-    rewritten = 0
-    for key, kv in served.items():
-        rec = latest_in[key]
-        assert (kv.create_revision, kv.mod_revision, kv.version, kv.lease) == (
-            rec.create_revision, rec.mod_revision, rec.version, rec.lease,
-        )  # fmt: skip
-        if key.startswith(prefixes):
-            assert kv.value != rec.value
-            assert kv.value.startswith(b"k8s:enc:")
-            res = checker.resolve(key, kv.value, parse_etcd_key(key))
-            assert res.verdict == "current"
-            assert res.plaintext == plain_in[(key, rec.mod_revision)]
-            rewritten += 1
-        else:
-            assert kv.value == rec.value, key  # byte for byte
+    with open_unwrappers(new_keyset, KeyAccess(keyrings=keyrings)) as unwrappers:
+        checker = Reader(new_keyset, unwrappers, keep_plaintext=True)
+        prefixes = _covered_prefixes(case)
+        rewritten = 0
+        for key, kv in served.items():
+            rec = latest_in[key]
+            assert (kv.create_revision, kv.mod_revision, kv.version, kv.lease) == (
+                rec.create_revision, rec.mod_revision, rec.version, rec.lease,
+            )  # fmt: skip
+            if key.startswith(prefixes):
+                assert kv.value != rec.value
+                assert kv.value.startswith(b"k8s:enc:")
+                res = checker.resolve(key, kv.value, KeyParser("/registry").group_resource(key))
+                assert res.verdict == "current"
+                assert res.plaintext == plain_in[(key, rec.mod_revision)]
+                rewritten += 1
+            else:
+                assert kv.value == rec.value, key  # byte for byte
     kinds = {"Secret", "ConfigMap"} if case.startswith("f-") else {"Secret"}
     objects = json.loads((FIXTURES / case / "manifest.json").read_text())["objects"]
     assert rewritten >= sum(o["kind"] in kinds for o in objects) > 0
@@ -541,26 +542,27 @@ def test_kmsv2_writer_marshals_like_serialize_and_reads_back_only_its_own_values
 
     target = Target("kmsv2", tmp_path, ["secrets"])
     keyset = load_keyset([str(target.path)])
-    unwrappers = build_unwrappers(keyset, {}, {NEW_KMS: target.flags[1].split("=", 1)[1]})
-    writer = reencrypt._KMSv2Writer(NEW_KMS, unwrappers[NEW_KMS])
-    reader = Resolver(keyset, unwrappers, keep_plaintext=True)
-    prefix = kms_prefix("v2", NEW_KMS)
-    for n in (0, 1, 100, 200, 5000):  # field 1's length varint of one, two and three bytes
-        key = f"/registry/secrets/ns/s{n}".encode()
-        plaintext = os.urandom(n)
-        value = writer.write(plaintext, key)
-        assert value.startswith(prefix)
-        obj = kmsv2.parse(value[len(prefix) :])
-        assert kmsv2.serialize(obj) == value[len(prefix) :]
-        assert obj.dek_source_type == kmsv2.HKDF_SHA256_XNONCE_AES_GCM_SEED
-        got = reader.resolve_gr(key, value, ("", "secrets"))
-        assert (got.verdict, got.plaintext) == ("current", plaintext)
-        assert writer.read(value, key) == plaintext
-        assert writer.read(value, key + b"x") is None  # the etcd key is the AAD
-        for at in (len(prefix) + 1, len(prefix) + 40, len(value) - 1):  # length, data, tail
-            assert writer.read(value[:at] + bytes([value[at] ^ 1]) + value[at + 1 :], key) is None
-        assert writer.read(value + b"\x00", key) is None
-        assert writer.read(value[:-1], key) is None
+    access = KeyAccess(keyrings={NEW_KMS: target.flags[1].split("=", 1)[1]})
+    with open_unwrappers(keyset, access) as unwrappers:
+        writer = reencrypt._KMSv2Writer(NEW_KMS, unwrappers[NEW_KMS])
+        reader = Reader(keyset, unwrappers, keep_plaintext=True)
+        prefix = kms_prefix("v2", NEW_KMS)
+        for n in (0, 1, 100, 200, 5000):  # field 1's length varint of one, two and three bytes
+            key = f"/registry/secrets/ns/s{n}".encode()
+            plaintext = os.urandom(n)
+            value = writer.write(plaintext, key)
+            assert value.startswith(prefix)
+            obj = kmsv2.parse(value[len(prefix) :])
+            assert kmsv2.serialize(obj) == value[len(prefix) :]
+            assert obj.dek_source_type == kmsv2.HKDF_SHA256_XNONCE_AES_GCM_SEED
+            got = reader.resolve(key, value, ("", "secrets"))
+            assert (got.verdict, got.plaintext) == ("current", plaintext)
+            assert writer.read(value, key) == plaintext
+            assert writer.read(value, key + b"x") is None  # the etcd key is the AAD
+            for at in (len(prefix) + 1, len(prefix) + 40, len(value) - 1):  # length, data, tail
+                assert writer.read(value[:at] + bytes([value[at] ^ 1]) + value[at + 1 :], key) is None
+            assert writer.read(value + b"\x00", key) is None
+            assert writer.read(value[:-1], key) is None
 
 
 @pytest.mark.parametrize("fault", ["other-key", "other-plaintext", "other-aad", "other-seed"])

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from snapshot_tools.snapshot import Record, Snapshot
-from snapshot_tools.status import normalize_prefix, resource_label, snapshot_status
+from snapshot_tools.resources import normalize_prefix
+from snapshot_tools.status import resource_path, snapshot_status
 from tests.bbolt_builder import build_db, kv_bytes, revision_key
 from tests.conftest import FIXTURE_CASES, FIXTURES
 
@@ -144,17 +145,19 @@ def test_synthetic_history_views() -> None:
         path.unlink()
 
 
-def test_prefix_normalisation_and_resource_labels() -> None:
-    assert normalize_prefix("registry") == "/registry"
-    assert normalize_prefix("/registry/") == "/registry"
-    assert normalize_prefix("//registry//") == "/registry"
+def test_prefix_normalisation_and_resource_paths() -> None:
+    assert normalize_prefix("registry") == "/registry/"
+    assert normalize_prefix("/registry/") == "/registry/"
+    assert normalize_prefix("//registry//") == "/registry/"
     assert normalize_prefix("") == "/"
+    for given in ("registry/", "//registry//", "/registry"):
+        assert snapshot_status(FIXTURES / "a-identity" / "etcd-snapshot.db", given).etcd_prefix == "/registry"
     p = b"/registry/"
-    assert resource_label(b"/registry/secrets/ns/name", p) == "/registry/secrets"
-    assert resource_label(b"/registry/apiregistration.k8s.io/apiservices/v1.apps", p) == (
+    assert resource_path(b"/registry/secrets/ns/name", p) == "/registry/secrets"
+    assert resource_path(b"/registry/apiregistration.k8s.io/apiservices/v1.apps", p) == (
         "/registry/apiregistration.k8s.io/apiservices"
     )
-    assert resource_label(b"/registry/health", p) == "/registry/health"
+    assert resource_path(b"/registry/health", p) == "/registry/health"
 
 
 def test_status_resources_and_forms() -> None:
@@ -243,8 +246,8 @@ def test_input_not_modified_and_opened_read_only(tmp_path: Path) -> None:
 
 def test_free_pages_reported_and_dropped_by_a_rewrite(tmp_path: Path) -> None:
     """etcd copies free pages into snapshots; status counts them, a rebuilt file has none."""
-    from snapshot_tools.rewrite import copy_snapshot
     from snapshot_tools.snapshot import Snapshot
+    from snapshot_tools.snapshot_copy import copy_snapshot
     from snapshot_tools.status import snapshot_status
 
     src = FIXTURES / "b-aescbc" / "etcd-snapshot.db"

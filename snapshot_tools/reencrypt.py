@@ -107,7 +107,7 @@ class RewriteSummary:
         }
 
 
-class _Writer:
+class _TargetWriter:
     """Writes plaintext the way the target config's write provider does, and reads it back.
 
     ``read`` is the verification: the plaintext of a value this writer wrote, decrypted with
@@ -132,7 +132,7 @@ class _Writer:
         return value
 
 
-class _StaticWriter(_Writer):
+class _StaticTargetWriter(_TargetWriter):
     """Writes with one key of a static provider (the target's first), reads back with it alone."""
 
     def __init__(self, provider: StaticProvider, key: StaticKey) -> None:
@@ -155,7 +155,7 @@ class _StaticWriter(_Writer):
             return None
 
 
-class _KMSv2Writer(_Writer):
+class _KMSv2TargetWriter(_TargetWriter):
     """One fresh seed per run, wrapped once, shared by every object (as an apiserver does).
 
     Every object of the run shares the EncryptedObject's other fields (keyID, the wrapped
@@ -204,11 +204,11 @@ class _Target:
     def __init__(self, config: EncryptionConfig | None, unwrappers: dict[str, Unwrapper]) -> None:
         self.config = config
         self.unwrappers = unwrappers
-        self.identity = _Writer(strict=config is not None)
-        self._by_gr: dict[tuple[str, str] | None, _Writer | None] = {}
-        self._kms: dict[str, _Writer] = {}
+        self.identity = _TargetWriter(strict=config is not None)
+        self._by_gr: dict[tuple[str, str] | None, _TargetWriter | None] = {}
+        self._kms: dict[str, _TargetWriter] = {}
 
-    def writer(self, gr: GroupResource | None) -> _Writer | None:
+    def writer(self, gr: GroupResource | None) -> _TargetWriter | None:
         """The writer for ``(group, resource)``; ``None`` when the new config does not cover it."""
         if self.config is None:  # decrypt: everything becomes plaintext
             return self.identity
@@ -217,13 +217,13 @@ class _Target:
             self._by_gr[gr] = self._make(entry)
         return self._by_gr[gr]
 
-    def _make(self, entry: ProviderEntry | None) -> _Writer | None:
+    def _make(self, entry: ProviderEntry | None) -> _TargetWriter | None:
         if entry is None:
             return None
         if entry.kind == IDENTITY:
             return self.identity
         if entry.kind != "kms":
-            return _StaticWriter(static_provider(entry.kind), entry.keys[0])
+            return _StaticTargetWriter(static_provider(entry.kind), entry.keys[0])
         kms = entry.kms
         assert kms is not None
         if kms.api_version != "v2":
@@ -235,7 +235,7 @@ class _Target:
             unwrapper = self.unwrappers.get(kms.name)
             if unwrapper is None:
                 raise UsageError(f"no way to reach KMS provider {kms.name!r}: pass --kms or --keyring")
-            self._kms[kms.name] = _KMSv2Writer(kms.name, unwrapper)
+            self._kms[kms.name] = _KMSv2TargetWriter(kms.name, unwrapper)
         return self._kms[kms.name]
 
 
@@ -321,8 +321,8 @@ def _rewrite(
     target = _Target(target_config, unwrappers)
     summary = RewriteSummary(output=str(opts.output), latest_only=opts.latest_only)
     # (main, sub) -> (checksum of the plaintext written, the writer that wrote it): verification
-    # reads every rewritten record back with that writer's key alone (see _Writer.read).
-    expected: dict[tuple[int, int], tuple[int, _Writer]] = {}
+    # reads every rewritten record back with that writer's key alone (see _TargetWriter.read).
+    expected: dict[tuple[int, int], tuple[int, _TargetWriter]] = {}
     unreadable: list[str] = []
     unavailable: list[str] = []
     uncovered: list[str] = []

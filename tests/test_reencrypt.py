@@ -544,7 +544,7 @@ def test_kmsv2_writer_marshals_like_serialize_and_reads_back_only_its_own_values
     keyset = load_keyset([str(target.path)])
     access = KeyAccess(keyrings={NEW_KMS: target.flags[1].split("=", 1)[1]})
     with open_unwrappers(keyset, access) as unwrappers:
-        writer = reencrypt._KMSv2Writer(NEW_KMS, unwrappers[NEW_KMS])
+        writer = reencrypt._KMSv2TargetWriter(NEW_KMS, unwrappers[NEW_KMS])
         reader = Reader(keyset, unwrappers, keep_plaintext=True)
         prefix = kms_prefix("v2", NEW_KMS)
         for n in (0, 1, 100, 200, 5000):  # field 1's length varint of one, two and three bytes
@@ -578,7 +578,7 @@ def test_rewritten_values_that_do_not_read_back_stop_the_run(
     old = FIXTURES / case / "encryption-config.yaml"
     kind = {"other-key": "aescbc", "other-plaintext": "secretbox", "other-aad": "aesgcm", "other-seed": "kmsv2"}[fault]
     target = Target(kind, tmp_path, ["secrets"])
-    cls = reencrypt._KMSv2Writer if kind == "kmsv2" else reencrypt._StaticWriter
+    cls = reencrypt._KMSv2TargetWriter if kind == "kmsv2" else reencrypt._StaticTargetWriter
     write = cls.write
 
     def faulty(self, plaintext: bytes, etcd_key: bytes) -> bytes:  # noqa: ANN001

@@ -233,7 +233,7 @@ def test_signal_during_decrypt_removes_the_plaintext_temp_file(
 
 _SIGNAL_AFTER_PUBLISH = """
 import os, signal, sys, time
-import snapshot_tools.cli.rewrite as command
+import snapshot_tools.cli.reencrypt as command
 real = command.run_rewrite
 def run_then_terminated(opts):
     summary = real(opts)  # OUT is published

@@ -27,7 +27,7 @@ app = typer.Typer(
 # Each command lives in its own module and registers itself on ``app`` when imported.
 # Import order is the order of the commands in --help.
 from snapshot_tools.cli import status  # noqa: E402, F401, I001
-from snapshot_tools.cli import check, extract, rewrite  # noqa: E402, F401
+from snapshot_tools.cli import check, extract, reencrypt  # noqa: E402, F401
 
 
 def main(argv: Sequence[str] | None = None) -> None:

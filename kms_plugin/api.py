@@ -40,10 +40,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     # For annotations only (they import grpc and boto3); ``as`` re-exports them to type checkers.
-    from kms_plugin.client import KMSv1Client as KMSv1Client  # noqa: PLC0414
-    from kms_plugin.client import KMSv2Client as KMSv2Client  # noqa: PLC0414
-    from kms_plugin.keks.awsclient import AwsSettings as AwsSettings  # noqa: PLC0414
-    from kms_plugin.keks.local import Keyring as Keyring  # noqa: PLC0414
+    from kms_plugin.client import KMSv1Client as KMSv1Client
+    from kms_plugin.client import KMSv2Client as KMSv2Client
+    from kms_plugin.keks.awsclient import AwsSettings as AwsSettings
+    from kms_plugin.keks.local import Keyring as Keyring
 
 __all__ = [
     "EXIT_FINDINGS",

@@ -13,8 +13,8 @@ import json
 import os
 import sys
 import time
-from enum import Enum
-from pathlib import Path
+from enum import StrEnum
+from pathlib import Path  # noqa: TC003 - Typer reads the annotations at run time
 
 import typer
 
@@ -41,12 +41,12 @@ keyring_app = typer.Typer(
 app.add_typer(keyring_app, name="keyring")
 
 
-class LogFormat(str, Enum):
+class LogFormat(StrEnum):
     text = "text"
     json = "json"
 
 
-class Output(str, Enum):
+class Output(StrEnum):
     table = "table"
     json = "json"
 

@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 import typer
@@ -140,10 +140,8 @@ def run_app(
         return signal_exit_code(interrupt_signal(exc))
     except BrokenPipeError:
         # The reader went away (``| head``); nothing more to say.
-        try:
+        with suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-        except OSError:
-            pass
         return EXIT_OK
     except error_base as exc:
         _say(prog, str(exc))

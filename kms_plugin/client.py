@@ -63,7 +63,7 @@ class _Channel:
             ],
         )
 
-    def call(self, method: str, fn: Callable[..., Any], request: Any) -> Any:  # noqa: ANN401
+    def call(self, method: str, fn: Callable[..., Any], request: Any) -> Any:
         # A missing socket file fails at once instead of costing a reconnect backoff.
         if not self._parsed.abstract and not os.path.exists(self._parsed.path):
             raise PluginUnavailable(

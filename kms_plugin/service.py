@@ -64,7 +64,7 @@ ERROR_CODES: dict[type[Error], grpc.StatusCode] = {
 
 def is_fqdn(name: str) -> bool:
     """apimachinery ``IsFullyQualifiedDomainName``: lowercase subdomain with >= 2 labels."""
-    name = name[:-1] if name.endswith(".") else name
+    name = name.removesuffix(".")
     if not name or len(name) > 253:
         return False
     labels = name.split(".")
@@ -107,7 +107,7 @@ class KMSService:
 
     # -- v2 ------------------------------------------------------------------------------
 
-    def status(self, _request: Any) -> kms_v2_pb2.StatusResponse:  # noqa: ANN401
+    def status(self, _request: Any) -> kms_v2_pb2.StatusResponse:
         st = self.backend.status()
         healthz = st.reason if not st.healthy else "ok"
         if st.healthy and self.health is not None:
@@ -141,7 +141,7 @@ class KMSService:
 
     # -- v1beta1 -------------------------------------------------------------------------
 
-    def v1_version(self, _request: Any) -> kms_v1beta1_pb2.VersionResponse:  # noqa: ANN401
+    def v1_version(self, _request: Any) -> kms_v1beta1_pb2.VersionResponse:
         return kms_v1beta1_pb2.VersionResponse(
             version=V1_API_VERSION, runtime_name="kms-plugin", runtime_version=__version__
         )
@@ -196,7 +196,7 @@ class KMSService:
 
     # -- one place for metrics, logs and error mapping -------------------------------------
 
-    def run(self, api: str, method: str, fn: Callable[[Any], Any], request: Any) -> Any:  # noqa: ANN401
+    def run(self, api: str, method: str, fn: Callable[[Any], Any], request: Any) -> Any:
         """Call ``fn(request)``; returns the response or raises :class:`RpcFailure`."""
         start = time.perf_counter()
         try:
@@ -211,7 +211,7 @@ class KMSService:
         self.metrics.observe(api, method, "OK", time.perf_counter() - start)
         return response
 
-    def _failed(self, api: str, method: str, start: float, failure: RpcFailure, request: Any) -> None:  # noqa: ANN401
+    def _failed(self, api: str, method: str, start: float, failure: RpcFailure, request: Any) -> None:
         self.metrics.observe(api, method, failure.code.name, time.perf_counter() - start)
         log.warning(
             "%s %s failed: %s: %s",
@@ -227,7 +227,7 @@ Handler = Any  # a (request, context) -> response callable the generated stubs r
 
 
 def _sync_handler(service: KMSService, api: str, method: str, fn: Callable[[Any], Any]) -> Handler:
-    def handler(request: Any, context: grpc.ServicerContext) -> Any:  # noqa: ANN401
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
         # Remote backends bound their calls by the caller's deadline (kms_plugin.deadline).
         token = deadline.set_remaining(context.time_remaining())
         try:

@@ -21,6 +21,7 @@ import errno
 import os
 import secrets
 import stat
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Self
 
@@ -200,10 +201,8 @@ class AtomicFile:
             self._remove_temp()
 
     def _remove_temp(self) -> None:
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(self.temp_path)
-        except FileNotFoundError:
-            pass
 
 
 def _sync_dir(directory: Path) -> None:

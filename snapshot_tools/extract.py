@@ -231,7 +231,7 @@ def _b64(values: dict[str, bytes]) -> dict[str, str]:
     return {k: base64.b64encode(v).decode("ascii") for k, v in values.items()}
 
 
-def _jsonable(value: Any) -> Any:  # noqa: ANN401 - decoded object trees
+def _jsonable(value: Any) -> Any:
     # Safety net: undecodable managedFields JSON comes back as bytes.
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")

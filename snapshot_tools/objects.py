@@ -300,7 +300,7 @@ def _config_map(buf: bytes, start: int, stop: int) -> dict[str, Any]:
     return obj
 
 
-def _b64_values(values: Any, what: str) -> dict[str, bytes]:  # noqa: ANN401 - JSON input
+def _b64_values(values: Any, what: str) -> dict[str, bytes]:
     if not isinstance(values, dict):
         raise MalformedValue(f"JSON {what} is not an object")
     out = {}

@@ -166,7 +166,7 @@ def read_field(buf: Buffer, pos: int, end: int) -> tuple[int, int, int, int, int
     if wire == VARINT:
         value, pos = decode_varint(buf, pos, end)
         return number, wire, value, 0, pos
-    if wire == I64 or wire == I32:
+    if wire in _FIXED_SIZES:
         stop = pos + _FIXED_SIZES[wire]
         if stop > end:
             raise WireError("truncated fixed-width field")
@@ -209,7 +209,7 @@ def field_spans(buf: Buffer, pos: int, end: int) -> list[tuple[int, int, int]]:
             pos = read_len(buf, pos, end)[1]
         elif wire == VARINT:
             pos = skip_varint(buf, pos, end)
-        elif wire == I64 or wire == I32:
+        elif wire in _FIXED_SIZES:
             pos += _FIXED_SIZES[wire]
             if pos > end:
                 raise WireError("truncated fixed-width field")

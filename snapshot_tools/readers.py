@@ -23,7 +23,15 @@ from snapshot_tools import objects
 from snapshot_tools.errors import InvalidCiphertext, KMSUnavailable, MalformedValue
 from snapshot_tools.providers import kmsv1, kmsv2
 from snapshot_tools.providers.registry import ENCRYPTED_PREFIX, FORMATS
-from snapshot_tools.verdict import Coverage, GroupResource, Judgement, coverage, judge_kms, judge_plaintext, judge_static
+from snapshot_tools.verdict import (
+    Coverage,
+    GroupResource,
+    Judgement,
+    coverage,
+    judge_kms,
+    judge_plaintext,
+    judge_static,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -61,7 +69,11 @@ class Resolution:
 
     @classmethod
     def judged(
-        cls, judgement: Judgement, provider: str, key_name: str | None = None, key: StaticKey | KMSProvider | None = None
+        cls,
+        judgement: Judgement,
+        provider: str,
+        key_name: str | None = None,
+        key: StaticKey | KMSProvider | None = None,
     ) -> Resolution:
         return cls(judgement.verdict, provider, key_name, key, judgement.reason, judgement.plaintext)
 
@@ -101,7 +113,9 @@ class _LastRead:
 
     __slots__ = ("authenticated", "coverage", "decrypt", "prefix", "secret", "template", "use")
 
-    def __init__(self, prefix: bytes, cov: Coverage, provider: StaticProvider, cand: _Candidate, template: Resolution) -> None:
+    def __init__(
+        self, prefix: bytes, cov: Coverage, provider: StaticProvider, cand: _Candidate, template: Resolution
+    ) -> None:
         self.prefix = prefix
         self.coverage = cov
         self.decrypt = provider.decrypt
@@ -224,7 +238,8 @@ class KmsReader:
             found = list(self.keyset.kms_names(version))
             found += [n for n in self.unwrappers if n not in found]
             # Longest first (stable): filtering keeps that order for every value.
-            names = self._name_prefixes[version] = [(n.encode() + b":", n) for n in sorted(found, key=len, reverse=True)]
+            ordered = sorted(found, key=len, reverse=True)
+            names = self._name_prefixes[version] = [(n.encode() + b":", n) for n in ordered]
         return [n for p, n in names if body.startswith(p)]
 
     def _provider(self, version: str, name: str) -> tuple[KMSProvider | None, KeyUse]:

@@ -42,8 +42,8 @@ from snapshot_tools.providers import (
 )
 from snapshot_tools.readers import Reader
 from snapshot_tools.resources import KeyParser
-from snapshot_tools.snapshot_copy import copy_snapshot, kv_transform, kv_verify
 from snapshot_tools.snapshot import KEY_BUCKET, Snapshot
+from snapshot_tools.snapshot_copy import copy_snapshot, kv_transform, kv_verify
 from snapshot_tools.unwrap import open_unwrappers
 
 if TYPE_CHECKING:

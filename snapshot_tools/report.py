@@ -257,11 +257,9 @@ class CheckReport:
             o = outcomes.get((id(res), latest))
             if o is None:
                 o = outcomes[(id(res), latest)] = _outcome_fragment(res, latest)
-            lines.append(
-                '    {"key": %s, %s, "name": %s, "revision": %d, %s}'
-                % (enc(ekey.decode("utf-8", "backslashreplace")), b,
-                   "null" if name is None else enc(name), revision, o)
-            )  # fmt: skip
+            key_json = enc(ekey.decode("utf-8", "backslashreplace"))
+            name_json = "null" if name is None else enc(name)
+            lines.append(f'    {{"key": {key_json}, {b}, "name": {name_json}, "revision": {revision:d}, {o}}}')
             if len(lines) >= batch or i == n:
                 yield ",\n".join(lines) + (",\n" if i < n else "\n")
                 lines.clear()

@@ -285,7 +285,8 @@ class KeyParser:
             except UnicodeDecodeError:
                 return NOT_AN_OBJECT
             hit = self._cache.get(parent, _MISS)
-            if hit is _MISS and parent.startswith(self.prefix_bytes) and parent.count(b"/", len(self.prefix_bytes)) >= 1:
+            prefix = self.prefix_bytes
+            if hit is _MISS and parent.startswith(prefix) and parent.count(b"/", len(prefix)) >= 1:
                 ref = parse_etcd_key(key, self.prefix)
                 hit = self._cache[parent] = None if ref is None else _parent(ref)
             if hit is not _MISS:

@@ -18,11 +18,9 @@ verification mirrors); spec/etcd-snapshot-format.md 1.5, 1.7.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snapshot_tools.atomic_file import AtomicFile
@@ -41,7 +39,9 @@ from snapshot_tools.mvcc import (
 from snapshot_tools.snapshot import Snapshot
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Iterable, Iterator
+    from pathlib import Path
 
     from snapshot_tools.bbolt import Bucket
     from snapshot_tools.bbolt.page import Buffer

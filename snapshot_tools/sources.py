@@ -17,7 +17,6 @@ from snapshot_tools.snapshot import Snapshot
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import TracebackType
-
     from typing import Self
 
     from snapshot_tools.snapshot import Record

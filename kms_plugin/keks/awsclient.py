@@ -214,7 +214,7 @@ class AwsKms:
 
     # -- the one bounded call ----------------------------------------------------------------
 
-    def call(self, method: str, **params: Any) -> dict[str, Any]:  # noqa: ANN401
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
         """Run ``client.<method>(**params)`` within the budget, retrying what may pass.
 
         Raises:
@@ -229,7 +229,7 @@ class AwsKms:
             try:
                 return self._attempt(method, op, params, end, limit)
             except (BackendThrottled, BackendError) as exc:
-                pause = random.uniform(0.0, min(RETRY_CAP, RETRY_BASE * 2**attempt))
+                pause = random.uniform(0.0, min(RETRY_CAP, RETRY_BASE * 2**attempt))  # noqa: S311 - retry jitter, not a secret
                 final = getattr(exc, "final", False)
                 if final or attempt >= self.settings.max_attempts or time.monotonic() + pause >= end:
                     raise

@@ -369,7 +369,7 @@ class PageIds(Sequence[int]):
         if isinstance(other, PageIds):
             return self.runs == other.runs
         if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
-            return len(other) == self._len and all(a == b for a, b in zip(self, other))
+            return len(other) == self._len and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]

@@ -206,7 +206,7 @@ def _as_bucket(name: bytes, b: object) -> BucketContents:
         return b
     if isinstance(b, (bytes, bytearray, memoryview, str)):
         # ValueError, the writer's one error for bad contents (a callers' and tests' contract).
-        raise ValueError(  # noqa: TRY004
+        raise ValueError(
             f"top-level entry {bytes(name)[:64]!r} is not a bucket (the root bucket holds only buckets)"
         )
     return BucketContents(b)  # type: ignore[arg-type]
@@ -341,7 +341,7 @@ class _Writer:
         """Write a leaf node of the pairs in ``kv`` (key, value, key, value, ...); its pgid."""
         n = len(flags)
         lens = [len(x) for x in kv]
-        sizes = [a + b for a, b in zip(lens[0::2], lens[1::2])]
+        sizes = [a + b for a, b in zip(lens[0::2], lens[1::2], strict=True)]
         # pos is relative to the element's own address: the elements after it + data before it.
         offsets = list(accumulate(sizes, initial=0))
         elems = [0] * (4 * n)
@@ -355,7 +355,7 @@ class _Writer:
         n = len(keys)
         parts = []
         pos = ELEMENT_SIZE * n
-        for key, pgid in zip(keys, pgids):
+        for key, pgid in zip(keys, pgids, strict=True):
             parts.append(BRANCH_ELEMENT.pack(pos, len(key), pgid))
             pos += len(key) - ELEMENT_SIZE
         return self._node(BRANCH, n, b"".join(parts), keys, sum(map(len, keys)))

@@ -42,13 +42,17 @@ def check(
     ] = False,
     resource: Annotated[
         list[str] | None,
-        typer.Option("--resource", "-r", help="Only this resource (secrets, configmaps, deployments.apps, ...); repeatable."),
+        typer.Option(
+            "--resource", "-r", help="Only this resource (secrets, configmaps, deployments.apps, ...); repeatable."
+        ),
     ] = None,
     etcd_prefix: PrefixOpt = "/registry",
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="table or json.")] = OutputFormat.table,
     fail_on: Annotated[
         str,
-        typer.Option("--fail-on", help="Comma list of unreadable, retired, stale, plaintext: exit 1 when any object matches."),
+        typer.Option(
+            "--fail-on", help="Comma list of unreadable, retired, stale, plaintext: exit 1 when any object matches."
+        ),
     ] = DEFAULT_FAIL_ON,
 ) -> None:
     """Judge every stored value against the configs given: current, stale, retired or unreadable.
@@ -82,8 +86,7 @@ def check(
 
 def write_json(report: CheckReport, out: TextIO) -> None:
     """The ``--output json`` document: indented head, one object per line, written in pieces."""
-    for chunk in report.json_chunks():
-        out.write(chunk)
+    out.writelines(report.json_chunks())
 
 
 def render_check(report: CheckReport) -> str:
@@ -93,9 +96,11 @@ def render_check(report: CheckReport) -> str:
         f"{s['objects']} objects: {s['current']} current, {s['stale']} stale, "
         f"{s['retired']} retired, {s['unreadable']} unreadable"
         + (f"; {s['plaintext']} stored as plaintext although encrypted now" if s["plaintext"] else ""),
-        f"snapshot {printable(str(report.snapshot.get('path')))} (revision {report.snapshot.get('revision')}, "
-        f"trailer {report.snapshot.get('trailer')}); {len(report.configs)} config(s), current: "
-        f"{printable(report.configs[0]['path']) if report.configs else '-'}",
+        (
+            f"snapshot {printable(str(report.snapshot.get('path')))} (revision {report.snapshot.get('revision')}, "
+            f"trailer {report.snapshot.get('trailer')}); {len(report.configs)} config(s), current: "
+            f"{printable(report.configs[0]['path']) if report.configs else '-'}"
+        ),
         "",
     ]
     rows = [
@@ -141,7 +146,10 @@ def _hints(report: CheckReport) -> list[str]:
             "(an older key reused the name, or the values were moved or tampered with)"
         )
     if reasons.get("kms-unavailable"):
-        hints.append("hint: kms-unavailable - start the KMS plugin, or pass --kms NAME=unix:///... / --keyring NAME=FILE / --aws-kms NAME[=KEY]")
+        hints.append(
+            "hint: kms-unavailable - start the KMS plugin, "
+            "or pass --kms NAME=unix:///... / --keyring NAME=FILE / --aws-kms NAME[=KEY]"
+        )
     if reasons.get("plaintext-rejected"):
         hints.append(
             "hint: plaintext-rejected - stored unencrypted but no config lists identity for the resource; "

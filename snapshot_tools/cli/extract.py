@@ -35,7 +35,7 @@ from snapshot_tools.extract import (
 _PROG = "snapshot-tools"
 
 
-class ManifestFormat(str, enum.Enum):
+class ManifestFormat(enum.StrEnum):
     """``extract --output`` choices."""
 
     yaml = "yaml"
@@ -54,21 +54,35 @@ def extract(
     aws_encryption_context: AwsContextOpt = "",
     resource: Annotated[
         list[str] | None,
-        typer.Option("--resource", "-r", help="Resource to extract (secrets, configmaps, deployments.apps, ...); repeatable. Default: secrets."),
+        typer.Option(
+            "--resource",
+            "-r",
+            help="Resource to extract (secrets, configmaps, deployments.apps, ...); repeatable. Default: secrets.",
+        ),
     ] = None,
     namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Only objects in this namespace.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Only objects with this name.")] = None,
     revision: Annotated[
         int | None,
-        typer.Option("--revision", help="The objects as they were at this etcd revision (default: the latest live ones)."),
+        typer.Option(
+            "--revision", help="The objects as they were at this etcd revision (default: the latest live ones)."
+        ),
     ] = None,
-    output: Annotated[ManifestFormat, typer.Option("--output", "-o", help="yaml or json; both give one v1 List.")] = ManifestFormat.yaml,
+    output: Annotated[
+        ManifestFormat, typer.Option("--output", "-o", help="yaml or json; both give one v1 List.")
+    ] = ManifestFormat.yaml,
     strip_server_fields: Annotated[
         bool,
-        typer.Option("--strip-server-fields", help="Drop uid, resourceVersion, creationTimestamp, generation, ... for a clean re-create."),
+        typer.Option(
+            "--strip-server-fields",
+            help="Drop uid, resourceVersion, creationTimestamp, generation, ... for a clean re-create.",
+        ),
     ] = False,
     show_managed_fields: Annotated[
-        bool, typer.Option("--show-managed-fields", help="Keep metadata.managedFields (dropped by default, as kubectl does).")
+        bool,
+        typer.Option(
+            "--show-managed-fields", help="Keep metadata.managedFields (dropped by default, as kubectl does)."
+        ),
     ] = False,
     etcd_prefix: PrefixOpt = "/registry",
 ) -> None:

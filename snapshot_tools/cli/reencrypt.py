@@ -35,10 +35,14 @@ from snapshot_tools.reencrypt import RewriteOptions, RewriteSummary, run_rewrite
 OutOpt = Annotated[Path, typer.Option("--output-file", "-o", help="Where to write the new snapshot (mode 0600).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
 LatestOpt = Annotated[
-    bool, typer.Option("--latest-only", help="Rewrite only the newest revision of each key; history keeps the old forms.")
+    bool,
+    typer.Option("--latest-only", help="Rewrite only the newest revision of each key; history keeps the old forms."),
 ]
 SkipOpt = Annotated[
-    bool, typer.Option("--skip-unreadable", help="Copy values nothing can read unchanged (and list them) instead of stopping.")
+    bool,
+    typer.Option(
+        "--skip-unreadable", help="Copy values nothing can read unchanged (and list them) instead of stopping."
+    ),
 ]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="Summary as table or json.")]
 
@@ -47,7 +51,9 @@ FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="Summary as ta
 def reencrypt(
     snapshot: SnapshotArg,
     config: ConfigOpt,
-    to: Annotated[Path, typer.Option("--to", help="The new EncryptionConfiguration: its write provider/key is the target.")],
+    to: Annotated[
+        Path, typer.Option("--to", help="The new EncryptionConfiguration: its write provider/key is the target.")
+    ],
     output_file: OutOpt,
     force: ForceOpt = False,
     latest_only: LatestOpt = False,
@@ -59,7 +65,9 @@ def reencrypt(
     aws_encryption_context: AwsContextOpt = "",
     decrypt_uncovered: Annotated[
         bool,
-        typer.Option("--decrypt-uncovered", help="Write encrypted values of resources NEW does not cover as plaintext."),
+        typer.Option(
+            "--decrypt-uncovered", help="Write encrypted values of resources NEW does not cover as plaintext."
+        ),
     ] = False,
     skip_unreadable: SkipOpt = False,
     etcd_prefix: PrefixOpt = "/registry",

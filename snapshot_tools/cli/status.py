@@ -22,7 +22,9 @@ _TRAILER_NOTE = {
 
 @app.command()
 def status(
-    snapshot: Annotated[Path, typer.Argument(help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy.")],
+    snapshot: Annotated[
+        Path, typer.Argument(help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy.")
+    ],
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="table or json.")] = OutputFormat.table,
     etcd_prefix: Annotated[
         str, typer.Option("--etcd-prefix", help="kube-apiserver --etcd-prefix (registry, /registry/ mean /registry).")

@@ -114,4 +114,4 @@ def _encrypt_from_parts(
 
 def _encrypt_cbc_from_parts(dek: bytes, encrypted_dek: bytes, plaintext: bytes, iv: bytes) -> bytes:
     """The pre-1.25 CBC payload; only for tests of the legacy read path (never written now)."""
-    return join(encrypted_dek, aescbc._encrypt_from_parts(dek, plaintext, iv))  # noqa: SLF001
+    return join(encrypted_dek, aescbc._encrypt_from_parts(dek, plaintext, iv))

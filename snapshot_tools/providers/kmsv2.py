@@ -77,8 +77,7 @@ class EncryptedObject:
 
 def _is_fqdn(name: str) -> bool:
     """``validation.IsFullyQualifiedDomainName``: lowercase RFC 1123 subdomain, >= 2 labels."""
-    if name.endswith("."):
-        name = name[:-1]
+    name = name.removesuffix(".")
     if not name or len(name) > 253:
         return False
     labels = name.split(".")

@@ -44,8 +44,7 @@ from kms_plugin.proto import kms_v1beta1_pb2_grpc, kms_v2_pb2_grpc
 from kms_plugin.service import (
     DEFAULT_ANNOTATION_DOMAIN,
     KMSService,
-    V1Servicer,
-    V2Servicer,
+    Servicer,
     check_annotation_domain,
 )
 
@@ -238,11 +237,9 @@ class PluginServer:
             options=_SERVER_OPTIONS,
         )
         self._server = server
-        kms_v2_pb2_grpc.add_KeyManagementServiceServicer_to_server(V2Servicer(self.service), server)
+        kms_v2_pb2_grpc.add_KeyManagementServiceServicer_to_server(Servicer(self.service, "v2"), server)
         if self.config.enable_v1:
-            kms_v1beta1_pb2_grpc.add_KeyManagementServiceServicer_to_server(
-                V1Servicer(self.service), server
-            )
+            kms_v1beta1_pb2_grpc.add_KeyManagementServiceServicer_to_server(Servicer(self.service, "v1beta1"), server)
         self._bind(server)
         server.start()
         self.monitor.start()

@@ -31,7 +31,7 @@ from kms_plugin.errors import (
     RpcFailure,
     UnknownKeyId,
 )
-from kms_plugin.proto import kms_v1beta1_pb2, kms_v1beta1_pb2_grpc, kms_v2_pb2, kms_v2_pb2_grpc
+from kms_plugin.proto import kms_v1beta1_pb2, kms_v2_pb2
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -223,10 +223,9 @@ class KMSService:
         )
 
 
-Handler = Any  # a (request, context) -> response callable the generated stubs register
-
-
-def _sync_handler(service: KMSService, api: str, method: str, fn: Callable[[Any], Any]) -> Handler:
+def _sync_handler(
+    service: KMSService, api: str, method: str, fn: Callable[[Any], Any]
+) -> Callable[[Any, grpc.ServicerContext], Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         # Remote backends bound their calls by the caller's deadline (kms_plugin.deadline).
         token = deadline.set_remaining(context.time_remaining())
@@ -247,17 +246,10 @@ def methods(service: KMSService, api: str) -> dict[str, Callable[[Any], Any]]:
     return {"Version": service.v1_version, "Encrypt": service.v1_encrypt, "Decrypt": service.v1_decrypt}
 
 
-class V2Servicer(kms_v2_pb2_grpc.KeyManagementServiceServicer):
-    """KMS v2 servicer for the thread-pool server."""
+class Servicer:
+    """The thread-pool servicer of ``api``: one handler per RPC, under the method names the
+    generated ``add_KeyManagementServiceServicer_to_server`` looks up."""
 
-    def __init__(self, service: KMSService) -> None:
-        for name, fn in methods(service, "v2").items():
-            setattr(self, name, _sync_handler(service, "v2", name, fn))
-
-
-class V1Servicer(kms_v1beta1_pb2_grpc.KeyManagementServiceServicer):
-    """KMS v1beta1 servicer for the thread-pool server."""
-
-    def __init__(self, service: KMSService) -> None:
-        for name, fn in methods(service, "v1beta1").items():
-            setattr(self, name, _sync_handler(service, "v1beta1", name, fn))
+    def __init__(self, service: KMSService, api: str) -> None:
+        for name, fn in methods(service, api).items():
+            setattr(self, name, _sync_handler(service, api, name, fn))

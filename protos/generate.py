@@ -4,7 +4,8 @@
 Usage: python protos/generate.py [--check]
 
 Each source is compiled on its own (no imports between our protos) into the package that owns
-it; gRPC stubs get a relative import so the packages stay importable from anywhere.
+it, with a ``.pyi`` stub of its messages for type checkers; gRPC stubs get a relative import so the
+packages stay importable from anywhere.
 ``--check`` regenerates into a temporary folder and exits 1 when any committed file differs.
 """
 
@@ -32,14 +33,15 @@ TARGETS: dict[str, tuple[str, bool]] = {
 def _compile(source: str, out_dir: Path, grpc: bool) -> list[Path]:
     from grpc_tools import protoc
 
-    args = ["protoc", f"-I{PROTOS}", f"--python_out={out_dir}"]
+    # The .pyi files give mypy the message classes (the _pb2 modules build them at run time).
+    args = ["protoc", f"-I{PROTOS}", f"--python_out={out_dir}", f"--pyi_out={out_dir}"]
     if grpc:
         args.append(f"--grpc_python_out={out_dir}")
     args.append(str(PROTOS / source))
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed on {source}")
     stem = source.removesuffix(".proto")
-    produced = [out_dir / f"{stem}_pb2.py"]
+    produced = [out_dir / f"{stem}_pb2.py", out_dir / f"{stem}_pb2.pyi"]
     if grpc:
         stub = out_dir / f"{stem}_pb2_grpc.py"
         text = stub.read_text()

@@ -285,7 +285,9 @@ def build_manifest(
         obj["data"] = _b64(obj["data"])
     if obj.get("apiVersion") == "v1" and obj.get("kind") == "ConfigMap" and isinstance(obj.get("binaryData"), dict):
         obj["binaryData"] = _b64(obj["binaryData"])
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
     out: dict[str, Any] = {"apiVersion": obj.pop("apiVersion"), "kind": obj.pop("kind")}
     obj.pop("metadata", None)
     out["metadata"] = _metadata(meta, rec, opts)

@@ -47,6 +47,8 @@ from snapshot_tools.snapshot_copy import copy_snapshot, kv_transform, kv_verify
 from snapshot_tools.unwrap import open_unwrappers
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from snapshot_tools.config import EncryptionConfig, ProviderEntry, StaticKey
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.providers import StaticProvider
@@ -264,12 +266,16 @@ def _source_label(res: Resolution) -> str:
     return f"{res.provider}/{res.key_name}" + (f" ({fp})" if fp else "")
 
 
+# The C extension has no annotations.
+_crc32c: Callable[[bytes], int] = google_crc32c.value
+
+
 def _digest(data: bytes) -> int:
     # CRC-32C (hardware) and length of the plaintext. The check guards against our own
     # mistakes (a value written from the wrong record, key or AAD), not an adversary: the
     # AEAD formats do not even decrypt after any change, and a 128-bit hash here cost a sixth
     # of a whole rewrite.
-    return google_crc32c.value(data) << 32 | len(data)
+    return _crc32c(data) << 32 | len(data)
 
 
 def _where(rec: Record) -> str:

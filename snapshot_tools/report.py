@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from snapshot_tools.config_model import StaticKey
 from snapshot_tools.errors import EXIT_FINDINGS, EXIT_KMS, EXIT_OK, UsageError
+from snapshot_tools.readers import KeyUse
 from snapshot_tools.verdict import VERDICTS
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterator
 
     from snapshot_tools.keysets import KeySet
-    from snapshot_tools.readers import KeyUse, Reader, Resolution
+    from snapshot_tools.readers import Reader, Resolution
     from snapshot_tools.resources import ObjectBase
 
 FAIL_ON_CHOICES = ("unreadable", "retired", "stale", "plaintext")
@@ -306,8 +308,8 @@ def key_table(keyset: KeySet, use: dict[KeyUse, int]) -> list[dict[str, Any]]:
     rows = []
     active = keyset.active_identities()
     for key in keyset.all_keys():
-        provider = key.provider if hasattr(key, "secret") else f"kms-{key.api_version}"
-        ident = (provider, key.name, key.fingerprint)
+        provider = key.provider if isinstance(key, StaticKey) else f"kms-{key.api_version}"
+        ident = KeyUse(provider, key.name, key.fingerprint)
         rows.append(
             {
                 "provider": provider,

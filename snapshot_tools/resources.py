@@ -17,8 +17,9 @@ spec section 10.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 __all__ = [
     "BUILTIN_PREFIXES",
@@ -293,7 +294,7 @@ class KeyParser:
                 if hit is None:
                     return NOT_AN_OBJECT
                 # One per key on the hot path: tuple.__new__ skips NamedTuple's Python __new__.
-                return tuple.__new__(ParsedKey, (hit.gr, hit.base, name, hit.label))  # type: ignore[arg-type,union-attr]
+                return tuple.__new__(ParsedKey, (hit.gr, hit.base, name, hit.label))
         ref = parse_etcd_key(key, self.prefix)
         if ref is None:
             return NOT_AN_OBJECT
@@ -309,4 +310,10 @@ def _parent(ref: ResourceRef) -> _Parent:
     return _Parent((ref.group, ref.resource), ObjectBase(ref.resource, ref.group, ref.namespace), resource_label(ref))
 
 
-_MISS = object()
+class _Miss(enum.Enum):
+    """The cache's "not looked at yet" (``None`` is a cached "not an API object key")."""
+
+    MISS = enum.auto()
+
+
+_MISS: Final = _Miss.MISS

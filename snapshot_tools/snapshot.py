@@ -313,7 +313,7 @@ def _long_key(kstart: int, at: int, size: int) -> SnapshotError:
     )
 
 
-def _decode_kv(buf: mmap.mmap | memoryview | bytes, kstart: int, kend: int, vend: int) -> KeyValue:
+def _decode_kv(buf: mmap.mmap | bytes, kstart: int, kend: int, vend: int) -> KeyValue:
     """Decode ``mvccpb.KeyValue`` at ``buf[kend:vend]`` with the protobuf runtime (upb).
 
     Measured against a hand-written varint decoder on 10 KB values: upb 1.5 us/record, the

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 BucketPath = tuple[bytes, ...]
 # transform(bucket_path, key, stored_value) -> replacement value, or None to keep it.
-Transform = Callable[[BucketPath, bytes, bytes], "bytes | None"]
+Transform = Callable[[BucketPath, bytes, bytes], "bytes | bytearray | memoryview | None"]
 # verify(bucket_path, key, value_as_written) -> truthy when the rewritten value is right.
 Verify = Callable[[BucketPath, bytes, bytes], object]
 
@@ -191,10 +191,10 @@ def _items(bucket: Bucket, path: BucketPath, state: _CopyState) -> Iterator[tupl
                     continue
                 value = buf[kend:vend]
                 records += 1
-                if transform is not None:
+                if transform is not None and marks is not None:  # set together
                     new = transform(path, key, value)
                     if new is None:
-                        marks.append(0)  # type: ignore[union-attr]
+                        marks.append(0)
                     else:
                         if type(new) is not bytes:
                             if not isinstance(new, (bytearray, memoryview)):
@@ -202,7 +202,7 @@ def _items(bucket: Bucket, path: BucketPath, state: _CopyState) -> Iterator[tupl
                             new = bytes(new)
                         value = new
                         rewritten += 1
-                        marks.append(1)  # type: ignore[union-attr]
+                        marks.append(1)
                 yield key, value
     finally:
         state.records += records

@@ -7,6 +7,7 @@ References: bbolt ``internal/common/meta.go`` (``Meta.Validate``, ``Sum64``) and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from snapshot_tools.bbolt.layout import (
     MAGIC,
@@ -21,6 +22,9 @@ from snapshot_tools.bbolt.layout import (
     fnv64a,
 )
 from snapshot_tools.errors import SnapshotError
+
+if TYPE_CHECKING:
+    from snapshot_tools.bbolt.page import Buffer
 
 _META_END = META_OFFSET + META_STRUCT.size  # bytes of a page needed to read its meta
 
@@ -54,12 +58,13 @@ class Meta:
         )
 
 
-def read_meta(buf: bytes, offset: int, size: int) -> Meta | None:
+def read_meta(buf: Buffer, offset: int, size: int) -> Meta | None:
     """The meta at page offset ``offset``, or ``None`` when the file ends before it."""
     if offset < 0 or offset + _META_END > size:
         return None
-    fields = META_STRUCT.unpack_from(buf, offset + META_OFFSET)
-    magic, version, checksum = fields[0], fields[1], fields[9]
+    magic, version, page_size, flags, root, sequence, freelist, hwm, txid, checksum = META_STRUCT.unpack_from(
+        buf, offset + META_OFFSET
+    )
     problem: str | None = None
     # Same order and rule as ``Meta.Validate``: a zero checksum is not checked.
     if magic != MAGIC:
@@ -70,10 +75,10 @@ def read_meta(buf: bytes, offset: int, size: int) -> Meta | None:
         start = offset + META_OFFSET
         if checksum != fnv64a(buf[start : start + META_CHECKSUMMED]):
             problem = "checksum mismatch"
-    return Meta(offset, *fields, problem)
+    return Meta(offset, magic, version, page_size, flags, root, sequence, freelist, hwm, txid, checksum, problem)
 
 
-def find_page_size(buf: bytes, size: int) -> int:
+def find_page_size(buf: Buffer, size: int) -> int:
     """The page size as bbolt finds it: meta 0, else meta 1 probed at 1 KiB << i.
 
     Raises:
@@ -95,7 +100,7 @@ def find_page_size(buf: bytes, size: int) -> int:
     )
 
 
-def choose_meta(buf: bytes, size: int) -> Meta:
+def choose_meta(buf: Buffer, size: int) -> Meta:
     """The meta bbolt would use: the valid one with the higher txid, else the other valid one.
 
     The chosen meta's fields are then checked against the file, because bbolt trusts them and

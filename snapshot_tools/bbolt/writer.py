@@ -416,7 +416,7 @@ class _Writer:
                 elif value is None:
                     raise ValueError(f"bucket {_path(path)}: entry {key[:64]!r} has no value")
                 else:
-                    value = bytes(value)  # type: ignore[arg-type]
+                    value = bytes(value)
             if len(value) > MAX_VALUE_SIZE:
                 raise ValueError(f"bucket {_path(path)}: value of {len(value)} bytes exceeds {MAX_VALUE_SIZE}")
             new = size + element + len(key) + len(value)

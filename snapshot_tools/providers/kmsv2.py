@@ -268,7 +268,7 @@ def derive_dek(seed: bytes, info: bytes) -> bytes:
     return hmac.digest(seed, info + b"\x01", hashlib.sha256)
 
 
-def decrypt_data(dek_source_type: int, source: bytes, encrypted_data: bytes, aad: bytes) -> bytes:
+def decrypt_data(dek_source_type: int, source: bytes, encrypted_data: bytes | memoryview, aad: bytes) -> bytes:
     """Decrypt ``encryptedData`` with the unwrapped DEK source.
 
     Args:

@@ -15,6 +15,7 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path  # noqa: TC003 - Typer reads the annotations at run time
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -28,6 +29,9 @@ from kms_plugin.errors import (
     exit_code_for,
 )
 from kms_plugin.terminal import printable
+
+if TYPE_CHECKING:
+    from kms_plugin.client import KMSv2Client
 
 app = typer.Typer(
     add_completion=False,
@@ -193,13 +197,13 @@ def status(
         raise typer.Exit(EXIT_FINDINGS)
 
 
-def _roundtrip(client: object, key_id: str, problems: list[str]) -> str:
+def _roundtrip(client: KMSv2Client, key_id: str, problems: list[str]) -> str:
     seed = os.urandom(32)
     try:
-        enc = client.encrypt(seed)  # type: ignore[attr-defined]
+        enc = client.encrypt(seed)
         if enc.key_id != key_id:
             problems.append(f"Encrypt key_id {enc.key_id} differs from Status key_id {key_id}")
-        plain = client.decrypt(enc.ciphertext, enc.key_id, enc.annotations)  # type: ignore[attr-defined]
+        plain = client.decrypt(enc.ciphertext, enc.key_id, enc.annotations)
     except (InvalidCiphertext, PluginError) as exc:
         problems.append(f"roundtrip: {exc}")
         return "failed"

@@ -8,20 +8,20 @@ Outside a gRPC call (health probes, offline tools) there is none.
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 _DEADLINE: ContextVar[float | None] = ContextVar("kms_plugin_deadline", default=None)
 # Leave the caller this much of its deadline to receive our error.
 MARGIN = 0.1
 
 
-def set_remaining(seconds: float | None) -> object:
+def set_remaining(seconds: float | None) -> Token[float | None]:
     """Record a deadline ``seconds`` from now (None: no deadline); returns a reset token."""
     return _DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
 
 
-def reset(token: object) -> None:
-    _DEADLINE.reset(token)  # type: ignore[arg-type]
+def reset(token: Token[float | None]) -> None:
+    _DEADLINE.reset(token)
 
 
 def budget(limit: float) -> float:

@@ -28,7 +28,14 @@ EXIT_INTERNAL = 70  # a bug: an exception no package raises on purpose (sysexits
 
 
 class Error(Exception):
-    """Root of every error this package raises on purpose."""
+    """Root of every error this package raises on purpose.
+
+    ``aws_code`` is the AWS error code behind it, set by the AWS classifier ("" otherwise);
+    ``final`` marks an error no retry within the same call can fix (our own limits, the budget).
+    """
+
+    aws_code: str = ""
+    final: bool = False
 
 
 class ConfigError(Error):

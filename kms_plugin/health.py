@@ -21,6 +21,7 @@ CPython ``socketserver.ThreadingMixIn`` (bounded here).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import socket
@@ -160,17 +161,19 @@ class HealthLimits:
 _REFUSED_LOG_INTERVAL = 60.0
 
 
-class _BudgetReader:
-    """``rfile`` with a byte budget for everything ``BaseHTTPRequestHandler`` reads."""
+class _BudgetReader(io.BufferedIOBase):
+    """``rfile`` with a byte budget for everything ``BaseHTTPRequestHandler`` reads (lines only:
+    the handler serves GET, so nothing else is read)."""
 
-    def __init__(self, raw: Any, budget: int) -> None:
+    def __init__(self, raw: io.BufferedIOBase, budget: int) -> None:
+        super().__init__()
         self._raw = raw
         self._budget = budget
         self.remaining = budget
 
-    def readline(self, size: int = -1) -> bytes:
-        cap = self.remaining + 1 if size < 0 else min(size, self.remaining + 1)
-        line: bytes = self._raw.readline(cap)
+    def readline(self, size: int | None = -1) -> bytes:
+        cap = self.remaining + 1 if size is None or size < 0 else min(size, self.remaining + 1)
+        line = self._raw.readline(cap)
         self.remaining -= len(line)
         if self.remaining < 0:
             raise RequestTooLarge(f"request line and headers exceed {self._budget} bytes")
@@ -178,6 +181,7 @@ class _BudgetReader:
 
     def close(self) -> None:
         self._raw.close()
+        super().close()
 
 
 class _BoundedHTTPServer(HTTPServer):
@@ -308,7 +312,7 @@ def _make_handler(
 
         def setup(self) -> None:
             super().setup()
-            self.rfile = _BudgetReader(self.rfile, limits.max_request_bytes)  # type: ignore[assignment]
+            self.rfile = _BudgetReader(self.rfile, limits.max_request_bytes)
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0].rstrip("/")

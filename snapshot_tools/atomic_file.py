@@ -23,11 +23,12 @@ import secrets
 import stat
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Self
+from typing import TYPE_CHECKING, Self
 
 from snapshot_tools.errors import OutputError
 
 if TYPE_CHECKING:
+    import io
     from collections.abc import Iterable
     from types import TracebackType
 
@@ -123,7 +124,7 @@ class AtomicFile:
         self.inputs = list(inputs)
         self.target = check_target(target, force=force, inputs=self.inputs)
         self.temp_path = self.target.parent / temp_name(self.target)
-        self.file: BinaryIO | None = None
+        self.file: io.FileIO | None = None
         self.published = False
 
     def __enter__(self) -> Self:

@@ -352,10 +352,13 @@ def _extract(opts: ExtractOptions, keyset: KeySet, unwrappers: dict[str, Unwrapp
 _YAML11_WORDS = frozenset({"y", "yes", "n", "no", "true", "false", "on", "off", "null", "~", "<<", "="})
 _NUMBER_LIKE = re.compile(r"[-+]?(?:[0-9]|\.[0-9]|\.inf\Z|\.nan\Z)", re.IGNORECASE)
 
-_BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+if TYPE_CHECKING:
+    _BaseDumper = yaml.SafeDumper
+else:  # libyaml's dumper when PyYAML was built with it: same output, several times faster
+    _BaseDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-class _ManifestDumper(_BaseDumper):  # type: ignore[misc,valid-type]
+class _ManifestDumper(_BaseDumper):
     """SafeDumper that also quotes scalars a YAML 1.1 reader would not read as strings."""
 
 

@@ -262,7 +262,7 @@ def _source_label(res: Resolution) -> str:
         return IDENTITY
     if res.provider.startswith("kms"):
         return f"{res.provider}/{res.key_name}"
-    fp = getattr(res.key, "fingerprint", None)
+    fp = None if res.key is None else res.key.fingerprint
     return f"{res.provider}/{res.key_name}" + (f" ({fp})" if fp else "")
 
 

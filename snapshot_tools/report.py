@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from snapshot_tools.config_model import StaticKey
 from snapshot_tools.errors import EXIT_FINDINGS, EXIT_KMS, EXIT_OK, UsageError
 from snapshot_tools.readers import KeyUse
 from snapshot_tools.verdict import VERDICTS
@@ -87,8 +86,8 @@ class ObjectResult:
             revision=revision,
             provider=res.provider,
             key_name=res.key_name,
-            key_fingerprint=getattr(key, "fingerprint", None),
-            config=getattr(key, "config", None),
+            key_fingerprint=None if key is None else key.fingerprint,
+            config=None if key is None else key.config,
             verdict=res.verdict,
             reason=res.reason,
             plaintext=res.plaintext_flag,
@@ -292,8 +291,8 @@ def _outcome_fragment(res: Resolution, latest: bool | None) -> str:
     fields = {
         "provider": res.provider,
         "key_name": res.key_name,
-        "key_fingerprint": getattr(key, "fingerprint", None),
-        "config": getattr(key, "config", None),
+        "key_fingerprint": None if key is None else key.fingerprint,
+        "config": None if key is None else key.config,
         "verdict": res.verdict,
         "reason": res.reason,
         "plaintext": res.plaintext_flag,
@@ -308,7 +307,7 @@ def key_table(keyset: KeySet, use: dict[KeyUse, int]) -> list[dict[str, Any]]:
     rows = []
     active = keyset.active_identities()
     for key in keyset.all_keys():
-        provider = key.provider if isinstance(key, StaticKey) else f"kms-{key.api_version}"
+        provider = key.provider  # a KMS provider's is its storage form, kms-v1 or kms-v2
         ident = KeyUse(provider, key.name, key.fingerprint)
         rows.append(
             {

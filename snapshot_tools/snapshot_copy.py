@@ -255,7 +255,8 @@ def _verify_output(
                         and flagged is not None
                         and n < len(flagged)
                         and flagged[n]
-                        and not verify(bpath, key, buf[kend:vend])  # type: ignore[misc]
+                        and verify is not None  # always, when flagged is set
+                        and not verify(bpath, key, buf[kend:vend])
                     ):
                         failures += 1
                         first_failure = first_failure or key

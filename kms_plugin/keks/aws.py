@@ -85,7 +85,7 @@ class AwsKmsBackend:
         try:
             view = self.resolve()
         except KeyUnavailable as exc:
-            if getattr(exc, "aws_code", "") in _FATAL_AT_START:
+            if exc.aws_code in _FATAL_AT_START:
                 self.kms.close()
                 raise ConfigError(f"--aws-key-id {self.key}: {exc}") from None
             self._status = BackendStatus("", False, str(exc), True)

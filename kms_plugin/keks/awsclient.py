@@ -95,7 +95,7 @@ _OPS = {
 
 def _final(err: Error) -> Error:
     """Mark an error that a retry cannot fix in this call (our own limits, the budget)."""
-    err.final = True  # type: ignore[attr-defined]
+    err.final = True
     return err
 
 
@@ -119,7 +119,7 @@ def classify(exc: BaseException, op: str = "call") -> Error:
         err = BackendError(f"AWS KMS {op}: {type(exc).__name__}")
     else:
         err = BackendError(f"AWS KMS {op}: unexpected {type(exc).__name__}")
-    err.aws_code = code  # type: ignore[attr-defined]
+    err.aws_code = code
     return err
 
 
@@ -230,8 +230,7 @@ class AwsKms:
                 return self._attempt(method, op, params, end, limit)
             except (BackendThrottled, BackendError) as exc:
                 pause = random.uniform(0.0, min(RETRY_CAP, RETRY_BASE * 2**attempt))  # noqa: S311 - retry jitter, not a secret
-                final = getattr(exc, "final", False)
-                if final or attempt >= self.settings.max_attempts or time.monotonic() + pause >= end:
+                if exc.final or attempt >= self.settings.max_attempts or time.monotonic() + pause >= end:
                     raise
                 time.sleep(pause)
 
@@ -312,7 +311,7 @@ class AwsKms:
                     break
                 params["Marker"] = page["NextMarker"]
         except KeyUnavailable as exc:
-            if getattr(exc, "aws_code", "") not in ("AccessDeniedException", "AccessDenied"):
+            if exc.aws_code not in ("AccessDeniedException", "AccessDenied"):
                 raise
             if self.rotations_visible:
                 log.warning(
@@ -351,7 +350,7 @@ class AwsKms:
         try:
             arn = str(self.describe(alias)["Arn"])
         except KeyUnavailable as exc:
-            if getattr(exc, "aws_code", "") != "NotFoundException":
+            if exc.aws_code != "NotFoundException":
                 raise
             arn = ""
         with self._lock:

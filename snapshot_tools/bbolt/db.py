@@ -70,7 +70,8 @@ class DB:
         self.page_size = self.meta.page_size
         self.hwm = self.meta.hwm
         self._touched = 0
-        self._can_release = isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED")
+        # The map whose resident pages release() drops (None: nothing to drop, or no madvise).
+        self._mapping = buf if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED") else None
 
     def __repr__(self) -> str:
         return f"<DB size={self.size} page_size={self.page_size} hwm={self.hwm} txid={self.meta.txid}>"
@@ -92,8 +93,8 @@ class DB:
 
     def release(self) -> None:
         self._touched = 0
-        if self._can_release:
-            self.buf.madvise(mmap.MADV_DONTNEED)  # type: ignore[union-attr]
+        if self._mapping is not None:
+            self._mapping.madvise(mmap.MADV_DONTNEED)
 
     def page(self, pgid: int) -> Node:
         """A branch or leaf page (with its overflow), checked."""
@@ -372,7 +373,7 @@ class PageIds(Sequence[int]):
             return len(other) == self._len and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    # Defining __eq__ leaves __hash__ None: like a list, PageIds is not hashable.
 
     def __repr__(self) -> str:
         return f"PageIds({self.runs!r})"

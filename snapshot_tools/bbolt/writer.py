@@ -42,7 +42,7 @@ import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import accumulate
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from snapshot_tools.bbolt.layout import (
     BRANCH,
@@ -68,7 +68,12 @@ from snapshot_tools.bbolt.layout import (
 )
 
 if TYPE_CHECKING:
+    import io
     from collections.abc import Iterable
+
+    # A binary file write_db can also read back (it hashes the body): a raw file (what
+    # AtomicFile opens), a buffered one, or BytesIO. ``typing.BinaryIO`` has no ``readinto``.
+    Output = io.RawIOBase | io.BufferedIOBase
 
 # node.write panics at 0xFFFF elements: the page header count is a u16.
 _MAX_ELEMENTS = 0xFFFE
@@ -132,8 +137,8 @@ def check_page_size(page_size: int) -> int:
 
 
 def write_db(
-    out: BinaryIO,
-    buckets: Iterable[tuple[bytes, BucketContents | Iterable[tuple[bytes, object]]]],
+    out: Output,
+    buckets: Iterable[tuple[bytes, BucketContents | Iterable[tuple[bytes, bytes | BucketContents]]]],
     *,
     page_size: int = 4096,
     txid: int = 2,
@@ -201,7 +206,7 @@ def write_db(
     )
 
 
-def _as_bucket(name: bytes, b: object) -> BucketContents:
+def _as_bucket(name: bytes, b: BucketContents | Iterable[tuple[bytes, bytes | BucketContents]]) -> BucketContents:
     if isinstance(b, BucketContents):
         return b
     if isinstance(b, (bytes, bytearray, memoryview, str)):
@@ -209,7 +214,7 @@ def _as_bucket(name: bytes, b: object) -> BucketContents:
         raise ValueError(
             f"top-level entry {bytes(name)[:64]!r} is not a bucket (the root bucket holds only buckets)"
         )
-    return BucketContents(b)  # type: ignore[arg-type]
+    return BucketContents(b)
 
 
 def _meta_page(pgid: int, page_size: int, root: int, sequence: int, hwm: int, txid: int) -> bytes:
@@ -218,7 +223,7 @@ def _meta_page(pgid: int, page_size: int, root: int, sequence: int, hwm: int, tx
     return PAGE_HEADER.pack(pgid, META, 0, 0) + fields + fnv64a(fields).to_bytes(8, "little")
 
 
-def _write_all(out: BinaryIO, data: bytes | bytearray | memoryview) -> None:
+def _write_all(out: Output, data: bytes | bytearray | memoryview) -> None:
     # Raw files may write part of a buffer; BufferedWriter and BytesIO always write it all.
     view = memoryview(data)
     while view:
@@ -249,14 +254,14 @@ class _Syncer(threading.Thread):
             raise self.error
 
 
-def _hash_body(out: BinaryIO, body: int) -> bytes:
+def _hash_body(out: Output, body: int) -> bytes:
     digest = hashlib.sha256()
     out.seek(0)
     chunk = bytearray(min(_HASH_CHUNK, max(body, 1)))
     view = memoryview(chunk)
     left = body
     while left:
-        n = out.readinto(view[: min(left, len(chunk))])  # type: ignore[attr-defined]
+        n = out.readinto(view[: min(left, len(chunk))])
         if not n:
             raise OSError(f"output ended {left} bytes early while hashing it")
         digest.update(view[:n])
@@ -277,7 +282,7 @@ class _Writer:
     building the next pages overlaps the kernel's copy); at most ``_QUEUED`` buffers wait.
     """
 
-    def __init__(self, out: BinaryIO, page_size: int, node_span: int = NODE_SPAN) -> None:
+    def __init__(self, out: Output, page_size: int, node_span: int = NODE_SPAN) -> None:
         self.out = out
         self.ps = page_size
         self.span = max(page_size, -(-node_span // page_size) * page_size)

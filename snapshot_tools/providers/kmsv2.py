@@ -167,6 +167,7 @@ def serialize(obj: EncryptedObject) -> bytes:
         keyID=obj.key_id,
         encryptedDEKSource=obj.encrypted_dek_source,
         annotations=obj.annotations,
+        # The generated stub types enum fields as the enum class only; the runtime takes the int.
         encryptedDEKSourceType=obj.dek_source_type,  # type: ignore[arg-type]
     )
     return msg.SerializeToString(deterministic=True)

@@ -14,7 +14,7 @@ a client, AWS settings or an AWS reader are first made.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 from kms_plugin.errors import (
     EXIT_FINDINGS,
@@ -53,6 +53,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "AwsKmsKeys",
+    "AwsLimits",
     "BackendError",
     "BackendThrottled",
     "ConfigError",
@@ -105,16 +106,26 @@ def plugin_client(endpoint: str, timeout: float, api_version: str) -> KMSv1Clien
     return KMSv1Client(endpoint, timeout=timeout)
 
 
+class AwsLimits(TypedDict, total=False):
+    """Limits of AWS KMS calls; what is left out keeps :class:`AwsSettings`' default."""
+
+    max_qps: float
+    max_in_flight: int
+    call_timeout: float
+    read_timeout: float
+    max_attempts: int
+
+
 def aws_settings(
     region: str | None,
     endpoint_url: str | None,
     encryption_context: str,
     *,
-    call_timeout: float,
-    read_timeout: float,
-    max_attempts: int,
+    key: str | None = None,
+    **limits: Unpack[AwsLimits],
 ) -> AwsSettings:
-    """AWS KMS settings without a key (:class:`AwsKmsKeys` adds one per provider).
+    """AWS KMS settings from command-line values: the plugin's (with its ``key``) and the offline
+    readers' (without one: :class:`AwsKmsKeys` adds one per provider).
 
     Raises:
         ConfigError: a malformed encryption context (``k=v[,k=v...]``) or bad limits.
@@ -122,15 +133,8 @@ def aws_settings(
     from kms_plugin.keks.awsclient import AwsSettings
     from kms_plugin.keks.awsformat import parse_encryption_context
 
-    return AwsSettings(
-        key=None,
-        region=region,
-        endpoint_url=endpoint_url,
-        encryption_context=parse_encryption_context(encryption_context),
-        call_timeout=call_timeout,
-        read_timeout=read_timeout,
-        max_attempts=max_attempts,
-    )
+    context = parse_encryption_context(encryption_context)
+    return AwsSettings(key=key, region=region, endpoint_url=endpoint_url, encryption_context=context, **limits)
 
 
 class AwsKmsKeys:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from kms_plugin.api import aws_settings
 from kms_plugin.cli_runner import run_app
 from kms_plugin.errors import (
     EXIT_FINDINGS,
@@ -128,14 +129,11 @@ def serve(
     if aws_key_id is not None:
         if keyring is not None:
             raise ConfigError("--keyring and --aws-key-id may not be used together")
-        from kms_plugin.keks.awsclient import AwsSettings
-        from kms_plugin.keks.awsformat import parse_encryption_context
-
-        aws = AwsSettings(
+        aws = aws_settings(
+            aws_region,
+            aws_endpoint_url,
+            aws_encryption_context,
             key=aws_key_id,
-            region=aws_region,
-            endpoint_url=aws_endpoint_url,
-            encryption_context=parse_encryption_context(aws_encryption_context),
             max_qps=aws_max_qps,
             max_in_flight=aws_max_in_flight,
             call_timeout=aws_call_timeout,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,6 +47,13 @@ def _expect(number: int, wire: int, want: int) -> None:
 
 def _text(buf: bytes, start: int, stop: int) -> str:
     return buf[start:stop].decode("utf-8", "replace")
+
+
+def _set_text(out: dict[str, Any], name: str, buf: bytes, start: int, stop: int) -> None:
+    """``out[name]``: the string, left out when empty (proto3 does not tell empty from unset)."""
+    text = _text(buf, start, stop)
+    if text:
+        out[name] = text
 
 
 def _strict_text(buf: bytes, start: int, stop: int) -> str:
@@ -196,9 +204,7 @@ def _managed_fields_entry(buf: bytes, start: int, stop: int) -> dict[str, Any]:
     for number, wire, a, b in fields(buf, start, stop):
         if number in names:
             _expect(number, wire, LEN)
-            text = _text(buf, a, b)
-            if text:
-                entry[names[number]] = text
+            _set_text(entry, names[number], buf, a, b)
         elif number == 4:
             _expect(number, wire, LEN)
             entry["time"] = _time(buf, a, b)
@@ -226,9 +232,7 @@ def _object_meta(buf: bytes, start: int, stop: int) -> dict[str, Any]:
     for number, wire, a, b in fields(buf, start, stop):
         if number in _META_STRINGS:
             _expect(number, wire, LEN)
-            text = _text(buf, a, b)
-            if text:
-                meta[_META_STRINGS[number]] = text
+            _set_text(meta, _META_STRINGS[number], buf, a, b)
         elif number == 7:
             _expect(number, wire, VARINT)
             if a:
@@ -257,46 +261,51 @@ def _object_meta(buf: bytes, start: int, stop: int) -> dict[str, Any]:
     return meta
 
 
-def _secret(buf: bytes, start: int, stop: int) -> dict[str, Any]:
-    obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "metadata": {}}
-    for number, wire, a, b in fields(buf, start, stop):
-        if number == 1:
-            _expect(number, wire, LEN)
-            obj["metadata"] = _object_meta(buf, a, b)
-        elif number in (2, 4):
-            _expect(number, wire, LEN)
-            key, (v0, v1) = _map_entry(buf, a, b)
-            if number == 2:
-                obj.setdefault("data", {})[key] = buf[v0:v1]
-            else:
-                obj.setdefault("stringData", {})[key] = _text(buf, v0, v1)
-        elif number == 3:
-            _expect(number, wire, LEN)
-            text = _text(buf, a, b)
-            if text:
-                obj["type"] = text
-        elif number == 5:
-            _expect(number, wire, VARINT)
-            obj["immutable"] = bool(a)
-    return obj
+class _Form(enum.Enum):
+    """How a top-level field of a v1 Secret or ConfigMap is read."""
+
+    META = enum.auto()  # ObjectMeta
+    TEXT = enum.auto()  # a string, left out when empty
+    BOOL = enum.auto()  # a varint
+    TEXT_MAP = enum.auto()  # map<string, string>
+    BYTES_MAP = enum.auto()  # map<string, bytes>
 
 
-def _config_map(buf: bytes, start: int, stop: int) -> dict[str, Any]:
-    obj: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}
+# Field number -> (JSON name, form), from core/v1 generated.proto.
+_SECRET = {
+    1: ("metadata", _Form.META),
+    2: ("data", _Form.BYTES_MAP),
+    3: ("type", _Form.TEXT),
+    4: ("stringData", _Form.TEXT_MAP),
+    5: ("immutable", _Form.BOOL),
+}
+_CONFIG_MAP = {
+    1: ("metadata", _Form.META),
+    2: ("data", _Form.TEXT_MAP),
+    3: ("binaryData", _Form.BYTES_MAP),
+    4: ("immutable", _Form.BOOL),
+}
+
+
+def _v1_object(kind: str, layout: dict[int, tuple[str, _Form]], buf: bytes, start: int, stop: int) -> dict[str, Any]:
+    obj: dict[str, Any] = {"apiVersion": "v1", "kind": kind, "metadata": {}}
     for number, wire, a, b in fields(buf, start, stop):
-        if number == 1:
-            _expect(number, wire, LEN)
-            obj["metadata"] = _object_meta(buf, a, b)
-        elif number in (2, 3):
-            _expect(number, wire, LEN)
-            key, (v0, v1) = _map_entry(buf, a, b)
-            if number == 2:
-                obj.setdefault("data", {})[key] = _text(buf, v0, v1)
-            else:
-                obj.setdefault("binaryData", {})[key] = buf[v0:v1]
-        elif number == 4:
+        spec = layout.get(number)
+        if spec is None:
+            continue
+        name, form = spec
+        if form is _Form.BOOL:
             _expect(number, wire, VARINT)
-            obj["immutable"] = bool(a)
+            obj[name] = bool(a)
+            continue
+        _expect(number, wire, LEN)
+        if form is _Form.META:
+            obj[name] = _object_meta(buf, a, b)
+        elif form is _Form.TEXT:
+            _set_text(obj, name, buf, a, b)
+        else:
+            key, (v0, v1) = _map_entry(buf, a, b)
+            obj.setdefault(name, {})[key] = buf[v0:v1] if form is _Form.BYTES_MAP else _text(buf, v0, v1)
     return obj
 
 
@@ -342,9 +351,9 @@ def decode_object(plaintext: bytes) -> dict[str, Any]:
         try:
             api_version, kind, start, stop = _parse_unknown(plaintext)
             if api_version == "v1" and kind == "Secret":
-                return _secret(plaintext, start, stop)
+                return _v1_object(kind, _SECRET, plaintext, start, stop)
             if api_version == "v1" and kind == "ConfigMap":
-                return _config_map(plaintext, start, stop)
+                return _v1_object(kind, _CONFIG_MAP, plaintext, start, stop)
         except WireError as exc:
             raise MalformedValue(f"damaged Kubernetes protobuf object: {exc}") from None
         return {"apiVersion": api_version, "kind": kind, "raw": plaintext[start:stop]}

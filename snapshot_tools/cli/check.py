@@ -21,7 +21,14 @@ from snapshot_tools.cli.options import (
     SnapshotArg,
     key_access,
 )
-from snapshot_tools.cli.output import OutputFormat, printable, progress_reporter, render_table
+from snapshot_tools.cli.output import (
+    TRAILER_MISMATCH,
+    OutputFormat,
+    diagnostic,
+    printable,
+    progress_reporter,
+    render_table,
+)
 from snapshot_tools.report import DEFAULT_FAIL_ON, CheckReport, parse_fail_on
 
 _LISTED = ("unreadable", "retired", "stale")
@@ -71,16 +78,13 @@ def check(
     with progress_reporter("checking") as progress:
         report = run_check(opts, progress)
     if report.snapshot.get("trailer") == "mismatch":
-        print("snapshot-tools: warning: the snapshot's SHA-256 trailer does not match its contents", file=sys.stderr)
+        diagnostic(TRAILER_MISMATCH)
     if output is OutputFormat.json:
         write_json(report, sys.stdout)
     else:
         sys.stdout.write(render_check(report))
     if report.kms_unavailable:
-        print(
-            "snapshot-tools: warning: a KMS plugin could not be reached; verdicts are incomplete",
-            file=sys.stderr,
-        )
+        diagnostic("warning: a KMS plugin could not be reached; verdicts are incomplete")
     raise typer.Exit(report.exit_code(policy))
 
 
@@ -131,35 +135,32 @@ def render_check(report: CheckReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+# One actionable line per kind of finding, by unreadable reason, then by verdict; names keys,
+# never material.
+_REASON_HINTS = {
+    "no-such-key": "add the config (or key) that held these keys with another --config; without it they are lost",
+    "wrong-key": (
+        "a key of that name exists but its material does not decrypt these values "
+        "(an older key reused the name, or the values were moved or tampered with)"
+    ),
+    "kms-unavailable": (
+        "start the KMS plugin, or pass --kms NAME=unix:///... / --keyring NAME=FILE / --aws-kms NAME[=KEY]"
+    ),
+    "plaintext-rejected": (
+        "stored unencrypted but no config lists identity for the resource; "
+        "add identity (last) to the current config or re-encrypt"
+    ),
+}
+_VERDICT_HINTS = {
+    "retired": (
+        "a cluster restored with the current config cannot read these; keep their keys in "
+        "the current config (after the write key) or re-encrypt the snapshot"
+    ),
+    "stale": "readable now, but written with a key or provider that is not the write key",
+}
+
+
 def _hints(report: CheckReport) -> list[str]:
-    """One actionable line per kind of finding; names keys, never material."""
-    reasons = report.reasons
-    hints = []
-    if reasons.get("no-such-key"):
-        hints.append(
-            "hint: no-such-key - add the config (or key) that held these keys with another --config; "
-            "without it they are lost"
-        )
-    if reasons.get("wrong-key"):
-        hints.append(
-            "hint: wrong-key - a key of that name exists but its material does not decrypt these values "
-            "(an older key reused the name, or the values were moved or tampered with)"
-        )
-    if reasons.get("kms-unavailable"):
-        hints.append(
-            "hint: kms-unavailable - start the KMS plugin, "
-            "or pass --kms NAME=unix:///... / --keyring NAME=FILE / --aws-kms NAME[=KEY]"
-        )
-    if reasons.get("plaintext-rejected"):
-        hints.append(
-            "hint: plaintext-rejected - stored unencrypted but no config lists identity for the resource; "
-            "add identity (last) to the current config or re-encrypt"
-        )
-    if report.counts.get("retired"):
-        hints.append(
-            "hint: retired - a cluster restored with the current config cannot read these; keep their keys in "
-            "the current config (after the write key) or re-encrypt the snapshot"
-        )
-    if report.counts.get("stale"):
-        hints.append("hint: stale - readable now, but written with a key or provider that is not the write key")
-    return hints
+    found = [(name, text) for name, text in _REASON_HINTS.items() if report.reasons.get(name)]
+    found += [(name, text) for name, text in _VERDICT_HINTS.items() if report.counts.get(name)]
+    return [f"hint: {name} - {text}" for name, text in found]

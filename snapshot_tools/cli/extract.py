@@ -21,7 +21,7 @@ from snapshot_tools.cli.options import (
     SnapshotArg,
     key_access,
 )
-from snapshot_tools.cli.output import printable
+from snapshot_tools.cli.output import diagnostic, printable
 from snapshot_tools.errors import EXIT_FINDINGS
 from snapshot_tools.extract import (
     RAW_ANNOTATION,
@@ -31,8 +31,6 @@ from snapshot_tools.extract import (
     render_yaml,
     run_extract,
 )
-
-_PROG = "snapshot-tools"
 
 
 class ManifestFormat(enum.StrEnum):
@@ -105,7 +103,7 @@ def extract(
     )
     result = run_extract(opts)
     if result.matched == 0:
-        print(f"{_PROG}: no object matched", file=sys.stderr)
+        diagnostic("no object matched")
         raise typer.Exit(EXIT_FINDINGS)
     _report(result)
     if result.items:
@@ -118,24 +116,20 @@ def _report(result: ExtractResult) -> None:
     """Diagnostics on stderr: what was skipped and why, and what is on its way to stdout."""
     for s in result.skipped:
         via = f"{s.provider} key {s.key_name}" if s.key_name else s.provider
-        print(
-            f"{_PROG}: skipped {printable(s.key)} (revision {s.revision}): unreadable ({s.reason}; {printable(via)})",
-            file=sys.stderr,
-        )
+        diagnostic(f"skipped {printable(s.key)} (revision {s.revision}): unreadable ({s.reason}; {printable(via)})")
     if result.skipped:
-        print(f"{_PROG}: {len(result.skipped)} of {result.matched} object(s) could not be read", file=sys.stderr)
+        diagnostic(f"{len(result.skipped)} of {result.matched} object(s) could not be read")
     if result.kms_unavailable:
-        print(f"{_PROG}: warning: a KMS plugin could not be reached", file=sys.stderr)
+        diagnostic("warning: a KMS plugin could not be reached")
     if result.raw_kinds:
-        print(
-            f"{_PROG}: warning: no schema for {', '.join(sorted(result.raw_kinds))}: written with metadata "
-            f"and the stored protobuf in annotation {RAW_ANNOTATION}; such objects cannot be applied as-is",
-            file=sys.stderr,
+        diagnostic(
+            f"warning: no schema for {', '.join(sorted(result.raw_kinds))}: written with metadata "
+            f"and the stored protobuf in annotation {RAW_ANNOTATION}; such objects cannot be applied as-is"
         )
     if result.secrets:
-        print(f"{_PROG}: warning: writing decrypted Secret data to stdout", file=sys.stderr)
+        diagnostic("warning: writing decrypted Secret data to stdout")
     elif result.decrypted:
-        print(f"{_PROG}: warning: writing decrypted data to stdout", file=sys.stderr)
+        diagnostic("warning: writing decrypted data to stdout")
 
 
 def _write_stdout(text: str) -> None:

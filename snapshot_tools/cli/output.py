@@ -21,7 +21,14 @@ class OutputFormat(enum.StrEnum):
     json = "json"
 
 
-__all__ = ["OutputFormat", "printable", "progress_reporter", "render_table"]
+__all__ = ["TRAILER_MISMATCH", "OutputFormat", "diagnostic", "printable", "progress_reporter", "render_table"]
+
+TRAILER_MISMATCH = "warning: the snapshot's SHA-256 trailer does not match its contents"
+
+
+def diagnostic(message: str) -> None:
+    """One line on stderr, after the program name (data goes to stdout, never this)."""
+    print(f"snapshot-tools: {message}", file=sys.stderr)
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -28,7 +28,7 @@ from snapshot_tools.cli.options import (
     SnapshotArg,
     key_access,
 )
-from snapshot_tools.cli.output import OutputFormat, printable, render_table
+from snapshot_tools.cli.output import OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.errors import Interrupted
 from snapshot_tools.reencrypt import RewriteOptions, RewriteSummary, run_rewrite
 
@@ -152,28 +152,23 @@ def _run(opts: RewriteOptions, fmt: OutputFormat) -> None:
         written = _file_id(opts.output) not in (None, before)
         raise Interrupted(opts.output, interrupt_signal(exc), written=written) from None
     if opts.to is None:
-        print(
-            f"snapshot-tools: warning: {opts.output} holds every encrypted value as plaintext; "
-            "protect it like the keys themselves",
-            file=sys.stderr,
+        diagnostic(
+            f"warning: {opts.output} holds every encrypted value as plaintext; protect it like the keys themselves"
         )
     if summary.decrypted_uncovered:
-        print(
-            f"snapshot-tools: warning: {len(summary.decrypted_uncovered)} encrypted values of resources the new "
-            "config does not cover were written as plaintext",
-            file=sys.stderr,
+        diagnostic(
+            f"warning: {len(summary.decrypted_uncovered)} encrypted values of resources the new "
+            "config does not cover were written as plaintext"
         )
     if summary.skipped_unreadable:
-        print(
-            f"snapshot-tools: warning: {len(summary.skipped_unreadable)} unreadable values were copied unchanged: "
-            + printable(", ".join(summary.skipped_unreadable[:20])),
-            file=sys.stderr,
+        diagnostic(
+            f"warning: {len(summary.skipped_unreadable)} unreadable values were copied unchanged: "
+            + printable(", ".join(summary.skipped_unreadable[:20]))
         )
     if summary.latest_only:
-        print(
-            "snapshot-tools: warning: --latest-only: older revisions still hold the old forms "
-            "(use snapshot-tools check --all-revisions to see them)",
-            file=sys.stderr,
+        diagnostic(
+            "warning: --latest-only: older revisions still hold the old forms "
+            "(use snapshot-tools check --all-revisions to see them)"
         )
     if fmt is OutputFormat.json:
         json.dump(summary.to_json(), sys.stdout, indent=2)

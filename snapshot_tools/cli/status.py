@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path  # noqa: TC003 - Typer reads the annotation at run time
 from typing import Annotated
 
 import typer
 
 from snapshot_tools.cli import app
-from snapshot_tools.cli.output import OutputFormat, printable, render_table
+from snapshot_tools.cli.output import TRAILER_MISMATCH, OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.status import SnapshotStatus, snapshot_status
 
 _TRAILER_NOTE = {
@@ -42,10 +41,7 @@ def status(
     """
     result = snapshot_status(snapshot, etcd_prefix)
     if result.trailer == "mismatch":
-        print(
-            "snapshot-tools: warning: the snapshot's SHA-256 trailer does not match its contents",
-            file=sys.stderr,
-        )
+        diagnostic(TRAILER_MISMATCH)
     if output is OutputFormat.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

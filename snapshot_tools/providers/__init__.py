@@ -16,41 +16,7 @@ References: ``staging/src/k8s.io/apiserver/pkg/server/options/encryptionconfig/c
 
 from __future__ import annotations
 
-from snapshot_tools.providers import aescbc, aesgcm, identity, kmsv1, kmsv2, secretbox
-from snapshot_tools.providers.registry import (
-    ENCRYPTED_PREFIX,
-    FORMATS,
-    IDENTITY,
-    KMS_API_VERSIONS,
-    STATIC_NAMES,
-    Format,
-    StaticProvider,
-    by_name,
-    format_of,
-    kms_prefix,
-    static_prefix,
-    static_provider,
-    storage_form,
-)
+from snapshot_tools.providers import aescbc, aesgcm, identity, kmsv1, kmsv2, registry, secretbox
+from snapshot_tools.providers.registry import *  # noqa: F403 - the registry's names are the package's
 
-__all__ = [
-    "ENCRYPTED_PREFIX",
-    "FORMATS",
-    "IDENTITY",
-    "KMS_API_VERSIONS",
-    "STATIC_NAMES",
-    "Format",
-    "StaticProvider",
-    "aescbc",
-    "aesgcm",
-    "by_name",
-    "format_of",
-    "identity",
-    "kms_prefix",
-    "kmsv1",
-    "kmsv2",
-    "secretbox",
-    "static_prefix",
-    "static_provider",
-    "storage_form",
-]
+__all__ = [*registry.__all__, "aescbc", "aesgcm", "identity", "kmsv1", "kmsv2", "secretbox"]

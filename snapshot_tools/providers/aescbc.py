@@ -1,6 +1,7 @@
 """The ``aescbc`` provider: ``IV(16) || AES-CBC(key, IV, PKCS#7(plaintext))``, no MAC, no AAD.
 
-:data:`PROVIDER` works on the *body*, the bytes after ``k8s:enc:aescbc:v1:<keyname>:``.
+:data:`PROVIDER` (:func:`decrypt`, :func:`encrypt`) works on the *body*, the bytes after
+``k8s:enc:aescbc:v1:<keyname>:``.
 There is no authentication: a wrong key passes the padding check about once in 256 tries, so
 callers must also check that the plaintext is a Kubernetes object
 (``objects.is_kubernetes_object``); ``authenticated`` is False to say so.
@@ -26,9 +27,10 @@ from snapshot_tools.providers._common import (
     AES_KEY_SIZES,
     BLOCK_SIZE,
     DECRYPTION_FAILED,
-    KEY_CACHE_LIMIT,
+    StaticProvider,
     check_aes_key,
     check_size,
+    remember,
 )
 
 # _PADS[c] = c repeated c times; the padding check compares the tail against it.
@@ -61,75 +63,60 @@ def _state(key: bytes) -> _KeyState:
     state = cache.get(key)
     if state is None:
         check_aes_key(key, "aescbc")
-        if len(cache) >= KEY_CACHE_LIMIT:
-            cache.clear()
-        state = cache[key] = _KeyState(key)
+        state = remember(cache, key, _KeyState(key))
     return state
 
 
-class AesCbcProvider:
-    """The ``aescbc`` :class:`~snapshot_tools.providers.registry.StaticProvider` (one instance,
-    :data:`PROVIDER`). ``aad`` is accepted and ignored: aescbc binds nothing to the etcd key."""
+def decrypt(key: bytes, body: bytes | memoryview, aad: bytes = b"") -> bytes:
+    """Decrypt an aescbc body (``IV || ciphertext``) and strip the PKCS#7 padding as Go does.
 
-    __slots__ = ()
-    name = "aescbc"
-    prefix = b"k8s:enc:aescbc:v1:"
-    key_sizes: tuple[int, ...] = AES_KEY_SIZES
-    authenticated = False
-    needs_aad = False
+    Args:
+        key: 16, 24 or 32 bytes.
+        body: the stored value after ``k8s:enc:aescbc:v1:<keyname>:``.
+        aad: ignored.
 
-    def __repr__(self) -> str:
-        return "<static provider aescbc>"
+    Raises:
+        ValueError: the key has an invalid length.
+        MalformedValue: shorter than the IV, no ciphertext after the IV, or not whole blocks.
+        InvalidCiphertext: the padding is wrong (a wrong key or corrupted data).
+    """
+    n = len(body)
+    if n < BLOCK_SIZE:
+        raise MalformedValue("aescbc: the stored data was shorter than the required size")
+    if n == BLOCK_SIZE:
+        # Go would index an empty plaintext here; an IV alone is never a valid value.
+        raise MalformedValue("aescbc: the stored data has no ciphertext after the IV")
+    if n % BLOCK_SIZE:
+        raise MalformedValue("aescbc: the stored data is not a multiple of the block size")
+    # out[:16] is junk (the IV decrypted against the previous value); out[16:] is the plaintext.
+    out = _state(key).cbc.update(body)
+    # Go's check: last byte c; reject c == 0 or c > len; the last c bytes must all equal c.
+    # Like Go, c is not capped at the block size.
+    c = out[-1]
+    if c == 0 or c > n - BLOCK_SIZE or not out.endswith(_PADS[c]):
+        raise InvalidCiphertext(DECRYPTION_FAILED)
+    return out[BLOCK_SIZE:-c]
 
-    def decrypt(self, key: bytes, body: bytes | memoryview, aad: bytes = b"") -> bytes:
-        """Decrypt an aescbc body (``IV || ciphertext``) and strip the PKCS#7 padding as Go does.
 
-        Args:
-            key: 16, 24 or 32 bytes.
-            body: the stored value after ``k8s:enc:aescbc:v1:<keyname>:``.
-            aad: ignored.
+def encrypt(key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+    """Encrypt with a fresh random IV; returns the body ``IV || ciphertext``.
 
-        Raises:
-            ValueError: the key has an invalid length.
-            MalformedValue: shorter than the IV, no ciphertext after the IV, or not whole blocks.
-            InvalidCiphertext: the padding is wrong (a wrong key or corrupted data).
-        """
-        n = len(body)
-        if n < BLOCK_SIZE:
-            raise MalformedValue("aescbc: the stored data was shorter than the required size")
-        if n == BLOCK_SIZE:
-            # Go would index an empty plaintext here; an IV alone is never a valid value.
-            raise MalformedValue("aescbc: the stored data has no ciphertext after the IV")
-        if n % BLOCK_SIZE:
-            raise MalformedValue("aescbc: the stored data is not a multiple of the block size")
-        # out[:16] is junk (the IV decrypted against the previous value); out[16:] is the plaintext.
-        out = _state(key).cbc.update(body)
-        # Go's check: last byte c; reject c == 0 or c > len; the last c bytes must all equal c.
-        # Like Go, c is not capped at the block size.
-        c = out[-1]
-        if c == 0 or c > n - BLOCK_SIZE or not out.endswith(_PADS[c]):
-            raise InvalidCiphertext(DECRYPTION_FAILED)
-        return out[BLOCK_SIZE:-c]
-
-    def encrypt(self, key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
-        """Encrypt with a fresh random IV; returns the body ``IV || ciphertext``.
-
-        Raises:
-            ValueError: the key has an invalid length.
-        """
-        return _encrypt_from_parts(key, plaintext, os.urandom(BLOCK_SIZE))
+    Raises:
+        ValueError: the key has an invalid length.
+    """
+    return _encrypt_from_parts(key, plaintext, os.urandom(BLOCK_SIZE))
 
 
 def _encrypt_from_parts(key: bytes, plaintext: bytes, iv: bytes) -> bytes:
     """``iv || AES-CBC(key, iv, PKCS#7(plaintext))``: the deterministic core of
-    :meth:`AesCbcProvider.encrypt`, which only draws the IV (the golden vectors pin this).
+    :func:`encrypt`, which only draws the IV (the golden vectors pin this).
 
     One long-lived CBC encryption context per key (and thread) serves every value: a context per
     value cost more than encrypting a few KB. That context chains on from the last block ``L``
     it wrote, so it is fed ``X = AES-1(iv) xor L`` first: its output for ``X`` is
     ``AES(X xor L) = iv``, and the rest chains from ``iv`` exactly as a fresh ``CBC(iv)`` would.
     ``X`` is the second output block of the key's long-lived CBC *decryption* context fed
-    ``L || iv`` (CBC decryption gives ``AES-1(C_i) xor C_i-1``); :meth:`AesCbcProvider.decrypt`
+    ``L || iv`` (CBC decryption gives ``AES-1(C_i) xor C_i-1``); :func:`decrypt`
     does not care what that context chained on before, since every body brings its own IV.
 
     Raises:
@@ -145,8 +132,7 @@ def _encrypt_from_parts(key: bytes, plaintext: bytes, iv: bytes) -> bytes:
     return out
 
 
-PROVIDER = AesCbcProvider()
-
-# Module-level spellings, kept for resolve.py, kmsv1 and bench/ until issue 10's readers land.
-decrypt = PROVIDER.decrypt
-encrypt = PROVIDER.encrypt
+# ``aad`` is accepted and ignored: aescbc binds nothing to the etcd key.
+PROVIDER = StaticProvider(
+    "aescbc", AES_KEY_SIZES, authenticated=False, needs_aad=False, decrypt=decrypt, encrypt=encrypt
+)

@@ -1,6 +1,7 @@
 """The ``aesgcm`` provider: ``nonce(12) || AES-GCM(key, nonce, plaintext, AAD) || tag(16)``.
 
-Provider :data:`PROVIDER` works on the *body*, the bytes after ``k8s:enc:aesgcm:v1:<keyname>:``.
+Provider :data:`PROVIDER` (:func:`decrypt`, :func:`encrypt`) works on the *body*, the bytes
+after ``k8s:enc:aesgcm:v1:<keyname>:``.
 The AAD is the full etcd key (``--etcd-prefix`` included), so a value does not decrypt under
 another key. :func:`open_gcm` and :func:`seal_gcm` are shared with the KMS envelopes, which use
 the same layout with their data keys.
@@ -22,9 +23,10 @@ from snapshot_tools.providers._common import (
     DECRYPTION_FAILED,
     GCM_NONCE_SIZE,
     GCM_TAG_SIZE,
-    KEY_CACHE_LIMIT,
+    StaticProvider,
     check_aes_key,
     check_size,
+    remember,
 )
 
 MIN_BODY = GCM_NONCE_SIZE + GCM_TAG_SIZE
@@ -42,9 +44,7 @@ def aead(key: bytes, what: str = "aesgcm") -> AESGCM:
     obj = _aeads.get(key)
     if obj is None:
         check_aes_key(key, what)
-        if len(_aeads) >= KEY_CACHE_LIMIT:
-            _aeads.clear()
-        obj = _aeads[key] = AESGCM(key)
+        obj = remember(_aeads, key, AESGCM(key))
     return obj
 
 
@@ -70,51 +70,37 @@ def seal_gcm(cipher: AESGCM, nonce: bytes, plaintext: bytes, aad: bytes | None) 
     return nonce + cipher.encrypt(nonce, plaintext, aad)
 
 
-class AesGcmProvider:
-    """The ``aesgcm`` :class:`~snapshot_tools.providers.registry.StaticProvider` (one instance,
-    :data:`PROVIDER`). The AAD is the full etcd key the value is stored under."""
+def decrypt(key: bytes, body: bytes | memoryview, aad: bytes) -> bytes:
+    """Decrypt an aesgcm body.
 
-    __slots__ = ()
-    name = "aesgcm"
-    prefix = b"k8s:enc:aesgcm:v1:"
-    key_sizes: tuple[int, ...] = AES_KEY_SIZES
-    authenticated = True
-    needs_aad = True
+    Args:
+        key: 16, 24 or 32 bytes.
+        body: the stored value after ``k8s:enc:aesgcm:v1:<keyname>:``.
+        aad: the full etcd key the value is stored under.
 
-    def __repr__(self) -> str:
-        return "<static provider aesgcm>"
+    Raises:
+        ValueError: the key has an invalid length.
+        MalformedValue: shorter than nonce + tag (28 bytes).
+        InvalidCiphertext: wrong key, other etcd key, or tampered data.
+    """
+    return open_gcm(aead(key), body, aad, "aesgcm")
 
-    def decrypt(self, key: bytes, body: bytes | memoryview, aad: bytes) -> bytes:
-        """Decrypt an aesgcm body.
 
-        Args:
-            key: 16, 24 or 32 bytes.
-            body: the stored value after ``k8s:enc:aesgcm:v1:<keyname>:``.
-            aad: the full etcd key the value is stored under.
+def encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """Encrypt with a fresh random nonce; returns the body ``nonce || ciphertext || tag``.
 
-        Raises:
-            ValueError: the key has an invalid length.
-            MalformedValue: shorter than nonce + tag (28 bytes).
-            InvalidCiphertext: wrong key, other etcd key, or tampered data.
-        """
-        return open_gcm(aead(key), body, aad, "aesgcm")
-
-    def encrypt(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        """Encrypt with a fresh random nonce; returns the body ``nonce || ciphertext || tag``.
-
-        Raises:
-            ValueError: the key has an invalid length.
-        """
-        return _encrypt_from_parts(key, plaintext, aad, os.urandom(GCM_NONCE_SIZE))
+    Raises:
+        ValueError: the key has an invalid length.
+    """
+    return _encrypt_from_parts(key, plaintext, aad, os.urandom(GCM_NONCE_SIZE))
 
 
 def _encrypt_from_parts(key: bytes, plaintext: bytes, aad: bytes, nonce: bytes) -> bytes:
-    """Deterministic core of :meth:`AesGcmProvider.encrypt` (vector tests pass a fixed nonce)."""
+    """Deterministic core of :func:`encrypt` (vector tests pass a fixed nonce)."""
     return seal_gcm(aead(key), nonce, plaintext, aad)
 
 
-PROVIDER = AesGcmProvider()
-
-# Module-level spellings, kept for resolve.py and bench/ until issue 10's readers land.
-decrypt = PROVIDER.decrypt
-encrypt = PROVIDER.encrypt
+# The AAD is the full etcd key the value is stored under.
+PROVIDER = StaticProvider(
+    "aesgcm", AES_KEY_SIZES, authenticated=True, needs_aad=True, decrypt=decrypt, encrypt=encrypt
+)

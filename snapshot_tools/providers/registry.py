@@ -1,9 +1,9 @@
 """The storage forms of a stored etcd value, and the one place that knows their prefixes.
 
 Every form kube-apiserver writes is one :class:`Format`: ``identity`` (no prefix), the three
-static-key providers (``aescbc``, ``aesgcm``, ``secretbox``: a :class:`StaticProvider` each, from
-its own module) and the two KMS envelopes (``kms-v1``, ``kms-v2``: their modules are called by the
-KMS reader, which unwraps the data key first). Code that asks which form a value has, which
+static-key providers (``aescbc``, ``aesgcm``, ``secretbox``: a :class:`StaticProvider` record
+each, from its own module) and the two KMS envelopes (``kms-v1``, ``kms-v2``: their modules are
+called by the KMS reader, which unwraps the data key first). Code that asks which form a value has, which
 provider a config kind names, or which prefix to write asks here; nothing else lists providers or
 matches prefixes.
 
@@ -14,9 +14,9 @@ References: ``staging/src/k8s.io/apiserver/pkg/server/options/encryptionconfig/c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 from snapshot_tools.providers import aescbc, aesgcm, secretbox
+from snapshot_tools.providers._common import ENCRYPTED_PREFIX, StaticProvider
 
 __all__ = [
     "ENCRYPTED_PREFIX",
@@ -33,35 +33,6 @@ __all__ = [
     "static_provider",
     "storage_form",
 ]
-
-# Reserved: identity refuses to read data that starts with it (spec 1.1).
-ENCRYPTED_PREFIX = b"k8s:enc:"
-
-
-class StaticProvider(Protocol):
-    """A static-key provider: a value is ``prefix || <keyname> ":" || body`` and the body is
-    sealed with a key listed in the config (spec sections 2-4).
-
-    ``decrypt`` raises ``errors.InvalidCiphertext`` (opaque) when authentication or padding
-    fails and ``errors.MalformedValue`` (exact reason) for broken framing; a key of a size not
-    in ``key_sizes`` is a ``ValueError``. ``encrypt`` draws a fresh IV or nonce and hands it to
-    the module's deterministic core (``_encrypt_from_parts``, which the golden vectors pin).
-    """
-
-    name: str  # the config's provider kind and the report's form: "aescbc" | "aesgcm" | "secretbox"
-    prefix: bytes  # b"k8s:enc:<name>:v1:"
-    key_sizes: tuple[int, ...]  # valid key lengths in bytes
-    authenticated: bool  # False for aescbc: a read must also parse as a Kubernetes object
-    needs_aad: bool  # True when the etcd key is bound in as AAD (aesgcm); others ignore ``aad``
-
-    def decrypt(self, key: bytes, body: bytes | memoryview, aad: bytes) -> bytes:
-        """The plaintext of ``body`` (the bytes after ``<keyname>:``)."""
-        ...
-
-    def encrypt(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        """The body for ``plaintext`` (to be stored after ``prefix || <keyname>:``)."""
-        ...
-
 
 @dataclass(frozen=True, slots=True)
 class Format:

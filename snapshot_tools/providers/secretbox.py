@@ -1,6 +1,6 @@
 """The ``secretbox`` provider: ``nonce(24) || poly1305 tag(16) || XSalsa20 ciphertext``.
 
-Provider :data:`PROVIDER` works on the *body*, the bytes after
+Provider :data:`PROVIDER` (:func:`decrypt`, :func:`encrypt`) works on the *body*, the bytes after
 ``k8s:enc:secretbox:v1:<keyname>:``. NaCl secretbox authenticates against the key but has no AAD:
 a value moved to another etcd key still decrypts. The layout is exactly what PyNaCl's
 ``SecretBox.encrypt`` returns.
@@ -16,7 +16,7 @@ from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 
 from snapshot_tools.errors import InvalidCiphertext, MalformedValue
-from snapshot_tools.providers._common import DECRYPTION_FAILED, KEY_CACHE_LIMIT, check_size
+from snapshot_tools.providers._common import DECRYPTION_FAILED, StaticProvider, check_size, remember
 
 KEY_SIZE = 32
 NONCE_SIZE = 24
@@ -29,65 +29,47 @@ _boxes: dict[bytes, SecretBox] = {}
 def _box(key: bytes) -> SecretBox:
     box = _boxes.get(key)
     if box is None:
-        if len(key) != KEY_SIZE:
-            raise ValueError(f"secretbox key must be 32 bytes, got {len(key)}")
-        if len(_boxes) >= KEY_CACHE_LIMIT:
-            _boxes.clear()
-        box = _boxes[key] = SecretBox(key)
+        check_size(key, KEY_SIZE, "secretbox key")
+        box = remember(_boxes, key, SecretBox(key))
     return box
 
 
-class SecretboxProvider:
-    """The ``secretbox`` :class:`~snapshot_tools.providers.registry.StaticProvider` (one
-    instance, :data:`PROVIDER`). ``aad`` is accepted and ignored: secretbox binds nothing to the
-    etcd key."""
+def decrypt(key: bytes, body: bytes | memoryview, aad: bytes = b"") -> bytes:
+    """Open a secretbox body.
 
-    __slots__ = ()
-    name = "secretbox"
-    prefix = b"k8s:enc:secretbox:v1:"
-    key_sizes: tuple[int, ...] = (KEY_SIZE,)
-    authenticated = True
-    needs_aad = False
+    Raises:
+        ValueError: the key is not 32 bytes.
+        MalformedValue: shorter than nonce + tag (40 bytes).
+        InvalidCiphertext: wrong key or tampered data.
+    """
+    box = _box(key)
+    if len(body) < MIN_BODY:
+        raise MalformedValue("secretbox: the stored data was shorter than the required size")
+    if type(body) is not bytes:
+        body = bytes(body)  # PyNaCl takes bytes only
+    try:
+        return box.decrypt(body[NONCE_SIZE:], body[:NONCE_SIZE])
+    except CryptoError:
+        raise InvalidCiphertext(DECRYPTION_FAILED) from None
 
-    def __repr__(self) -> str:
-        return "<static provider secretbox>"
 
-    def decrypt(self, key: bytes, body: bytes | memoryview, aad: bytes = b"") -> bytes:
-        """Open a secretbox body.
+def encrypt(key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+    """Seal with a fresh random nonce; returns the body ``nonce || tag || ciphertext``.
 
-        Raises:
-            ValueError: the key is not 32 bytes.
-            MalformedValue: shorter than nonce + tag (40 bytes).
-            InvalidCiphertext: wrong key or tampered data.
-        """
-        box = _box(key)
-        if len(body) < MIN_BODY:
-            raise MalformedValue("secretbox: the stored data was shorter than the required size")
-        if type(body) is not bytes:
-            body = bytes(body)  # PyNaCl takes bytes only
-        try:
-            return box.decrypt(body[NONCE_SIZE:], body[:NONCE_SIZE])
-        except CryptoError:
-            raise InvalidCiphertext(DECRYPTION_FAILED) from None
-
-    def encrypt(self, key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
-        """Seal with a fresh random nonce; returns the body ``nonce || tag || ciphertext``.
-
-        Raises:
-            ValueError: the key is not 32 bytes.
-        """
-        return _encrypt_from_parts(key, plaintext, os.urandom(NONCE_SIZE))
+    Raises:
+        ValueError: the key is not 32 bytes.
+    """
+    return _encrypt_from_parts(key, plaintext, os.urandom(NONCE_SIZE))
 
 
 def _encrypt_from_parts(key: bytes, plaintext: bytes, nonce: bytes) -> bytes:
-    """Deterministic core of :meth:`SecretboxProvider.encrypt` (vector tests pass a fixed nonce)."""
+    """Deterministic core of :func:`encrypt` (vector tests pass a fixed nonce)."""
     box = _box(key)
     check_size(nonce, NONCE_SIZE, "secretbox nonce")
     return bytes(box.encrypt(plaintext, nonce))
 
 
-PROVIDER = SecretboxProvider()
-
-# Module-level spellings, kept for resolve.py and bench/ until issue 10's readers land.
-decrypt = PROVIDER.decrypt
-encrypt = PROVIDER.encrypt
+# ``aad`` is accepted and ignored: secretbox binds nothing to the etcd key.
+PROVIDER = StaticProvider(
+    "secretbox", (KEY_SIZE,), authenticated=True, needs_aad=False, decrypt=decrypt, encrypt=encrypt
+)

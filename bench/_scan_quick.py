@@ -2,7 +2,7 @@
 
 Usage: python bench/_scan_quick.py [SNAPSHOT] [--view latest|all|status|records]
 Without SNAPSHOT it builds (once) a synthetic snapshot shaped like the project benchmark:
-100k secrets-shaped keys with 1-20 KB values plus 25k overwrites, via tests/bbolt_builder.py.
+100k secrets-shaped keys with 1-20 KB values plus 25k overwrites, via tests/support/snapshots.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from snapshot_tools.snapshot import Snapshot  # noqa: E402
-from tests.bbolt_builder import Builder, kv_bytes, revision_key  # noqa: E402
+from tests.support.snapshots import Builder, kv_bytes, revision_key  # noqa: E402
 
 
 def synthesize(path: Path, keys: int = 100_000, overwrites: int = 25_000) -> None:

@@ -8,7 +8,7 @@ Builds (once, cached in bench/.cache/) through a real etcd:
   log-uniform with a fixed seed, under key ``key1`` of a fixed key; plus its
   EncryptionConfiguration ``check-aescbc.yaml``;
 * ``check-kmsv2-M.db``: M such Secrets in KMS v2 seed mode sharing one seed, wrapped once by the
-  test KMS v2 plugin (tests/kms_test_plugin.py) with a fixed KEK; plus ``check-kmsv2.yaml``.
+  test KMS v2 plugin (tests/support/kms.py) with a fixed KEK; plus ``check-kmsv2.yaml``.
 
 Then, each run in a fresh process: ``snapshot-tools check SNAP --config CFG --output json >
 /dev/null`` (wall time of the whole command, peak RSS from ``wait4``), and the crypto floor: the
@@ -146,7 +146,7 @@ KMS_SEED = _fixed("kms-seed", 32)
 
 def _load_etcd(ops: Any, out: Path) -> dict[str, Any]:  # ops: Iterator[tuple[str, bytes]]
     """Put ``ops`` into a fresh etcd in transactions and save a snapshot to ``out`` atomically."""
-    from tests.etcd_harness import EtcdServer, etcd_version, etcdutl_status
+    from tests.support.etcd import EtcdServer, etcd_version, etcdutl_status
 
     version = etcd_version()
     t0 = time.monotonic()
@@ -237,7 +237,7 @@ def kms_paths(n: int) -> tuple[Path, Path]:
 def build_kms(n: int) -> dict[str, Any]:
     from kms_plugin.client import KMSv2Client
     from snapshot_tools.providers import kms_prefix, kmsv2
-    from tests.kms_test_plugin import TestKMSPlugin
+    from tests.support.kms import TestKMSPlugin
 
     snap, wrapped_file = kms_paths(n)
     # As the apiserver does: one Encrypt of a fresh seed at start-up, shared by every write.
@@ -398,7 +398,7 @@ def bench_aescbc(n: int, repeat: int, rebuild: bool) -> None:
 
 
 def bench_kms(n: int, repeat: int, rebuild: bool) -> None:
-    from tests.kms_test_plugin import TestKMSPlugin
+    from tests.support.kms import TestKMSPlugin
 
     snap, wrapped_file = kms_paths(n)
     if rebuild or not snap.exists() or not wrapped_file.exists():

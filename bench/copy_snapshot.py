@@ -56,7 +56,7 @@ def _one(snapshot: Path, transform: bool) -> dict[str, float]:
             "peak_rss_mb": rss,
         }
         try:
-            from tests.etcd_harness import etcdutl_status, find_binaries
+            from tests.support.etcd import etcdutl_status, find_binaries
 
             if find_binaries() is not None:
                 figures["status_equal"] = float(etcdutl_status(snapshot)["hash"] == etcdutl_status(out)["hash"])

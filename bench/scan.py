@@ -71,7 +71,7 @@ def _write_ops(rng: random.Random, keys: int, overwrites: int):  # -> Iterator[t
 
 def build(keys: int, overwrites: int, out: Path) -> dict[str, Any]:
     """Load the data set into a fresh etcd, save a snapshot to `out` atomically, return facts."""
-    from tests.etcd_harness import EtcdServer, etcd_version, etcdutl_status
+    from tests.support.etcd import EtcdServer, etcd_version, etcdutl_status
 
     version = etcd_version()
     t0 = time.monotonic()

@@ -1,29 +1,35 @@
-"""Shared test fixtures: paths to ../shared fixtures, real etcd binaries and servers."""
+"""Shared fixtures over tests/support: the CLI, the fixture data, real etcd, KMS plugins, AWS KMS."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.etcd_harness import EtcdBinaries, EtcdServer, find_binaries
+from tests.support.aws import FaultProxy, MotoKms, fault_proxy, moto_server
+from tests.support.cli import Cli
+from tests.support.etcd import EtcdBinaries, EtcdServer, find_binaries
+from tests.support.kms import TestKMSPlugin, fixture_plugin
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "apiserver-v1.36"
-FIXTURE_CASES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir()) if FIXTURES.is_dir() else []
-
-
-@pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures not found at {FIXTURES}")
-    return FIXTURES
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
-# --- real etcd (tests/etcd_harness.py) ---------------------------------------------------
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """``snapshot-tools`` in-process: ``code, out, err = cli("check", snap, "-c", config)``."""
+    return Cli(capsys)
+
+
+@pytest.fixture
+def kms_fixture_plugin() -> Iterator[TestKMSPlugin]:
+    """The g-kmsv2 fixture's KMS plugin (its KEK) on a real unix socket, fresh call counts."""
+    with fixture_plugin() as plugin:
+        yield plugin
+
+
+# --- real etcd (tests/support/etcd.py) ------------------------------------------------------
 
 
 def _in_ci() -> bool:
@@ -52,6 +58,18 @@ def etcd_server(etcd_bins: EtcdBinaries) -> Iterator[EtcdServer]:
         yield server
 
 
-# --- AWS KMS on a moto server (tests/moto_support.py) -------------------------------------
+# --- AWS KMS on a moto server (tests/support/aws.py) -------------------------------------------
 
-from tests.moto_support import moto_kms, proxy  # noqa: E402, F401 - fixtures
+
+@pytest.fixture(scope="session")
+def moto_kms() -> Iterator[MotoKms]:
+    """One moto server for the session; tests create their own keys in it."""
+    with moto_server() as moto:
+        yield moto
+
+
+@pytest.fixture
+def proxy(moto_kms: MotoKms) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of ``moto_kms``, counting calls per operation."""
+    with fault_proxy(moto_kms) as p:
+        yield p

@@ -1,8 +1,8 @@
 """``snapshot_tools.atomic_file``: what it refuses to replace, on entry and again at commit.
 
-Real nodes in a temporary directory: a character device (the same numbers as ``/dev/null``,
-made with ``mknod``, so root only), a FIFO, a symlink to a regular file and a dangling
-symlink. ``--force`` means "replace an existing regular file", never "replace whatever is
+Real nodes in a temporary directory (tests/support/files.py): a character device (the same
+numbers as ``/dev/null``, made with ``mknod``, so root only), a FIFO, a symlink to a regular file
+and a dangling symlink. ``--force`` means "replace an existing regular file", never "replace whatever is
 there": issue 9 found ``--force`` turning ``/dev/null`` into a file of plaintext.
 """
 
@@ -14,42 +14,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from snapshot_tools.atomic_file import TEMP_MARK, AtomicFile, check_target
+from snapshot_tools.atomic_file import AtomicFile, check_target
 from snapshot_tools.errors import OutputError
+from tests.support.files import NODES, leftovers, make_node
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
-
-NODES = ("chardev", "fifo", "symlink-to-file", "dangling-symlink", "symlink-to-dir")
-
-
-def make_node(kind: str, path: Path) -> Callable[[], object]:
-    """Create a node of ``kind`` at ``path``; return a function giving what identifies it."""
-    if kind == "chardev":
-        if os.geteuid() != 0:
-            pytest.skip("mknod of a character device needs root")
-        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
-        return lambda: (stat.S_IFMT(os.lstat(path).st_mode), os.lstat(path).st_rdev)
-    if kind == "fifo":
-        os.mkfifo(path)
-        return lambda: stat.S_IFMT(os.lstat(path).st_mode)
-    if kind == "symlink-to-file":
-        real = path.parent / "real-file"
-        real.write_bytes(b"precious")
-        path.symlink_to(real)
-        return lambda: (os.readlink(path), real.read_bytes(), stat.S_IFMT(os.lstat(real).st_mode))
-    if kind == "symlink-to-dir":
-        (path.parent / "a-dir").mkdir()
-        path.symlink_to(path.parent / "a-dir")
-        return lambda: (os.readlink(path), sorted(os.listdir(path.parent / "a-dir")))
-    assert kind == "dangling-symlink"
-    path.symlink_to(path.parent / "nowhere")
-    return lambda: (os.readlink(path), os.path.lexists(path.parent / "nowhere"))
-
-
-def leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if TEMP_MARK in p.name)
 
 
 @pytest.mark.parametrize("force", [False, True])

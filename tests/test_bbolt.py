@@ -1,4 +1,4 @@
-"""The page-level bbolt reader on files shaped by tests/bbolt_builder.py and on the fixtures.
+"""The page-level bbolt reader on files shaped by tests/support/snapshots.py and on the fixtures.
 
 The builder writes what etcd on Linux never does (a persisted freelist in both count forms,
 nested buckets, page sizes other than 4096), so those reader paths are exercised here.
@@ -14,8 +14,8 @@ import pytest
 from snapshot_tools.bbolt import DB, fnv64a
 from snapshot_tools.bbolt.layout import META_OFFSET, NO_FREELIST
 from snapshot_tools.errors import SnapshotError
-from tests.bbolt_builder import build_db, kv_bytes, revision_key
-from tests.conftest import FIXTURES
+from tests.support.fixtures import FIXTURES
+from tests.support.snapshots import build_db, kv_bytes, revision_key
 
 
 def _content() -> dict[bytes, dict[bytes, object]]:

@@ -36,22 +36,15 @@ from snapshot_tools.bbolt.page import branch_children
 from snapshot_tools.errors import OutputError
 from snapshot_tools.snapshot import Record, Snapshot
 from snapshot_tools.snapshot_copy import copy_snapshot, kv_transform, kv_verify
-from tests.bbolt_builder import kv_bytes, revision_key
-from tests.conftest import FIXTURE_CASES, FIXTURES, ROOT
-from tests.etcd_harness import EtcdBinaries, EtcdServer, etcdutl_restore, etcdutl_status, start_etcd_on
+from tests.support.etcd import EtcdBinaries, EtcdServer, etcdutl_restore, etcdutl_status, start_etcd_on
+from tests.support.files import sha256
+from tests.support.fixtures import FIXTURE_CASES, FIXTURES
+from tests.support.snapshots import kv_bytes, revision_key
 
 PAGE_SIZES = [1024, 4096, 16384, 65536]
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _flatten(db: DB) -> dict[bytes, Any]:
@@ -247,14 +240,14 @@ def _all_buckets(snap: Snapshot) -> dict[bytes, list[tuple[bytes, bytes]]]:
 @pytest.mark.parametrize("case", FIXTURE_CASES)
 def test_fixture_copied_unchanged(case: str, tmp_path: Path, etcd_bins: EtcdBinaries) -> None:
     src_path = FIXTURES / case / "etcd-snapshot.db"
-    before = _sha(src_path)
+    before = sha256(src_path)
     out = tmp_path / "out.db"
     with Snapshot.open(src_path) as src:
         result = copy_snapshot(src, out)
         want_buckets = _all_buckets(src)
         want_history = list(src.all_revisions())
         revision = src.revision
-    assert _sha(src_path) == before
+    assert sha256(src_path) == before
     assert result.path == out and result.rewritten == 0
     assert result.size == out.stat().st_size and result.sha256 == _sha_body_trailer(out)
     assert (out.stat().st_mode & 0o777) == 0o600
@@ -321,14 +314,14 @@ def test_refuses_existing_output_without_force(tmp_path: Path) -> None:
 
 def test_refuses_output_equal_to_input(tmp_path: Path) -> None:
     src_path = _small_snapshot(tmp_path / "in.db")
-    before = _sha(src_path)
+    before = sha256(src_path)
     (tmp_path / "link.db").symlink_to(src_path)
     os.link(src_path, tmp_path / "hard.db")
     with Snapshot.open(src_path) as src:
         for target in (src_path, tmp_path / "." / "in.db", tmp_path / "link.db", tmp_path / "hard.db"):
             with pytest.raises(OutputError, match="is the input"):
                 copy_snapshot(src, target, force=True)
-    assert _sha(src_path) == before
+    assert sha256(src_path) == before
     assert _leftovers(tmp_path, {"in.db", "link.db", "hard.db"}) == []
 
 
@@ -352,7 +345,7 @@ def test_missing_directory_is_an_output_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_exception_in_transform_leaves_nothing(exc: type[BaseException], tmp_path: Path) -> None:
     src_path = _small_snapshot(tmp_path / "in.db", n=3000)
-    before = _sha(src_path)
+    before = sha256(src_path)
     seen = []
 
     def transform(path: tuple[bytes, ...], key: bytes, value: bytes) -> bytes | None:
@@ -365,7 +358,7 @@ def test_exception_in_transform_leaves_nothing(exc: type[BaseException], tmp_pat
         copy_snapshot(src, tmp_path / "out.db", transform)
     assert len(seen) == 1500
     assert _leftovers(tmp_path, {"in.db"}) == []
-    assert _sha(src_path) == before
+    assert sha256(src_path) == before
 
 
 def test_failed_verification_leaves_nothing(tmp_path: Path) -> None:
@@ -386,7 +379,6 @@ def test_failed_verification_leaves_nothing(tmp_path: Path) -> None:
 _KILL_CHILD = textwrap.dedent(
     """
     import sys, time
-    sys.path.insert(0, sys.argv[3])
     from snapshot_tools.snapshot_copy import copy_snapshot
     from snapshot_tools.snapshot import Snapshot
     count = [0]
@@ -408,12 +400,12 @@ def test_sigkill_at_random_points_leaves_no_output(tmp_path: Path) -> None:
     src_path = tmp_path / "in.db"
     with open(src_path, "w+b") as f:
         write_db(f, [(b"key", ((revision_key(i + 2), rnd.randbytes(3000)) for i in range(30000)))])
-    before = _sha(src_path)
+    before = sha256(src_path)
     out = tmp_path / "out.db"
     pids = []
     for _ in range(3):
         child = subprocess.Popen(
-            [sys.executable, "-c", _KILL_CHILD, os.fspath(src_path), os.fspath(out), os.fspath(ROOT)],
+            [sys.executable, "-c", _KILL_CHILD, os.fspath(src_path), os.fspath(out)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -428,7 +420,7 @@ def test_sigkill_at_random_points_leaves_no_output(tmp_path: Path) -> None:
         assert not out.exists()
         for name in _leftovers(tmp_path, {"in.db"}):
             assert name.startswith(tuple(f".out.db{TEMP_MARK}{pid}-" for pid in pids)), name
-    assert _sha(src_path) == before
+    assert sha256(src_path) == before
 
 
 # -- real etcd: rewrite, restore, serve; stale values in free pages --------------------------
@@ -520,11 +512,11 @@ def test_rewrite_restores_and_etcd_serves_it(etcd_world: EtcdWorld, etcd_bins: E
         checked.append(rec)
         return rec.value.startswith(b"REWRITTEN|")
 
-    before = _sha(etcd_world.snapshot)
+    before = sha256(etcd_world.snapshot)
     with Snapshot.open(etcd_world.snapshot) as src:
         result = copy_snapshot(src, out, kv_transform(replace), verify=kv_verify(check))
         n_records = sum(1 for _ in src.records())
-    assert _sha(etcd_world.snapshot) == before
+    assert sha256(etcd_world.snapshot) == before
     assert result.rewritten == len(replaced) == len(checked) > 0
     assert len({(r.main, r.sub) for r in replaced}) == len(replaced)
     assert {(r.main, r.sub) for r in replaced} == {(r.main, r.sub) for r in checked}

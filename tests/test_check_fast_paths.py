@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 from pathlib import Path
@@ -20,12 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snapshot_tools.check import CheckOptions, run_check
-from snapshot_tools.unwrap import KeyAccess
-from snapshot_tools.resources import KeyParser
 from snapshot_tools.keysets import load_keyset
 from snapshot_tools.providers import aescbc, aesgcm, static_prefix
 from snapshot_tools.readers import Reader
-from snapshot_tools.resources import BUILTIN_PREFIXES, parse_etcd_key, resource_label
+from snapshot_tools.resources import BUILTIN_PREFIXES, KeyParser, parse_etcd_key, resource_label
+from snapshot_tools.unwrap import KeyAccess
+from tests.support.configs import IDENTITY, rule, static, write_config
+from tests.support.k8s_objects import json_object
 
 A, AB, K1_OLD, K1_NEW, G, STRANGER = (bytes([i]) * 32 for i in range(1, 7))
 
@@ -95,41 +95,20 @@ def test_key_parser_shares_one_entry_per_parent_path() -> None:
 
 
 def _obj(name: str) -> bytes:
-    return json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}).encode()
+    return json_object(name)
 
 
 def _configs(tmp_path: Path) -> list[str]:
-    def b64(k: bytes) -> str:
-        return base64.b64encode(k).decode()
-
-    def rule(resources: list[str], providers: list[dict]) -> dict:
-        return {"resources": resources, "providers": providers}
-
-    current = {
-        "apiVersion": "apiserver.config.k8s.io/v1",
-        "kind": "EncryptionConfiguration",
-        "resources": [
-            rule(["secrets"], [{"aescbc": {"keys": [
-                {"name": "a", "secret": b64(A)}, {"name": "a:b", "secret": b64(AB)},
-                {"name": "k1", "secret": b64(K1_NEW)},
-            ]}}]),  # fmt: skip
-            rule(["configmaps"], [{"identity": {}}, {"aescbc": {"keys": [{"name": "a", "secret": b64(A)}]}}]),
-        ],
-    }
-    older = {
-        "apiVersion": "apiserver.config.k8s.io/v1",
-        "kind": "EncryptionConfiguration",
-        "resources": [rule(["secrets", "configmaps"], [
-            {"aesgcm": {"keys": [{"name": "g", "secret": b64(G[:16])}]}},
-            {"aescbc": {"keys": [{"name": "k1", "secret": b64(K1_OLD)}]}},
-        ])],  # fmt: skip
-    }
-    paths = []
-    for n, cfg in enumerate((current, older)):
-        p = tmp_path / f"c{n}.json"
-        p.write_text(json.dumps(cfg))
-        paths.append(str(p))
-    return paths
+    current = write_config(
+        tmp_path / "c0.json",
+        rule(["secrets"], static("aescbc", ("a", A), ("a:b", AB), ("k1", K1_NEW))),
+        rule(["configmaps"], IDENTITY, static("aescbc", ("a", A))),
+    )
+    older = write_config(
+        tmp_path / "c1.json",
+        rule(["secrets", "configmaps"], static("aesgcm", ("g", G[:16])), static("aescbc", ("k1", K1_OLD))),
+    )
+    return [str(current), str(older)]
 
 
 def _values(rng: random.Random) -> list[tuple[bytes, bytes, tuple[str, str]]]:

@@ -2,69 +2,51 @@
 
 Provenance: ../shared/fixtures/apiserver-v1.36 (see its README): kube-apiserver v1.36.2 against
 etcd 3.5.1, one case per provider. The KMS v2 case is unwrapped through the test plugin in
-``tests/kms_test_plugin.py`` on a real unix socket, with the fixture's KEK.
+``tests/support/kms.py`` on a real unix socket, with the fixture's KEK.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from contextlib import ExitStack
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from snapshot_tools import objects
 from snapshot_tools.check import CheckOptions, run_check
-from snapshot_tools.cli import main
 from snapshot_tools.keysets import load_keyset
 from snapshot_tools.readers import Reader
 from snapshot_tools.resources import KeyParser
 from snapshot_tools.snapshot import Snapshot
 from snapshot_tools.unwrap import KeyAccess, open_unwrappers
-from tests.conftest import FIXTURE_CASES, FIXTURES
-from tests.kms_support import short_dir
-from tests.kms_test_plugin import TestKMSPlugin
+from tests.support.fixtures import (
+    EXAMPLE,
+    EXAMPLE_CONFIG,
+    EXAMPLE_SNAPSHOT,
+    FIXTURE_CASES,
+    KMS_CASE,
+    config_path,
+    kms_flags,
+    load_manifest,
+    snapshot_path,
+)
+from tests.support.kms import short_dir
+
+if TYPE_CHECKING:
+    from tests.support.cli import Cli
+    from tests.support.kms import TestKMSPlugin
 
 _MANIFEST_PROVIDER = {"kms": "kms-v2"}
 
 
-def _manifest(case: str) -> dict:
-    return json.loads((FIXTURES / case / "manifest.json").read_text())
-
-
-def _config(case: str) -> Path:
-    return FIXTURES / case / "encryption-config.yaml"
-
-
-def _kms_flags(case: str, stack: ExitStack) -> tuple[list[str], TestKMSPlugin | None]:
-    if case != "g-kmsv2":
-        return [], None
-    kek = bytes.fromhex((FIXTURES / case / "kms-plugin-kek-1.hex").read_text().strip())
-    sock_dir = stack.enter_context(short_dir())
-    plugin = stack.enter_context(TestKMSPlugin(sock_dir / "kms.sock", kek))
-    return ["--kms", f"testkms={plugin.endpoint}"], plugin
-
-
-def _run_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr().out
-    return int(info.value.code or 0), json.loads(out)
-
-
 @pytest.mark.parametrize("case", FIXTURE_CASES)
-def test_verdicts_match_manifest_inventory(case: str, capsys: pytest.CaptureFixture[str]) -> None:
-    manifest = _manifest(case)
-    snap = FIXTURES / case / "etcd-snapshot.db"
-    with ExitStack() as stack:
-        flags, plugin = _kms_flags(case, stack)
-        rc, report = _run_json(
-            ["check", str(snap), "--config", str(_config(case)), "--output", "json", *flags], capsys
-        )
-        if plugin is not None:
-            # One shared seed in the whole snapshot: exactly one unwrap.
-            assert plugin.calls["Decrypt"] == 1
+def test_verdicts_match_manifest_inventory(case: str, cli: Cli, kms_fixture_plugin: TestKMSPlugin) -> None:
+    manifest = load_manifest(case)
+    flags = kms_flags(case, kms_fixture_plugin.endpoint)
+    rc, report = cli.check_json(snapshot_path(case), "--config", config_path(case), *flags)
+    # One shared seed in the whole snapshot: exactly one unwrap.
+    assert kms_fixture_plugin.calls["Decrypt"] == (1 if case == KMS_CASE else 0)
     assert rc == 0, report["summary"]
     by_key = {o["key"]: o for o in report["objects"]}
     inventory = manifest["etcd_inventory_secrets_configmaps"]
@@ -88,18 +70,16 @@ def test_verdicts_match_manifest_inventory(case: str, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize("case", FIXTURE_CASES)
-def test_decrypted_data_equals_manifest(case: str) -> None:
+def test_decrypted_data_equalsload_manifest(case: str, kms_fixture_plugin: TestKMSPlugin) -> None:
     """The plaintext the resolver recovers decodes to exactly the data the fixture created."""
-    manifest = _manifest(case)
-    keyset = load_keyset([_config(case)])
-    with ExitStack() as stack:
-        flags, _plugin = _kms_flags(case, stack)
-        kms = dict([flags[1].split("=", 1)]) if flags else {}
-        unwrappers = stack.enter_context(open_unwrappers(keyset, KeyAccess(kms=kms)))
+    manifest = load_manifest(case)
+    keyset = load_keyset([config_path(case)])
+    kms = {"testkms": kms_fixture_plugin.endpoint} if case == KMS_CASE else {}
+    with open_unwrappers(keyset, KeyAccess(kms=kms)) as unwrappers:
         resolver = Reader(keyset, unwrappers, keep_plaintext=True)
         live = {o["etcd_key"]: o for o in manifest["objects"] if not o.get("deleted")}
         seen = 0
-        with Snapshot.open(FIXTURES / case / "etcd-snapshot.db") as snap:
+        with Snapshot.open(snapshot_path(case)) as snap:
             for rec in snap.latest(b"/registry/"):
                 want = live.get(rec.key.decode())
                 if want is None:
@@ -125,21 +105,11 @@ def _assert_same_data(want: dict, obj: dict) -> None:
         assert binary == (want.get("binaryData_b64") or {})
 
 
-def test_kms_plugin_down_is_exit_4(capsys: pytest.CaptureFixture[str]) -> None:
-    case = "g-kmsv2"
+def test_kms_plugin_down_is_exit_4(cli: Cli) -> None:
+    case = KMS_CASE
     with short_dir() as d:
-        rc, report = _run_json(
-            [
-                "check",
-                str(FIXTURES / case / "etcd-snapshot.db"),
-                "--config",
-                str(_config(case)),
-                "--kms",
-                f"testkms=unix://{d}/nobody-listens.sock",
-                "--output",
-                "json",
-            ],
-            capsys,
+        rc, report = cli.check_json(
+            snapshot_path(case), "--config", config_path(case), "--kms", f"testkms=unix://{d}/nobody-listens.sock"
         )
     assert rc == 4
     assert report["summary"]["unreadable"] == report["summary"]["objects"] > 0
@@ -150,37 +120,32 @@ def test_library_report_has_no_key_material() -> None:
     case = "b-aescbc"
     report = run_check(
         CheckOptions(
-            snapshot=str(FIXTURES / case / "etcd-snapshot.db"), access=KeyAccess(configs=(str(_config(case)),))
+            snapshot=str(snapshot_path(case)), access=KeyAccess(configs=(str(config_path(case)),))
         )
     )
     text = json.dumps(report.to_json())
-    for key in _manifest(case)["keys"].values():
+    for key in load_manifest(case)["keys"].values():
         assert key["secret_b64"] not in text
         assert key["hex"] not in text
 
 
-def test_human_report_lists_findings_without_material(capsys: pytest.CaptureFixture[str]) -> None:
+def test_human_report_lists_findings_without_material(cli: Cli) -> None:
     """The shipped example: after a rotation that dropped the old key, history makes them retired."""
-    examples = Path(__file__).resolve().parent.parent / "examples" / "aescbc"
-    args = ["check", str(examples / "etcd-snapshot.db"), "-c", str(examples / "new-key-only.yaml")]
-    with pytest.raises(SystemExit) as info:
-        main([*args, "-c", str(examples / "encryption-config.yaml")])
-    out = capsys.readouterr().out
-    assert info.value.code == 1
+    args = ["check", EXAMPLE_SNAPSHOT, "-c", EXAMPLE / "new-key-only.yaml"]
+    rc, out, _ = cli(*args, "-c", EXAMPLE_CONFIG)
+    assert rc == 1
     first = out.splitlines()[0]
     assert first == "14 objects: 0 current, 0 stale, 14 retired, 0 unreadable"
     assert "ACTIVE  KEY TYPE  NAME" in out
     assert out.count("retired  ") == 14
     assert "/registry/secrets/default/basic-auth" in out
     assert "hint: retired" in out
-    for key in _manifest("b-aescbc")["keys"].values():
+    for key in load_manifest("b-aescbc")["keys"].values():
         assert key["secret_b64"] not in out and key["hex"] not in out
-    for text in (examples / "new-key-only.yaml").read_text().split():
+    for text in (EXAMPLE / "new-key-only.yaml").read_text().split():
         if len(text) == 44 and text.endswith("="):
             assert text not in out
     # Without the old config the same objects are unreadable: no such key.
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr().out
-    assert info.value.code == 1
+    rc, out, _ = cli(*args)
+    assert rc == 1
     assert out.count("unreadable (no-such-key)") == 14

@@ -7,18 +7,20 @@ verdict of every key is stated next to the value that produces it.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from snapshot_tools.cli import main
 from snapshot_tools.providers import aescbc, aesgcm, kms_prefix, kmsv2, secretbox, static_prefix
-from tests.kms_support import short_dir
-from tests.kms_test_plugin import TestKMSPlugin
+from tests.support.configs import IDENTITY, rule, static, write_config
+from tests.support.k8s_objects import json_object
+from tests.support.kms import TestKMSPlugin, short_dir
+
+if TYPE_CHECKING:
+    from tests.support.cli import Cli
 
 pytestmark = pytest.mark.etcd
 
@@ -30,13 +32,8 @@ SB1 = b"\x44" * 32
 KEK = b"\x55" * 32
 
 
-def b64(key: bytes) -> str:
-    return base64.b64encode(key).decode()
-
-
 def obj(name: str, kind: str = "Secret") -> bytes:
-    body = {"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": "ns"}}
-    return (json.dumps(body) + "\n").encode()
+    return json_object(name, kind, namespace="ns", newline=True)
 
 
 def cbc(name: str, key: bytes, etcd_key: str) -> bytes:
@@ -51,20 +48,6 @@ def sbox(name: str, key: bytes, etcd_key: str) -> bytes:
     return static_prefix("secretbox", name) + secretbox.encrypt(key, obj(etcd_key))
 
 
-def write_config(path: Path, resources: list[str], providers: list[dict]) -> Path:
-    cfg = {
-        "apiVersion": "apiserver.config.k8s.io/v1",
-        "kind": "EncryptionConfiguration",
-        "resources": [{"resources": resources, "providers": providers}],
-    }
-    path.write_text(json.dumps(cfg))
-    return path
-
-
-def static(provider: str, *keys: tuple[str, bytes]) -> dict:
-    return {provider: {"keys": [{"name": n, "secret": b64(k)} for n, k in keys]}}
-
-
 def snapshot_of(server, tmp_path: Path, values: dict[str, bytes]) -> Path:  # noqa: ANN001
     client = server.client()
     for key, value in values.items():
@@ -74,25 +57,24 @@ def snapshot_of(server, tmp_path: Path, values: dict[str, bytes]) -> Path:  # no
     return path
 
 
-def run_check(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
-    with pytest.raises(SystemExit) as info:
-        main(["check", *args, "--output", "json"])
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), json.loads(captured.out)
-
-
 def verdicts(report: dict) -> dict[str, tuple[str, str | None]]:
     return {o["key"]: (o["verdict"], o["reason"]) for o in report["objects"]}
 
 
-def test_rotation_history(etcd_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_rotation_history(etcd_server, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
     s = "/registry/secrets/ns/"
-    old = write_config(tmp_path / "old.json", ["secrets"], [static("aescbc", ("k1", K1_A)), {"identity": {}}])
-    mid = write_config(tmp_path / "mid.json", ["secrets"], [static("secretbox", ("sb1", SB1)), static("aescbc", ("k1", K1_A))])
+    old = write_config(tmp_path / "old.json", rule(["secrets"], static("aescbc", ("k1", K1_A)), IDENTITY))
+    mid = write_config(
+        tmp_path / "mid.json", rule(["secrets"], static("secretbox", ("sb1", SB1)), static("aescbc", ("k1", K1_A)))
+    )
     current = write_config(
         tmp_path / "current.json",
-        ["secrets", "configmaps"],
-        [static("aesgcm", ("g1", G1)), static("aescbc", ("k2", K2), ("k1", K1_B)), {"identity": {}}],
+        rule(
+            ["secrets", "configmaps"],
+            static("aesgcm", ("g1", G1)),
+            static("aescbc", ("k2", K2), ("k1", K1_B)),
+            IDENTITY,
+        ),
     )
     good_gcm = gcm("g1", G1, s + "moved-from")
     expected = {
@@ -120,7 +102,7 @@ def test_rotation_history(etcd_server, tmp_path: Path, capsys: pytest.CaptureFix
     values["/registry/namespaces/ns"] = obj("ns", "Namespace")  # uncovered plaintext: counted only
     snap = snapshot_of(etcd_server, tmp_path, values)
 
-    rc, report = run_check([str(snap), "-c", str(current), "-c", str(mid), "-c", str(old)], capsys)
+    rc, report = cli.check_json(snap, "-c", current, "-c", mid, "-c", old)
     assert verdicts(report) == {k: want for k, (_, want) in expected.items()}
     assert rc == 1  # unreadable and retired objects fail the default policy
     plain = {o["key"] for o in report["objects"] if o["plaintext"]}
@@ -137,39 +119,39 @@ def test_rotation_history(etcd_server, tmp_path: Path, capsys: pytest.CaptureFix
     assert keys[("aescbc", "k1", str(mid))]["fingerprint"] != keys[("aescbc", "k1", str(current))]["fingerprint"]
 
     # Without the old configs, what only they could read is unreadable.
-    rc, report = run_check([str(snap), "-c", str(current)], capsys)
+    rc, report = cli.check_json(snap, "-c", current)
     got = verdicts(report)
     assert got[s + "k1-old-material"] == ("unreadable", "wrong-key")
     assert got[s + "secretbox"] == ("unreadable", "no-such-key")
 
     # Policy: only stale counts -> still 1; nothing listed -> 0 is impossible here, so check plaintext.
-    rc, _ = run_check([str(snap), "-c", str(current), "-c", str(mid), "-c", str(old), "--fail-on", "plaintext"], capsys)
+    rc, _ = cli.check_json(snap, "-c", current, "-c", mid, "-c", old, "--fail-on", "plaintext")
     assert rc == 1
 
 
-def test_identity_first_and_plaintext_rejected(etcd_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_identity_first_and_plaintext_rejected(etcd_server, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
     s = "/registry/secrets/ns/"
     values = {s + "plain": obj("plain"), s + "enc": cbc("k2", K2, s + "enc")}
     snap = snapshot_of(etcd_server, tmp_path, values)
     # Decrypt-only config: identity first writes plaintext, the key only reads.
-    migrate = write_config(tmp_path / "migrate.json", ["secrets"], [{"identity": {}}, static("aescbc", ("k2", K2))])
-    rc, report = run_check([str(snap), "-c", str(migrate)], capsys)
+    migrate = write_config(tmp_path / "migrate.json", rule(["secrets"], IDENTITY, static("aescbc", ("k2", K2))))
+    rc, report = cli.check_json(snap, "-c", migrate)
     assert verdicts(report) == {s + "plain": ("current", None), s + "enc": ("stale", None)}
     assert rc == 0
-    rc, report = run_check([str(snap), "-c", str(migrate), "--fail-on", "stale"], capsys)
+    rc, report = cli.check_json(snap, "-c", migrate, "--fail-on", "stale")
     assert rc == 1
     # Encrypt-only config and no config lists identity: the plaintext value cannot be read.
-    strict = write_config(tmp_path / "strict.json", ["secrets"], [static("aescbc", ("k2", K2))])
-    rc, report = run_check([str(snap), "-c", str(strict)], capsys)
+    strict = write_config(tmp_path / "strict.json", rule(["secrets"], static("aescbc", ("k2", K2))))
+    rc, report = cli.check_json(snap, "-c", strict)
     assert verdicts(report) == {s + "plain": ("unreadable", "plaintext-rejected"), s + "enc": ("current", None)}
     assert report["objects"][0]["plaintext"] is True or report["objects"][1]["plaintext"] is True
     assert rc == 1
     # An older config that lists identity makes it retired instead.
-    rc, report = run_check([str(snap), "-c", str(strict), "-c", str(migrate)], capsys)
+    rc, report = cli.check_json(snap, "-c", strict, "-c", migrate)
     assert verdicts(report)[s + "plain"] == ("retired", None)
 
 
-def test_all_revisions_reports_history(etcd_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_all_revisions_reports_history(etcd_server, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
     s = "/registry/secrets/ns/"
     client = etcd_server.client()
     client.put(s + "a", obj("a"))  # plaintext before encryption was enabled
@@ -178,13 +160,13 @@ def test_all_revisions_reports_history(etcd_server, tmp_path: Path, capsys: pyte
     client.delete(s + "gone")
     snap = tmp_path / "snap.db"
     etcd_server.snapshot_save(snap)
-    cfg = write_config(tmp_path / "c.json", ["secrets"], [static("aescbc", ("k2", K2))])
+    cfg = write_config(tmp_path / "c.json", rule(["secrets"], static("aescbc", ("k2", K2))))
 
-    rc, report = run_check([str(snap), "-c", str(cfg)], capsys)
+    rc, report = cli.check_json(snap, "-c", cfg)
     assert verdicts(report) == {s + "a": ("current", None)}
     assert rc == 0
 
-    rc, report = run_check([str(snap), "-c", str(cfg), "--all-revisions"], capsys)
+    rc, report = cli.check_json(snap, "-c", cfg, "--all-revisions")
     rows = sorted((o["key"], o["revision"], o["verdict"], o["reason"], o["latest"]) for o in report["objects"])
     assert [(k, v, r, latest) for k, _rev, v, r, latest in rows] == [
         (s + "a", "unreadable", "plaintext-rejected", False),
@@ -194,13 +176,13 @@ def test_all_revisions_reports_history(etcd_server, tmp_path: Path, capsys: pyte
     assert rc == 1  # history still holds plaintext nothing can read
 
 
-def test_kms_v2_key_id_rotation_and_outage(etcd_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_kms_v2_key_id_rotation_and_outage(etcd_server, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
     s = "/registry/secrets/ns/"
     cfg = tmp_path / "kms.json"
     with ExitStack() as stack:
         sock = stack.enter_context(short_dir())
         old_plugin = stack.enter_context(TestKMSPlugin(sock / "old.sock", KEK, key_id="kek-old"))
-        write_config(cfg, ["secrets"], [{"kms": {"apiVersion": "v2", "name": "p", "endpoint": old_plugin.endpoint}}])
+        write_config(cfg, rule(["secrets"], {"kms": {"apiVersion": "v2", "name": "p", "endpoint": old_plugin.endpoint}}))
 
         from kms_plugin.client import KMSv2Client
 
@@ -221,7 +203,7 @@ def test_kms_v2_key_id_rotation_and_outage(etcd_server, tmp_path: Path, capsys: 
             s + "other-provider": kms_prefix("v2", "nope") + kms_value(s + "x")[len(kms_prefix("v2", "p")) :],
         }
         snap = snapshot_of(etcd_server, tmp_path, values)
-        rc, report = run_check([str(snap), "-c", str(cfg)], capsys)
+        rc, report = cli.check_json(snap, "-c", cfg)
         assert verdicts(report) == {
             s + "one": ("current", None),
             s + "two": ("current", None),
@@ -236,13 +218,13 @@ def test_kms_v2_key_id_rotation_and_outage(etcd_server, tmp_path: Path, capsys: 
         # refuses unknown key_ids, so serve the status from the new one and unwrap via a keyring of
         # the same KEK by pointing --kms at a plugin that reports kek-new but accepts kek-old.
         rotated.servicer.accept_key_ids = {"kek-old"}
-        rc, report = run_check([str(snap), "-c", str(cfg), "--kms", f"p={rotated.endpoint}"], capsys)
+        rc, report = cli.check_json(snap, "-c", cfg, "--kms", f"p={rotated.endpoint}")
         got = verdicts(report)
         assert got[s + "one"] == ("stale", None)
         assert got[s + "two"] == ("stale", None)
 
     # Plugin gone: the verdicts cannot be given; exit 4 wins over 1.
-    rc, report = run_check([str(snap), "-c", str(cfg)], capsys)
+    rc, report = cli.check_json(snap, "-c", cfg)
     assert rc == 4
     assert verdicts(report)[s + "one"] == ("unreadable", "kms-unavailable")
     assert verdicts(report)[s + "other-provider"] == ("unreadable", "no-such-key")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +24,8 @@ from hypothesis import strategies as st
 
 from snapshot_tools.errors import ConfigError
 from snapshot_tools.keysets import load_keyset
-from tests.conftest import ROOT
-
-SNAPSHOT = ROOT / "examples" / "aescbc" / "etcd-snapshot.db"
-CLI = [sys.executable, "-c", "from snapshot_tools.cli import main; main()"]
+from tests.support.cli import SNAPSHOT_TOOLS
+from tests.support.fixtures import EXAMPLE_SNAPSHOT
 
 BASE_YAML = b"""\
 apiVersion: apiserver.config.k8s.io/v1
@@ -157,7 +154,7 @@ def test_mutated_config_through_cli(
         path = Path(tmp) / f"c.{seed_name}"
         path.write_bytes(mutate(data, mutations))
         proc = subprocess.run(
-            [*CLI, "check", str(SNAPSHOT), "--config", str(path)],
+            [*SNAPSHOT_TOOLS, "check", str(EXAMPLE_SNAPSHOT), "--config", str(path)],
             capture_output=True,
             timeout=60,
             check=False,

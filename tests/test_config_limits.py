@@ -13,7 +13,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,26 +28,19 @@ from snapshot_tools.config import (
     parse_config_text,
 )
 from snapshot_tools.resources import parse_group_resource
-from tests.conftest import ROOT
+from tests.support.cli import snapshot_tools_process
+from tests.support.fixtures import EXAMPLE_CONFIG, EXAMPLE_KEY1_B64, EXAMPLE_SNAPSHOT
 
-SNAPSHOT = ROOT / "examples" / "aescbc" / "etcd-snapshot.db"
-EXAMPLE_CONFIG = ROOT / "examples" / "aescbc" / "encryption-config.yaml"
-CLI = [sys.executable, "-c", "from snapshot_tools.cli import main; main()"]
 HEAD = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n"
-KEY = "Q/6UFRHDGhUKxtX2dDTCg9tmczF4fSjQe9hfAMKnfYg="  # the example's key1
+KEY = EXAMPLE_KEY1_B64
 
 
 def check(config: Path, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
-    """Run ``check SNAPSHOT --config config``; a hang fails the test through TimeoutExpired."""
-    return subprocess.run(
-        [*CLI, "check", str(SNAPSHOT), "--config", str(config)],
-        capture_output=True,
-        text=True,
-        errors="surrogateescape",
-        timeout=timeout,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    """Run ``check EXAMPLE --config config``; a hang fails the test through TimeoutExpired."""
+    return snapshot_tools_process(
+        "check", EXAMPLE_SNAPSHOT, "--config", config,
+        timeout=timeout, errors="surrogateescape", stdin=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def assert_config_error(proc: subprocess.CompletedProcess[str], *words: str) -> str:

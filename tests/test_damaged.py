@@ -15,24 +15,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from snapshot_tools.bbolt import DB
-from snapshot_tools.cli import main
 from snapshot_tools.errors import InputError, SnapshotError
 from snapshot_tools.snapshot import Snapshot
 from snapshot_tools.status import snapshot_status
-from tests.conftest import FIXTURES
+from tests.support.fixtures import FIXTURES
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from tests.support.cli import Cli
+
 SOURCE = FIXTURES / "a-identity" / "etcd-snapshot.db"
 PS = 4096
-
-
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def _layout() -> tuple[int, list[int], int]:
@@ -121,14 +115,14 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("name", sorted(DAMAGE))
-def test_damaged_copy_exit_3_one_line(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_damaged_copy_exit_3_one_line(name: str, tmp_path: Path, cli: Cli) -> None:
     data = bytearray(SOURCE.read_bytes())
     DAMAGE[name](data)
     path = tmp_path / "damaged.db"
     path.write_bytes(bytes(data))
     with pytest.raises(SnapshotError):
         _open_and_read_everything(path)
-    rc, out, err = _run(["status", str(path)], capsys)
+    rc, out, err = cli("status", str(path))
     assert rc == 3
     assert out == ""
     lines = err.strip().splitlines()
@@ -148,17 +142,17 @@ def test_damaged_copy_exit_3_one_line(name: str, tmp_path: Path, capsys: pytest.
     ],
     ids=["missing", "directory", "empty", "text", "zeros"],
 )
-def test_not_a_snapshot_exit_3(make, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_not_a_snapshot_exit_3(make, message: str, tmp_path: Path, cli: Cli) -> None:  # type: ignore[no-untyped-def]
     path = make(tmp_path)
     with pytest.raises(InputError):
         Snapshot.open(path)
-    rc, out, err = _run(["status", str(path)], capsys)
+    rc, out, err = cli("status", str(path))
     assert rc == 3 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], err
 
 
-def test_one_damaged_meta_is_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_damaged_meta_is_read(tmp_path: Path, cli: Cli) -> None:
     data = bytearray(SOURCE.read_bytes())
     data[16 + 48] ^= 0x01  # meta 0's txid: checksum fails, meta 1 (txid - 1) is used
     path = tmp_path / "meta0.db"
@@ -166,7 +160,7 @@ def test_one_damaged_meta_is_read(tmp_path: Path, capsys: pytest.CaptureFixture[
     with Snapshot.open(path) as snap:
         assert snap.db.meta.offset == PS
         assert snap.trailer == "mismatch"  # the file changed after etcd hashed it
-    rc, out, err = _run(["status", str(path), "-o", "json"], capsys)
+    rc, out, err = cli("status", str(path), "-o", "json")
     assert rc == 0
     assert '"trailer": "mismatch"' in out
     assert len(err.strip().splitlines()) == 1 and "warning" in err

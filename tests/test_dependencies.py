@@ -13,7 +13,7 @@ from importlib.metadata import packages_distributions
 
 from packaging.requirements import Requirement
 
-from tests.conftest import ROOT
+from tests.support.fixtures import ROOT
 
 
 def _imported_top_levels() -> set[str]:

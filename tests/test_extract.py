@@ -16,70 +16,38 @@ import os
 import shutil
 import subprocess
 import zlib
-from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
-from snapshot_tools.cli import main
 from snapshot_tools.extract import RAW_ANNOTATION, SERVER_FIELDS, ExtractOptions, run_extract
 from snapshot_tools.providers import aescbc, aesgcm, static_prefix
 from snapshot_tools.unwrap import KeyAccess
-from tests.conftest import FIXTURE_CASES, FIXTURES
-from tests.kms_support import short_dir
-from tests.kms_test_plugin import TestKMSPlugin
+from tests.support import k8s_objects as k8s
+from tests.support.configs import IDENTITY, rule, static, write_config
+from tests.support.fixtures import (
+    FIXTURE_CASES,
+    assert_extract_matches_manifest,
+    assert_matches_manifest,
+    by_name,
+    config_path,
+    kms_flags,
+    list_items,
+    load_manifest,
+    snapshot_path,
+)
+from tests.support.kms import short_dir
+
+if TYPE_CHECKING:
+    from tests.support.cli import Cli
+    from tests.support.kms import TestKMSPlugin
 
 WARNING = "writing decrypted Secret data to stdout"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _manifest(case: str) -> dict:
-    return json.loads((FIXTURES / case / "manifest.json").read_text())
-
-
-def _snap(case: str) -> str:
-    return str(FIXTURES / case / "etcd-snapshot.db")
-
-
-def _config(case: str) -> str:
-    return str(FIXTURES / case / "encryption-config.yaml")
-
-
-def _kms_flags(case: str, stack: ExitStack) -> list[str]:
-    if case != "g-kmsv2":
-        return []
-    kek = bytes.fromhex((FIXTURES / case / "kms-plugin-kek-1.hex").read_text().strip())
-    sock_dir = stack.enter_context(short_dir())
-    plugin = stack.enter_context(TestKMSPlugin(sock_dir / "kms.sock", kek))
-    return ["--kms", f"testkms={plugin.endpoint}"]
-
-
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(["extract", *args])
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
-
-
-def _items(out: str) -> list[dict]:
-    doc = json.loads(out)
-    assert doc["apiVersion"] == "v1"
-    assert doc["kind"] == "List"
-    return doc["items"]
-
-
-def _by_name(items: list[dict]) -> dict[tuple[str, str | None, str], dict]:
-    out = {}
-    for item in items:
-        meta = item["metadata"]
-        ident = (item["kind"], meta.get("namespace"), meta["name"])
-        assert ident not in out, ident
-        out[ident] = item
-    return out
 
 
 def _validate(items: list[dict]) -> None:
@@ -127,25 +95,6 @@ def _kubectl_read(path: Path, tmp_path: Path) -> list[dict] | None:
     return items
 
 
-def _assert_matches_manifest(want: dict, item: dict) -> None:
-    meta = item["metadata"]
-    assert meta["name"] == want["name"]
-    assert meta.get("namespace") == want["namespace"]
-    assert meta["uid"] == want["uid"]
-    assert meta["resourceVersion"] == want["resourceVersion"]
-    assert meta.get("labels") == want.get("labels")
-    assert meta.get("annotations") == want.get("annotations")
-    assert meta["creationTimestamp"].endswith("Z")
-    if want["kind"] == "Secret":
-        assert item.get("data", {}) == (want.get("data_b64") or {})
-        assert item["type"] == want["type"]
-        assert item.get("immutable") == want["immutable"]
-    else:
-        assert item.get("data", {}) == (want.get("data") or {})
-        assert item.get("binaryData", {}) == (want.get("binaryData_b64") or {})
-        assert item.get("immutable") == want.get("immutable")
-
-
 def _secret_texts(manifest: dict) -> set[str]:
     """Values that must never reach stderr (long enough not to appear by accident)."""
     out: set[str] = set()
@@ -159,23 +108,20 @@ def _secret_texts(manifest: dict) -> set[str]:
 
 
 @pytest.mark.parametrize("case", FIXTURE_CASES)
-def test_fixture_objects_equal_manifest(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    manifest = _manifest(case)
-    base = [_snap(case), "--config", _config(case), "-r", "secrets", "-r", "configmaps"]
-    with ExitStack() as stack:
-        flags = _kms_flags(case, stack)
-        rc, out_json, err = _run([*base, *flags, "-o", "json"], capsys)
-        rc_yaml, out_yaml, err_yaml = _run([*base, *flags], capsys)
+def test_fixture_objects_equal_manifest(
+    case: str, tmp_path: Path, cli: Cli, kms_fixture_plugin: TestKMSPlugin
+) -> None:
+    manifest = load_manifest(case)
+    base = [snapshot_path(case), "--config", config_path(case), "-r", "secrets", "-r", "configmaps"]
+    flags = kms_flags(case, kms_fixture_plugin.endpoint)
+    rc, out_json, err = cli("extract", *base, *flags, "-o", "json")
+    rc_yaml, out_yaml, err_yaml = cli("extract", *base, *flags)
     assert rc == rc_yaml == 0, err
-    items = _items(out_json)
+    items = list_items(out_json)
     _validate(items)
-    got = _by_name(items)
     # Exactly the secrets and configmaps in the snapshot, apiserver-made ones included.
-    assert len(items) == len(manifest["etcd_inventory_secrets_configmaps"])
-    for want in manifest["objects"]:
-        item = got.get((want["kind"], want["namespace"], want["name"]))
-        assert item is not None, want["etcd_key"]
-        _assert_matches_manifest(want, item)
+    got = assert_extract_matches_manifest(case, items)
+    for item in got.values():
         assert "managedFields" not in item["metadata"]  # dropped by default
     # YAML: one List document that reads back to exactly the JSON output.
     assert yaml.safe_load(out_yaml) == json.loads(out_json)
@@ -199,59 +145,59 @@ def test_fixture_objects_equal_manifest(case: str, tmp_path: Path, capsys: pytes
             assert theirs.get("binaryData") == mine.get("binaryData")
 
 
-def test_filters_namespace_and_name(capsys: pytest.CaptureFixture[str]) -> None:
+def test_filters_namespace_and_name(cli: Cli) -> None:
     case = "c-aesgcm"
-    manifest = _manifest(case)
-    base = [_snap(case), "--config", _config(case), "-o", "json"]
+    manifest = load_manifest(case)
+    base = [snapshot_path(case), "--config", config_path(case), "-o", "json"]
     secrets = [o for o in manifest["objects"] if o["kind"] == "Secret"]
 
-    rc, out, _ = _run(base, capsys)  # default resource: secrets only
+    rc, out, _ = cli("extract", *base)  # default resource: secrets only
     assert rc == 0
-    items = _items(out)
+    items = list_items(out)
     assert {i["kind"] for i in items} == {"Secret"}
     assert {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items} == {
         (o["namespace"], o["name"]) for o in secrets
     }
 
-    rc, out, _ = _run([*base, "--namespace", "gamma"], capsys)
+    rc, out, _ = cli("extract", *base, "--namespace", "gamma")
     assert rc == 0
-    assert {i["metadata"]["name"] for i in _items(out)} == {o["name"] for o in secrets if o["namespace"] == "gamma"}
-    assert {i["metadata"]["namespace"] for i in _items(out)} == {"gamma"}
+    assert {i["metadata"]["name"] for i in list_items(out)} == {o["name"] for o in secrets if o["namespace"] == "gamma"}
+    assert {i["metadata"]["namespace"] for i in list_items(out)} == {"gamma"}
 
-    rc, out, _ = _run([*base, "--name", "shared-name"], capsys)
+    rc, out, _ = cli("extract", *base, "--name", "shared-name")
     assert rc == 0
-    assert sorted(i["metadata"]["namespace"] for i in _items(out)) == ["default", "gamma"]
+    assert sorted(i["metadata"]["namespace"] for i in list_items(out)) == ["default", "gamma"]
 
-    rc, out, _ = _run([*base, "-n", "gamma", "--name", "shared-name"], capsys)
+    rc, out, _ = cli("extract", *base, "-n", "gamma", "--name", "shared-name")
     assert rc == 0
-    (item,) = _items(out)
+    (item,) = list_items(out)
     want = next(o for o in secrets if o["namespace"] == "gamma" and o["name"] == "shared-name")
-    _assert_matches_manifest(want, item)
+    assert_matches_manifest(want, item)
 
     # A name that is a prefix of another selects only itself.
-    rc, out, _ = _run([*base, "-n", "default", "--name", "empty"], capsys)
-    assert [i["metadata"]["name"] for i in _items(out)] == ["empty"]
+    rc, out, _ = cli("extract", *base, "-n", "default", "--name", "empty")
+    assert [i["metadata"]["name"] for i in list_items(out)] == ["empty"]
 
-    rc, out, err = _run([*base, "-n", "gamma", "--name", "no-such-secret"], capsys)
+    rc, out, err = cli("extract", *base, "-n", "gamma", "--name", "no-such-secret")
     assert rc == 1
     assert out == ""
     assert err == "snapshot-tools: no object matched\n"
 
 
-def test_strip_server_fields_and_managed_fields(capsys: pytest.CaptureFixture[str]) -> None:
+def test_strip_server_fields_and_managed_fields(cli: Cli) -> None:
     case = "f-secrets-configmaps"
-    manifest = _manifest(case)
-    base = [_snap(case), "--config", _config(case), "-r", "secrets", "-r", "configmaps", "-o", "json"]
+    manifest = load_manifest(case)
+    base = [snapshot_path(case), "--config", config_path(case), "-r", "secrets", "-r", "configmaps", "-o", "json"]
 
-    rc, out, _ = _run([*base, "--show-managed-fields"], capsys)
+    rc, out, _ = cli("extract", *base, "--show-managed-fields")
     assert rc == 0
-    managed = [i["metadata"]["managedFields"] for i in _items(out) if "managedFields" in i["metadata"]]
+    managed = [i["metadata"]["managedFields"] for i in list_items(out) if "managedFields" in i["metadata"]]
     assert len(managed) >= len(manifest["objects"]) - 1  # an empty ConfigMap has none to keep
     assert all(m[0]["fieldsType"] == "FieldsV1" and isinstance(m[0]["fieldsV1"], dict) for m in managed)
 
-    rc, out, _ = _run([*base, "--strip-server-fields"], capsys)
+    rc, out, _ = cli("extract", *base, "--strip-server-fields")
     assert rc == 0
-    got = _by_name(_items(out))
+    got = by_name(list_items(out))
     for item in got.values():
         assert not set(SERVER_FIELDS) & set(item["metadata"]), item["metadata"]
     for want in manifest["objects"]:
@@ -261,21 +207,21 @@ def test_strip_server_fields_and_managed_fields(capsys: pytest.CaptureFixture[st
         if want["kind"] == "Secret":
             assert item.get("data", {}) == (want.get("data_b64") or {})
 
-    rc, out, err = _run([*base, "--strip-server-fields", "--show-managed-fields"], capsys)
+    rc, out, err = cli("extract", *base, "--strip-server-fields", "--show-managed-fields")
     assert rc == 2
     assert out == ""
     assert "may not be used together" in err
 
 
-def test_other_kinds(capsys: pytest.CaptureFixture[str]) -> None:
+def test_other_kinds(cli: Cli) -> None:
     """Protobuf kinds without a schema: metadata plus the stored bytes; JSON objects as stored."""
     case = "a-identity"
-    rc, out, err = _run(
-        [_snap(case), "-c", _config(case), "-r", "namespaces", "-r", "apiservices.apiregistration.k8s.io", "-o", "json"],
-        capsys,
-    )
+    rc, out, err = cli(
+        "extract", snapshot_path(case), "-c", config_path(case), "-r", "namespaces",
+        "-r", "apiservices.apiregistration.k8s.io", "-o", "json",
+    )  # fmt: skip
     assert rc == 0
-    items = _items(out)
+    items = list_items(out)
     namespaces = {i["metadata"]["name"]: i for i in items if i["kind"] == "Namespace"}
     assert {"default", "alpha", "beta-2", "gamma", "kube-system"} <= set(namespaces)
     alpha = namespaces["alpha"]
@@ -299,36 +245,34 @@ def test_library_returns_data_and_prints_nothing(capsys: pytest.CaptureFixture[s
     case = "d-secretbox"
     result = run_extract(
         ExtractOptions(
-            snapshot=_snap(case), access=KeyAccess(configs=(_config(case),)), namespace="alpha", name="binary"
+            snapshot=str(snapshot_path(case)),
+            access=KeyAccess(configs=(str(config_path(case)),)),
+            namespace="alpha",
+            name="binary",
         )
     )
     assert capsys.readouterr() == ("", "")
     assert result.exit_code == 0
     assert result.matched == result.secrets == result.decrypted == 1
     (item,) = result.items
-    want = next(o for o in _manifest(case)["objects"] if o["name"] == "binary")
-    _assert_matches_manifest(want, item)
+    want = next(o for o in load_manifest(case)["objects"] if o["name"] == "binary")
+    assert_matches_manifest(want, item)
     json.dumps(result.manifest())  # JSON-ready: no bytes left
 
 
 # -- failures --------------------------------------------------------------------------------
 
 
-def test_wrong_key_lists_object_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_key_lists_object_and_exits_1(tmp_path: Path, cli: Cli) -> None:
     case = "b-aescbc"
-    manifest = _manifest(case)
-    config = tmp_path / "wrong.yaml"
-    wrong = base64.b64encode(os.urandom(32)).decode()
-    config.write_text(
-        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n"
-        f"- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: key1\n        secret: {wrong}\n"
-    )
-    rc, out, err = _run(
-        [_snap(case), "-c", str(config), "-r", "secrets", "-r", "configmaps", "-n", "default", "-o", "json"], capsys
+    manifest = load_manifest(case)
+    config = write_config(tmp_path / "wrong.json", rule(["secrets"], static("aescbc", ("key1", os.urandom(32)))))
+    rc, out, err = cli(
+        "extract", snapshot_path(case), "-c", config, "-r", "secrets", "-r", "configmaps", "-n", "default", "-o", "json"
     )
     assert rc == 1
     # The readable objects (plaintext configmaps) are still written.
-    assert {i["kind"] for i in _items(out)} == {"ConfigMap"}
+    assert {i["kind"] for i in list_items(out)} == {"ConfigMap"}
     secrets = [o for o in manifest["objects"] if o["kind"] == "Secret" and o["namespace"] == "default"]
     for obj in secrets:
         assert f"skipped {obj['etcd_key']} (revision {obj['resourceVersion']}): unreadable (wrong-key; aescbc key key1)" in err
@@ -338,13 +282,13 @@ def test_wrong_key_lists_object_and_exits_1(tmp_path: Path, capsys: pytest.Captu
         assert secret not in err
 
 
-def test_kms_unavailable_exits_4(capsys: pytest.CaptureFixture[str]) -> None:
+def test_kms_unavailable_exits_4(cli: Cli) -> None:
     case = "g-kmsv2"
     with short_dir() as d:
-        rc, out, err = _run(
-            [_snap(case), "-c", _config(case), "--kms", f"testkms=unix://{d}/nobody.sock", "--name", "basic-auth"],
-            capsys,
-        )
+        rc, out, err = cli(
+            "extract", snapshot_path(case), "-c", config_path(case), "--kms", f"testkms=unix://{d}/nobody.sock",
+            "--name", "basic-auth",
+        )  # fmt: skip
     assert rc == 4
     assert out == ""
     assert "kms-unavailable" in err
@@ -352,17 +296,17 @@ def test_kms_unavailable_exits_4(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "zeroed-metas"])
-def test_damaged_snapshot_exits_3(damage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_damaged_snapshot_exits_3(damage: str, tmp_path: Path, cli: Cli) -> None:
     case = "b-aescbc"
     path = tmp_path / "snap.db"
     if damage != "missing":
-        data = bytearray((FIXTURES / case / "etcd-snapshot.db").read_bytes())
+        data = bytearray(snapshot_path(case).read_bytes())
         if damage == "truncated":
             data = data[:3000]
         else:
             data[: 2 * 4096] = bytes(2 * 4096)
         path.write_bytes(bytes(data))
-    rc, out, err = _run([str(path), "-c", _config(case)], capsys)
+    rc, out, err = cli("extract", str(path), "-c", config_path(case))
     assert rc == 3
     assert out == ""
     assert err.count("\n") == 1
@@ -380,21 +324,21 @@ def test_damaged_snapshot_exits_3(damage: str, tmp_path: Path, capsys: pytest.Ca
     ],
 )
 def test_usage_and_config_errors_exit_2(
-    extra: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    extra: list[str], needle: str, tmp_path: Path, cli: Cli
 ) -> None:
     case = "b-aescbc"
-    config = ["-c", _config(case)] if extra[:1] != ["-c"] else []
-    rc, out, err = _run([_snap(case), *config, *extra], capsys)
+    config = ["-c", config_path(case)] if extra[:1] != ["-c"] else []
+    rc, out, err = cli("extract", snapshot_path(case), *config, *extra)
     assert rc == 2
     assert out == ""
     assert err.count("\n") == 1
     assert needle in err
 
 
-def test_bad_config_content_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_config_content_exits_2(tmp_path: Path, cli: Cli) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources: 7\n")
-    rc, out, err = _run([_snap("b-aescbc"), "-c", str(config)], capsys)
+    rc, out, err = cli("extract", snapshot_path("b-aescbc"), "-c", str(config))
     assert rc == 2
     assert out == ""
     assert err.count("\n") == 1
@@ -406,42 +350,14 @@ K1 = bytes(range(32))  # aescbc k1: the old key
 G2 = bytes(range(100, 132))  # aesgcm g2: the current key
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _uvarint(number << 3 | 2) + _uvarint(len(payload)) + payload
-
-
-def _entry(number: int, key: str, value: bytes) -> bytes:
-    return _field(number, _field(1, key.encode()) + _field(2, value))
-
-
-def _stored(kind: str, ns: str, name: str, maps: dict[int, dict[str, bytes]], tail: bytes = b"") -> bytes:
-    """``k8s\\x00`` + runtime.Unknown{typeMeta v1/kind, raw} of a Secret or ConfigMap (spec 9.1, 9.3)."""
+def _meta(ns: str, name: str) -> bytes:
     uid = f"00000000-0000-4000-8000-{zlib.crc32(f'{ns}/{name}'.encode()):012d}"
-    meta = _field(1, name.encode()) + _field(3, ns.encode()) + _field(5, uid.encode())
-    meta += _field(8, b"\x08" + _uvarint(1_700_000_000))  # creationTimestamp 2023-11-14T22:13:20Z
-    meta += _entry(11, "app", b"history")
-    raw = _field(1, meta)
-    for number, values in maps.items():
-        raw += b"".join(_entry(number, k, v) for k, v in values.items())
-    raw += tail
-    type_meta = _field(1, b"v1") + _field(2, kind.encode())
-    return b"k8s\x00" + _field(1, type_meta) + _field(2, raw) + b"\x1a\x00\x22\x00"
+    # creationTimestamp 2023-11-14T22:13:20Z
+    return k8s.object_meta(name, ns, uid=uid, created=1_700_000_000, labels={"app": "history"})
 
 
 def _secret(ns: str, name: str, data: dict[str, bytes]) -> bytes:
-    return _stored("Secret", ns, name, {2: data}, _field(3, b"Opaque"))
+    return k8s.secret(_meta(ns, name), data)
 
 
 def _cbc(etcd_key: str, plaintext: bytes) -> bytes:
@@ -454,25 +370,9 @@ def _gcm(etcd_key: str, plaintext: bytes) -> bytes:
 
 
 def _history_config(path: Path) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "apiserver.config.k8s.io/v1",
-                "kind": "EncryptionConfiguration",
-                "resources": [
-                    {
-                        "resources": ["secrets", "configmaps"],
-                        "providers": [
-                            {"aesgcm": {"keys": [{"name": "g2", "secret": base64.b64encode(G2).decode()}]}},
-                            {"aescbc": {"keys": [{"name": "k1", "secret": base64.b64encode(K1).decode()}]}},
-                            {"identity": {}},
-                        ],
-                    }
-                ],
-            }
-        )
+    return write_config(
+        path, rule(["secrets", "configmaps"], static("aesgcm", ("g2", G2)), static("aescbc", ("k1", K1)), IDENTITY)
     )
-    return path
 
 
 # Values chosen so that their base64 (or themselves) are YAML 1.1 non-strings: `1E10`, `0000`.
@@ -481,7 +381,7 @@ TRICKY = {"y": base64.b64decode("1E10"), "on": base64.b64decode("0000"), ".hidde
 
 @pytest.mark.etcd
 def test_revision_history_through_real_etcd(
-    etcd_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: ANN401
+    etcd_server: Any, tmp_path: Path, cli: Cli  # noqa: ANN401
 ) -> None:
     app, other = "/registry/secrets/ns1/app", "/registry/secrets/ns1/other"
     cm = "/registry/configmaps/ns1/odd"
@@ -500,14 +400,14 @@ def test_revision_history_through_real_etcd(
     r4 = put(app, _gcm(app, _secret("ns1", "app", {"password": b"three-recreated"})))
     r5 = delete(other)
     odd = {"y": b"n", "on": b"1e3", "k": b"0x1F", "t": b"2001-12-14", "colon": b"x: y", "uni": "grüße ✓".encode()}
-    r6 = put(cm, _gcm(cm, _stored("ConfigMap", "ns1", "odd", {2: odd, 3: {"blob": b"\x00\x01k8s"}})))
+    r6 = put(cm, _gcm(cm, k8s.config_map(_meta("ns1", "odd"), odd, {"blob": b"\x00\x01k8s"})))
     snap = etcd_server.snapshot_save(tmp_path / "history.db")
     config = _history_config(tmp_path / "config.json")
     base = [str(snap), "-c", str(config), "-o", "json"]
 
     def extract(*extra: str) -> tuple[int, dict[str, dict], str]:
-        rc, out, err = _run([*base, *extra], capsys)
-        items = _items(out) if out else []
+        rc, out, err = cli("extract", *base, *extra)
+        items = list_items(out) if out else []
         _validate(items)
         return rc, {i["metadata"]["name"]: i for i in items}, err
 
@@ -546,7 +446,7 @@ def test_revision_history_through_real_etcd(
     assert "after the snapshot" in err
 
     # YAML that a YAML 1.1 reader (kubectl) cannot misread: ambiguous scalars are quoted.
-    rc, out, err = _run([str(snap), "-c", str(config), "--revision", str(r6), "-r", "secrets", "-r", "configmaps"], capsys)
+    rc, out, err = cli("extract", str(snap), "-c", str(config), "--revision", str(r6), "-r", "secrets", "-r", "configmaps")
     assert rc == 0, err
     assert err.count(WARNING) == 1
     for secret in ("one-old-key", "two-new-key", "three-recreated", "grüße"):
@@ -568,12 +468,12 @@ def test_revision_history_through_real_etcd(
     # After compaction, revisions before it may have lost records: refused, not guessed.
     client.compact(r2, physical=True)
     compacted = etcd_server.snapshot_save(tmp_path / "compacted.db")
-    rc, out, err = _run([str(compacted), "-c", str(config), "--revision", str(r1)], capsys)
+    rc, out, err = cli("extract", str(compacted), "-c", str(config), "--revision", str(r1))
     assert rc == 2
     assert f"compacted; the snapshot keeps history from revision {r2}" in err
-    rc, out, _ = _run([str(compacted), "-c", str(config), "--revision", str(r2), "--name", "app", "-o", "json"], capsys)
+    rc, out, _ = cli("extract", str(compacted), "-c", str(config), "--revision", str(r2), "--name", "app", "-o", "json")
     assert rc == 0
-    assert pw(_items(out)[0]) == b"two-new-key"
+    assert pw(list_items(out)[0]) == b"two-new-key"
 
 
 def _quoted_scalars(text: str) -> set[str]:

@@ -1,6 +1,6 @@
 """``extract`` on hostile objects: one object too deep to render is skipped, the rest written.
 
-The snapshot is built with ``tests/bbolt_builder.py`` (etcd's ``key`` bucket of encoded
+The snapshot is built with ``tests/support/snapshots.py`` (etcd's ``key`` bucket of encoded
 ``mvccpb.KeyValue`` records), the objects by hand: a JSON custom resource and Secrets in
 Kubernetes protobuf (spec 9.1) whose managedFields hold deep FieldsV1 JSON.
 """
@@ -10,34 +10,22 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from snapshot_tools.cli import main
 from snapshot_tools.extract import MAX_DEPTH
-from tests.bbolt_builder import build_db, kv_bytes, revision_key
+from tests.support import k8s_objects as k8s
+from tests.support.configs import IDENTITY, rule, write_config
+from tests.support.snapshots import write_snapshot
 
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _uvarint(number << 3 | 2) + _uvarint(len(payload)) + payload
+if TYPE_CHECKING:
+    from tests.support.cli import Cli
 
 
 def _secret(ns: str, name: str, password: bytes, fields_v1: bytes | None = None) -> bytes:
-    meta = _field(1, name.encode()) + _field(3, ns.encode())
-    if fields_v1 is not None:  # ObjectMeta.managedFields[0].fieldsV1.Raw
-        meta += _field(17, _field(1, b"kubectl") + _field(7, _field(1, fields_v1)))
-    raw = _field(1, meta) + _field(2, _field(1, b"password") + _field(2, password)) + _field(3, b"Opaque")
-    type_meta = _field(1, b"v1") + _field(2, b"Secret")
-    return b"k8s\x00" + _field(1, type_meta) + _field(2, raw) + b"\x1a\x00\x22\x00"
+    """A Secret whose managedFields[0].fieldsV1.Raw is ``fields_v1``."""
+    return k8s.secret(k8s.object_meta(name, ns, fields_v1=fields_v1), {"password": password})
 
 
 def _nested_json(depth: int) -> bytes:
@@ -49,43 +37,22 @@ def _widget(name: str, depth: int) -> bytes:
     return b'{"apiVersion":"example.com/v1","kind":"Widget","metadata":{"name":"' + name.encode() + b'","namespace":"ns"},"spec":' + spec + b"}"
 
 
-def _snapshot(tmp_path: Path, values: dict[str, bytes]) -> Path:
-    records = {}
-    for rev, (key, value) in enumerate(sorted(values.items()), start=2):
-        records[revision_key(rev)] = kv_bytes(key.encode(), create=rev, mod=rev, version=1, value=value)
-    path = tmp_path / "hostile.db"
-    path.write_bytes(build_db({b"key": records, b"meta": {b"consistent_index": (1).to_bytes(8, "big")}}))
-    return path
-
-
 def _config(tmp_path: Path) -> Path:
-    path = tmp_path / "identity.yaml"
-    path.write_text(
-        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n"
-        "  - resources: [secrets, widgets.example.com]\n    providers:\n      - identity: {}\n"
-    )
-    return path
-
-
-def _extract(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(["extract", *args])
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
+    return write_config(tmp_path / "identity.json", rule(["secrets", "widgets.example.com"], IDENTITY))
 
 
 def test_too_deep_custom_resource_is_skipped_and_the_rest_written(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, cli: Cli
 ) -> None:
     # Deep enough to break a recursive renderer, shallow enough for json.loads to parse it.
-    snap = _snapshot(
-        tmp_path,
+    snap = write_snapshot(
+        tmp_path / "hostile.db",
         {
             "/registry/example.com/widgets/ns/deep": _widget("deep", 600),
             "/registry/example.com/widgets/ns/fine": _widget("fine", MAX_DEPTH - 10),
         },
     )
-    rc, out, err = _extract([str(snap), "-c", str(_config(tmp_path)), "-r", "widgets.example.com", "-o", "json"], capsys)
+    rc, out, err = cli("extract", str(snap), "-c", str(_config(tmp_path)), "-r", "widgets.example.com", "-o", "json")
     assert rc == 1, err
     items = json.loads(out)["items"]
     assert [i["metadata"]["name"] for i in items] == ["fine"]
@@ -97,10 +64,10 @@ def test_too_deep_custom_resource_is_skipped_and_the_rest_written(
 @pytest.mark.parametrize("output", ["yaml", "json"])
 @pytest.mark.parametrize("show_managed", [False, True])
 def test_deep_managed_fields_do_not_abort_the_run(
-    output: str, show_managed: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    output: str, show_managed: bool, tmp_path: Path, cli: Cli
 ) -> None:
-    snap = _snapshot(
-        tmp_path,
+    snap = write_snapshot(
+        tmp_path / "hostile.db",
         {
             "/registry/secrets/ns/hostile": _secret("ns", "hostile", b"pw-1", _nested_json(5000)),  # json.loads gives up
             "/registry/secrets/ns/deep": _secret("ns", "deep", b"pw-2", _nested_json(600)),  # json.loads parses it
@@ -108,7 +75,7 @@ def test_deep_managed_fields_do_not_abort_the_run(
         },
     )
     args = [str(snap), "-c", str(_config(tmp_path)), "-o", output] + (["--show-managed-fields"] if show_managed else [])
-    rc, out, err = _extract(args, capsys)
+    rc, out, err = cli("extract", *args)
     assert "internal error" not in err and "Traceback" not in err
     doc = json.loads(out) if output == "json" else __import__("yaml").safe_load(out)
     names = {i["metadata"]["name"]: i for i in doc["items"]}

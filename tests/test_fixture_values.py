@@ -6,7 +6,7 @@ Fixtures: shared/fixtures/apiserver-v1.36 (kube-apiserver v1.36.2 + etcd 3.5.1; 
 ``objects[].history[]`` holds the data as written at each revision. Static keys come from the
 manifest ``keys`` and must agree with ``encryption-config.yaml``. The g-kmsv2 case goes through
 :class:`~snapshot_tools.unwrap.PluginUnwrapper` against a real gRPC KMS v2 plugin on a unix socket
-(tests/kms_test_plugin.py) wrapping with the fixture's KEK, behind a
+(tests/support/kms.py) wrapping with the fixture's KEK, behind a
 :class:`~snapshot_tools.unwrap.CachingUnwrapper`.
 """
 
@@ -32,14 +32,14 @@ from snapshot_tools.providers import (
     storage_form,
 )
 from snapshot_tools.unwrap import CachingUnwrapper, PluginUnwrapper
-from tests.conftest import FIXTURES
-from tests.kms_test_plugin import TestKMSPlugin
+from tests.support.fixtures import FIXTURES, config_path, fixture_kek, load_manifest
+from tests.support.kms import TestKMSPlugin
 
 STATIC_CASES = ["a-identity", "b-aescbc", "c-aesgcm", "d-secretbox", "f-secrets-configmaps"]
 
 
 def _load(case: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    manifest = json.loads((FIXTURES / case / "manifest.json").read_text())
+    manifest = load_manifest(case)
     raw = json.loads((FIXTURES / case / "etcd-raw-values.json").read_text())["values"]
     assert raw, case
     return manifest, raw
@@ -60,7 +60,7 @@ def _static_keys(case: str, manifest: dict[str, Any]) -> dict[tuple[str, str], b
     keys = {(k["provider"], k["name"]): base64.b64decode(k["secret_b64"]) for k in entries}
     for k in manifest["keys"].values():
         assert base64.b64decode(k["secret_b64"]).hex() == k["hex"]
-    config = yaml.safe_load((FIXTURES / case / "encryption-config.yaml").read_text())
+    config = yaml.safe_load(config_path(case).read_text())
     from_config = {}
     for resource in config["resources"]:
         for provider in resource["providers"]:
@@ -124,7 +124,7 @@ def test_kmsv2_fixture_values_through_plugin(tmp_path: Path) -> None:
     case = FIXTURES / "g-kmsv2"
     manifest, raw = _load("g-kmsv2")
     history = _history(manifest)
-    kek = bytes.fromhex((case / "kms-plugin-kek-1.hex").read_text().strip())
+    kek = fixture_kek()
     calls = [json.loads(line) for line in (case / "kmsplug-calls.jsonl").read_text().splitlines()]
     seed_written = bytes.fromhex(next(c for c in calls if c["rpc"] == "Encrypt")["plaintext_hex"])
     prefix = kms_prefix("v2", "testkms")

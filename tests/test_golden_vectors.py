@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,11 +36,8 @@ from snapshot_tools.providers import (
     static_provider,
 )
 from snapshot_tools.unwrap import CachingUnwrapper
+from tests.support.fixtures import OLD_SECRET, VECTORS
 
-VECTORS: dict[str, Any] = json.loads(
-    (Path(__file__).parent / "vectors" / "k8s_encryption_formats.json").read_text()
-)
-OLD_SECRET = base64.b64decode(VECTORS["E"]["old_secret_b64"])
 G_AAD = VECTORS["G"]["aad_ascii"].encode()
 
 

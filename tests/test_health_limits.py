@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from kms_plugin.health import HealthLimits, HealthServer
-from tests.kms_support import served, short_dir
+from tests.support.kms import http_get, served, short_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -34,13 +34,7 @@ def _connect(server: HealthServer) -> socket.socket:
 
 
 def _get(server: HealthServer, path: str = "/healthz") -> tuple[int, str]:
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode()
-    finally:
-        conn.close()
+    return http_get(server.host, server.port, path)
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> float:

@@ -20,7 +20,8 @@ import time
 from typing import TYPE_CHECKING
 
 from kms_plugin.client import KMSv2Client
-from tests.kms_support import KMS_PLUGIN, cli, short_dir
+from tests.support.cli import KMS_PLUGIN, plugin_cli
+from tests.support.kms import http_get, short_dir
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -81,19 +82,9 @@ def _open_idle(port: int, count: int) -> list[socket.socket]:
     return conns
 
 
-def _healthz(port: int) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/healthz")
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode()
-    finally:
-        conn.close()
-
-
 def test_idle_health_connections_do_not_starve_grpc() -> None:
     with short_dir() as d:
-        cli("keyring", "init", str(d / "k.json"))
+        plugin_cli("keyring", "init", str(d / "k.json"))
         proc, port, lines = _start(d)
         idle: list[socket.socket] = []
         try:
@@ -114,7 +105,7 @@ def test_idle_health_connections_do_not_starve_grpc() -> None:
             deadline = time.monotonic() + 15
             while True:
                 try:
-                    answer = _healthz(port)
+                    answer = http_get("127.0.0.1", port, timeout=2)
                     break
                 except (OSError, http.client.HTTPException):
                     if time.monotonic() > deadline:

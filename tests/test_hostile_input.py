@@ -6,7 +6,7 @@ huge high-water mark made ``status`` build per-page lists (1.7 GB for 16 KB on d
 
 The CLI runs in a subprocess with RLIMIT_DATA (heap and anonymous maps; the read-only file map is
 not counted) so a regression fails fast instead of exhausting the machine, and the child's own peak
-RSS comes from ``os.wait4``. Files are built with ``tests/bbolt_builder.py`` and edited by hand.
+RSS comes from ``os.wait4``. Files are built with ``tests/support/snapshots.py`` and edited by hand.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import resource
 import struct
 import subprocess
-import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -28,14 +27,14 @@ from snapshot_tools.bbolt.page import leaf_spans
 from snapshot_tools.errors import SnapshotError
 from snapshot_tools.snapshot import MAX_ETCD_KEY, Snapshot
 from snapshot_tools.status import snapshot_status
-from tests.bbolt_builder import Builder, build_db, kv_bytes, revision_key
-from tests.conftest import ROOT
+from tests.support.cli import SNAPSHOT_TOOLS
+from tests.support.fixtures import EXAMPLE_CONFIG
+from tests.support.snapshots import Builder, build_db, kv_bytes, revision_key
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 PS = 4096
-CONFIG = ROOT / "examples" / "aescbc" / "encryption-config.yaml"
 RSS_LIMIT_MB = 300
 DATA_LIMIT = 1 << 30  # the child gets MemoryError past this instead of taking the machine
 CPU_LIMIT_S = 120
@@ -50,7 +49,7 @@ def _limits() -> None:
 def _cli(args: list[str], tmp_path: Path) -> tuple[int, str, str, float]:
     """Run ``snapshot-tools ARGS``; return (exit code, stdout, stderr, the child's peak RSS in MB)."""
     out, err = tmp_path / "stdout", tmp_path / "stderr"
-    cmd = [sys.executable, "-c", "from snapshot_tools.cli import main; main()", *args]
+    cmd = [*SNAPSHOT_TOOLS, *args]
     with out.open("wb") as fo, err.open("wb") as fe:
         proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, preexec_fn=_limits)  # noqa: PLW1509
         _, status, usage = os.wait4(proc.pid, 0)
@@ -70,7 +69,7 @@ def _assert_damaged(rc: int, out: str, err: str, rss_mb: float, *words: str) -> 
 
 
 def _commands(path: Path) -> list[list[str]]:
-    return [["status", str(path)], ["check", str(path), "--config", str(CONFIG)]]
+    return [["status", str(path)], ["check", str(path), "--config", str(EXAMPLE_CONFIG)]]
 
 
 # -- (a) overlapping leaf elements ---------------------------------------------------------
@@ -184,12 +183,17 @@ def test_overlapping_inline_bucket_elements(tmp_path: Path) -> None:
         list(DB(bytes(data)).bucket(b"meta").items())  # type: ignore[union-attr]
 
 
-def test_overlapping_branch_keys(tmp_path: Path) -> None:
+def _records_db(n: int) -> bytearray:
+    """A snapshot of ``n`` records with 300-byte values: several leaves under one branch."""
     items: dict[bytes, object] = {
         revision_key(i + 2): kv_bytes(f"/registry/secrets/a/{i:05d}".encode(), i + 2, i + 2, 1, b"x" * 300)
-        for i in range(200)
+        for i in range(n)
     }
-    data = bytearray(build_db({b"key": items, b"meta": {}}))
+    return bytearray(build_db({b"key": items, b"meta": {}}))
+
+
+def test_overlapping_branch_keys(tmp_path: Path) -> None:
+    data = _records_db(200)
     db = DB(bytes(data))
     branch = next(n for n in db.bucket(b"key").nodes() if n.flags == BRANCH)  # type: ignore[union-attr]
     pos_at = branch.offset + 16 + 16 + 0  # element 1's pos: point it back at element 0's key
@@ -200,11 +204,7 @@ def test_overlapping_branch_keys(tmp_path: Path) -> None:
 
 def test_nodes_sharing_pages_are_damage(tmp_path: Path) -> None:
     """A leaf whose overflow covers the next leaf's page: ``tx.Check``'s "multiple references"."""
-    items: dict[bytes, object] = {
-        revision_key(i + 2): kv_bytes(f"/registry/secrets/a/{i:05d}".encode(), i + 2, i + 2, 1, b"x" * 300)
-        for i in range(40)
-    }
-    data = bytearray(build_db({b"key": items, b"meta": {}}))
+    data = _records_db(40)
     db = DB(bytes(data))
     leaves = sorted(n.pgid or 0 for n in db.bucket(b"key").nodes() if n.flags == LEAF)  # type: ignore[union-attr]
     first = leaves[0]

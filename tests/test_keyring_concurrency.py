@@ -13,7 +13,8 @@ import time
 from typing import TYPE_CHECKING
 
 from kms_plugin.keks.local import ACTIVE, DECRYPT_ONLY, Keyring
-from tests.kms_support import cli, make_keyring, short_dir
+from tests.support.cli import plugin_cli
+from tests.support.kms import make_keyring, short_dir
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -84,7 +85,7 @@ def test_rotate_through_a_symlink_updates_the_target() -> None:
         first = make_keyring(target)
         link = d / "k.json"
         link.symlink_to(target)
-        assert cli("keyring", "rotate", str(link)) == 0
+        assert plugin_cli("keyring", "rotate", str(link)) == 0
         assert link.is_symlink()
         assert link.resolve() == target
         rotated = Keyring.load(target)
@@ -94,6 +95,6 @@ def test_rotate_through_a_symlink_updates_the_target() -> None:
         # The lock and the temp file live beside the target, so every path to it shares one lock.
         assert sorted(p.name for p in (d / "real").iterdir()) == ["k.json", "k.json.lock"]
         assert sorted(p.name for p in d.iterdir()) == ["k.json", "real"]
-        assert cli("keyring", "init", "--force", str(link)) == 0
+        assert plugin_cli("keyring", "init", "--force", str(link)) == 0
         assert link.is_symlink()
         assert Keyring.load(target).active.id not in {k.id for k in rotated.keks}

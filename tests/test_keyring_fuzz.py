@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from kms_plugin.errors import ConfigError
 from kms_plugin.keks.local import Keyring, load_keyring
-from tests.kms_support import KMS_PLUGIN, cli, short_dir
+from tests.support.cli import KMS_PLUGIN, plugin_cli
+from tests.support.kms import short_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -157,7 +158,7 @@ def test_cli_list_is_ok_or_exit_2(workdir: Path, data: bytes) -> None:
     _write(path, data)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = cli("keyring", "list", str(path))
+        rc = plugin_cli("keyring", "list", str(path))
     expected = 0 if _loads_or_config_error(path) is not None else 2
     assert rc == expected, err.getvalue()
     if rc == 2:

@@ -11,8 +11,6 @@ import json
 import os
 import re
 import subprocess
-import urllib.error
-import urllib.request
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,12 +18,12 @@ import pytest
 from kms_plugin.client import KMSv2Client
 from kms_plugin.errors import ConfigError
 from kms_plugin.keks.local import MAX_KEYRING_BYTES, Keyring, load_keyring, parse_keyring
-from tests.kms_support import KMS_PLUGIN, make_keyring, served, short_dir
+from tests.support.cli import KMS_PLUGIN
+from tests.support.kms import health_get, make_keyring, served, short_dir
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from kms_plugin.server import PluginServer
 
 _KEY = base64.b64encode(b"k" * 32).decode()
 
@@ -73,16 +71,6 @@ def _write_bad(path: Path, kind: str) -> None:
         fh.write(data)
 
 
-def _get(server: PluginServer, path: str) -> tuple[int, str]:
-    assert server.health is not None
-    url = f"http://127.0.0.1:{server.health.port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 @pytest.mark.parametrize("kind", sorted(BAD))
 def test_library_refuses_with_a_config_error(kind: str) -> None:
     with short_dir() as d:
@@ -104,7 +92,7 @@ def test_serving_plugin_keeps_the_last_good_keyring_on_any_bad_file() -> None:
         assert path is not None
         good = path.read_bytes()
         enc = c.encrypt(b"g" * 32)
-        assert _get(server, "/healthz") == (200, "ok\n")
+        assert health_get(server, "/healthz") == (200, "ok\n")
         errors = 0
         for kind, (_, reason) in sorted(BAD.items()):
             _write_bad(path, kind)
@@ -117,17 +105,17 @@ def test_serving_plugin_keeps_the_last_good_keyring_on_any_bad_file() -> None:
             again = c.encrypt(b"h" * 32)
             assert again.key_id == enc.key_id
             assert c.decrypt(again.ciphertext, again.key_id) == b"h" * 32
-            code, body = _get(server, "/healthz")
+            code, body = health_get(server, "/healthz")
             assert code == 503 and "keyring reload failed" in body and reason in body, kind
-            assert _get(server, "/livez") == (200, "ok\n")  # user-caused: no restart
+            assert health_get(server, "/livez") == (200, "ok\n")  # user-caused: no restart
             # Fixed again: health recovers before the next bad file.
             path.unlink()
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(good)
             assert c.status().healthz == "ok", kind
-            assert _get(server, "/healthz") == (200, "ok\n"), kind
-        _, metrics = _get(server, "/metrics")
+            assert health_get(server, "/healthz") == (200, "ok\n"), kind
+        _, metrics = health_get(server, "/metrics")
         counted = re.search(r'kms_plugin_keyring_reloads_total\{result="error"\} (\S+)', metrics)
         # >=: a bad file is re-read (and counted) again after each second it stays bad.
         assert counted is not None and float(counted[1]) >= errors

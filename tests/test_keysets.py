@@ -17,7 +17,7 @@ import yaml
 from snapshot_tools.config import ConfigFileError, parse_duration
 from snapshot_tools.errors import ConfigError
 from snapshot_tools.keysets import KeySet, StaticKey, load_keyset
-from tests.conftest import FIXTURE_CASES, FIXTURES
+from tests.support.fixtures import FIXTURE_CASES, FIXTURES, load_manifest
 
 HEAD = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n"
 K16 = base64.b64encode(b"secret is secure").decode()  # spec 11.F
@@ -71,7 +71,7 @@ def aescbc(*keys: tuple[str, str]) -> str:
 
 @pytest.mark.parametrize("case", FIXTURE_CASES)
 def test_fixture_config_keys_match_manifest(case: str) -> None:
-    manifest = json.loads((FIXTURES / case / "manifest.json").read_text())
+    manifest = load_manifest(case)
     ks = load_keyset([FIXTURES / case / "encryption-config.yaml"])
     static = [k for k in ks.all_keys() if isinstance(k, StaticKey)]
     got = {f"{k.provider}/{k.name}": k for k in static}

@@ -1,7 +1,7 @@
 """The AWS KMS backend against a real moto server over HTTP, through the plugin's gRPC socket.
 
 Keys, aliases and rotations are made with boto3 straight at moto; the plugin reaches moto
-through :class:`tests.moto_support.FaultProxy`, which counts calls and injects faults.
+through :class:`tests.support.aws.FaultProxy`, which counts calls and injects faults.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import pytest
 from kms_plugin.client import KMSv1Client, KMSv2Client
 from kms_plugin.errors import InvalidCiphertext, PluginError, PluginUnavailable
 from kms_plugin.keks import awsformat
-from tests.kms_support import KMS_PLUGIN, short_dir
-from tests.moto_support import REGION, health, served_aws, wait_for
+from tests.support.aws import REGION, served_aws, wait_for
+from tests.support.cli import KMS_PLUGIN
+from tests.support.kms import health_get, short_dir
 
 FAST = {"probe_interval": 0.2}
 
@@ -71,22 +72,22 @@ def test_disabled_then_enabled_and_pending_deletion_health(moto_kms, proxy) -> N
     kms = moto_kms.client()
     with short_dir() as d, served_aws(d, proxy.url, arn, **FAST) as server, _client(d) as c:
         assert c.status().healthz == "ok"
-        assert health(server, "/healthz")[0] == 200
+        assert health_get(server, "/healthz")[0] == 200
         kms.disable_key(KeyId=key)
-        code, body = wait_for(lambda: (r := health(server, "/healthz"))[0] == 503 and r)
+        code, body = wait_for(lambda: (r := health_get(server, "/healthz"))[0] == 503 and r)
         assert "Disabled" in body
-        assert health(server, "/readyz")[0] == 503
-        assert health(server, "/livez") == (200, "ok")  # user-caused: no restart
+        assert health_get(server, "/readyz")[0] == 503
+        assert health_get(server, "/livez") == (200, "ok\n")  # user-caused: no restart
         st = c.status()
         assert st.healthz != "ok" and "Disabled" in st.healthz and len(st.healthz) < 100
         assert st.key_id == awsformat.key_id_for(arn, "")
         kms.enable_key(KeyId=key)
         wait_for(lambda: c.status().healthz == "ok")
-        assert health(server, "/healthz") == (200, "ok")
+        assert health_get(server, "/healthz") == (200, "ok\n")
         kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
         wait_for(lambda: "PendingDeletion" in c.status().healthz)
-        assert health(server, "/livez")[0] == 200
-        assert health(server, "/readyz")[0] == 503
+        assert health_get(server, "/livez")[0] == 200
+        assert health_get(server, "/readyz")[0] == 503
         kms.cancel_key_deletion(KeyId=key)
         kms.enable_key(KeyId=key)
         wait_for(lambda: c.status().healthz == "ok")

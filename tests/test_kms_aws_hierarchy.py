@@ -12,8 +12,8 @@ import pytest
 
 from kms_plugin.client import KMSv2Client
 from kms_plugin.errors import PluginError, PluginUnavailable
-from tests.kms_support import short_dir
-from tests.moto_support import health, served_aws, wait_for
+from tests.support.aws import served_aws, wait_for
+from tests.support.kms import health_get, short_dir
 
 REMOTE = ("Encrypt", "Decrypt")
 QUIET = {"probe_interval": 3600.0}  # only the start-up probe: the counts below are all requests'
@@ -73,28 +73,28 @@ def test_faults_serve_from_cache_report_health_and_meet_deadlines(moto_kms, prox
                     short.decrypt(foreign.ciphertext, foreign.key_id, foreign.annotations)
             # The plugin answered (UNAVAILABLE with its reason), not the client's deadline.
             assert "UNAVAILABLE" in str(info.value) and "no answer within" in str(info.value)
-            code, body = wait_for(lambda: (r := health(server, "/healthz"))[0] == 503 and r, timeout=15)
+            code, body = wait_for(lambda: (r := health_get(server, "/healthz"))[0] == 503 and r, timeout=15)
             assert "no answer" in body or "cannot reach" in body
-            assert health(server, "/livez")[0] == 503  # transient: a restart may help
+            assert health_get(server, "/livez")[0] == 503  # transient: a restart may help
             assert c.status().healthz != "ok"
 
             # Throttled: healthz reports it, livez stays up, cached calls still work.
             proxy.set("error", code="ThrottlingException")
             wait_for(lambda: "throttled" in c.status().healthz, timeout=15)
-            assert health(server, "/livez") == (200, "ok")
-            assert health(server, "/readyz")[0] == 503
+            assert health_get(server, "/livez") == (200, "ok\n")
+            assert health_get(server, "/readyz")[0] == 503
             assert c.decrypt(enc.ciphertext, enc.key_id, enc.annotations) == seed
             with pytest.raises(PluginError, match="RESOURCE_EXHAUSTED"):
                 c.decrypt(foreign.ciphertext, foreign.key_id, foreign.annotations)
 
             # Dropped connections: transient again.
             proxy.set("drop")
-            wait_for(lambda: health(server, "/livez")[0] == 503, timeout=15)
+            wait_for(lambda: health_get(server, "/livez")[0] == 503, timeout=15)
 
             # Recovery.
             proxy.clear()
             wait_for(lambda: c.status().healthz == "ok", timeout=15)
-            assert health(server, "/livez") == (200, "ok")
+            assert health_get(server, "/livez") == (200, "ok\n")
             assert c.decrypt(foreign.ciphertext, foreign.key_id, foreign.annotations) == foreign_seed
 
 

@@ -8,32 +8,42 @@ CiphertextBlob, made with boto3). The proxy in front of moto counts the AWS call
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from kms_plugin.client import KMSv2Client
-from snapshot_tools.cli import main
 from snapshot_tools.providers import kms_prefix, kmsv1, kmsv2
-from tests.kms_support import short_dir
-from tests.moto_support import REGION, served_aws
+from tests.support.aws import REGION, served_aws
+from tests.support.configs import kms as kms_provider
+from tests.support.configs import rule, static, write_config
+from tests.support.k8s_objects import json_object
+from tests.support.kms import short_dir
+
+if TYPE_CHECKING:
+    from tests.support.cli import Cli
 
 pytestmark = pytest.mark.etcd
 CONTEXT = {"cluster": "c1"}
 
 
 def _secret(name: str) -> bytes:
-    return json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}).encode()
+    return json_object(name)
 
 
-def _check(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
-    with pytest.raises(SystemExit) as info:
-        main(["check", *args, "--output", "json"])
-    out = capsys.readouterr().out
-    return int(info.value.code or 0), json.loads(out) if out.strip() else {}
+def _config(path: Path) -> Path:
+    """The two KMS providers the values were written under; --aws-kms reads them, never a socket."""
+    return write_config(
+        path,
+        rule(
+            ["secrets"],
+            kms_provider("ours", "unix:///tmp/no-such-plugin.sock"),
+            kms_provider("old", "unix:///tmp/no-such-plugin-v1.sock", api_version="v1"),
+        ),
+    )
 
 
 def _write_values(etcd, d: Path, proxy_url: str, alias: str, arn: str, kms) -> dict[str, str]:  # noqa: ANN001
@@ -71,7 +81,7 @@ def _write_values(etcd, d: Path, proxy_url: str, alias: str, arn: str, kms) -> d
     return expected
 
 
-def test_snapshot_checked_offline_from_aws(etcd_server, moto_kms, proxy, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_snapshot_checked_offline_from_aws(etcd_server, moto_kms, proxy, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
     alias = f"alias/offline-{os.getpid()}"
     arn = moto_kms.create_key(alias=alias.removeprefix("alias/"))
     kms = moto_kms.client()
@@ -80,17 +90,11 @@ def test_snapshot_checked_offline_from_aws(etcd_server, moto_kms, proxy, tmp_pat
     # The plugin is stopped now (its socket is gone with the directory).
     snap = tmp_path / "snap.db"
     etcd_server.snapshot_save(snap)
-    cfg = tmp_path / "enc.yaml"
-    cfg.write_text(
-        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n"
-        "- resources: [secrets]\n  providers:\n"
-        "  - kms: {apiVersion: v2, name: ours, endpoint: 'unix:///tmp/no-such-plugin.sock', timeout: 3s}\n"
-        "  - kms: {apiVersion: v1, name: old, endpoint: 'unix:///tmp/no-such-plugin-v1.sock', timeout: 3s}\n"
-    )
+    cfg = _config(tmp_path / "enc.json")
     aws = ["--aws-region", REGION, "--aws-endpoint-url", proxy.url, "--aws-encryption-context", "cluster=c1"]
 
     before = proxy.count("Decrypt")
-    rc, report = _check([str(snap), "-c", str(cfg), "--aws-kms", f"ours={alias}", "--aws-kms", f"old={arn}", *aws], capsys)
+    rc, report = cli.check_json(snap, "-c", cfg, "--aws-kms", f"ours={alias}", "--aws-kms", f"old={arn}", *aws)
     got = {o["key"]: o["verdict"] for o in report["objects"]}
     assert got == expected
     assert rc == 0  # stale is not in the default --fail-on
@@ -99,12 +103,12 @@ def test_snapshot_checked_offline_from_aws(etcd_server, moto_kms, proxy, tmp_pat
     assert proxy.count("Decrypt") - before == 6
 
     # Without a key: everything reads, nothing is current (no key_id to compare with).
-    rc, report = _check([str(snap), "-c", str(cfg), "--aws-kms", "ours", "--aws-kms", "old", *aws], capsys)
+    rc, report = cli.check_json(snap, "-c", cfg, "--aws-kms", "ours", "--aws-kms", "old", *aws)
     assert {o["verdict"] for o in report["objects"]} == {"stale"}
 
     # Another encryption context: AWS refuses every data key.
     wrong = [*aws[:-1], "cluster=c2"]
-    rc, report = _check([str(snap), "-c", str(cfg), "--aws-kms", f"ours={alias}", "--aws-kms", f"old={arn}", *wrong], capsys)
+    rc, report = cli.check_json(snap, "-c", cfg, "--aws-kms", f"ours={alias}", "--aws-kms", f"old={arn}", *wrong)
     assert {(o["verdict"], o["reason"]) for o in report["objects"]} == {("unreadable", "wrong-key")}
     assert rc == 1
 
@@ -112,7 +116,7 @@ def test_snapshot_checked_offline_from_aws(etcd_server, moto_kms, proxy, tmp_pat
     # still read (as after an alias move) but are stale; aws-encryption-provider's carry only a
     # name, which must name the configured key, so they are refused.
     other = moto_kms.create_key()
-    rc, report = _check([str(snap), "-c", str(cfg), "--aws-kms", f"ours={other}", "--aws-kms", f"old={other}", *aws], capsys)
+    rc, report = cli.check_json(snap, "-c", cfg, "--aws-kms", f"ours={other}", "--aws-kms", f"old={other}", *aws)
     got = {o["key"]: (o["verdict"], o["reason"]) for o in report["objects"]}
     assert got == {
         k: ("stale", None) if "/default/" in k else ("unreadable", "wrong-key") for k in expected
@@ -120,27 +124,19 @@ def test_snapshot_checked_offline_from_aws(etcd_server, moto_kms, proxy, tmp_pat
 
     # AWS unreachable: exit 4, one line on stderr.
     proxy.set("drop")
-    rc, report = _check([str(snap), "-c", str(cfg), "--aws-kms", f"ours={alias}", "--aws-kms", f"old={arn}",
-                         "--aws-region", REGION, "--aws-endpoint-url", proxy.url], capsys)
+    rc, report = cli.check_json(
+        snap, "-c", cfg, "--aws-kms", f"ours={alias}", "--aws-kms", f"old={arn}",
+        "--aws-region", REGION, "--aws-endpoint-url", proxy.url,
+    )  # fmt: skip
     assert rc == 4
     proxy.clear()
 
     # Bad flags: exit 2.
-    with pytest.raises(SystemExit) as info:
-        main(["check", str(snap), "-c", str(cfg), "--aws-kms", "ours=", *aws])
-    assert info.value.code == 2
-    with pytest.raises(SystemExit) as info:
-        main(["check", str(snap), "-c", str(cfg), "--aws-kms", "ours", "--kms", "ours=unix:///x.sock", *aws])
-    assert info.value.code == 2
+    assert cli("check", snap, "-c", cfg, "--aws-kms", "ours=", *aws).code == 2
+    assert cli("check", snap, "-c", cfg, "--aws-kms", "ours", "--kms", "ours=unix:///x.sock", *aws).code == 2
 
 
-def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    return int(info.value.code or 0), capsys.readouterr().out
-
-
-def test_rewrite_and_extract_through_aws(etcd_server, moto_kms, proxy, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_rewrite_and_extract_through_aws(etcd_server, moto_kms, proxy, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
     """reencrypt/extract read every AWS format with --aws-kms, and KMS v2 output can be wrapped by AWS."""
     alias = f"alias/rewrite-{os.getpid()}"
     arn = moto_kms.create_key(alias=alias.removeprefix("alias/"))
@@ -148,43 +144,32 @@ def test_rewrite_and_extract_through_aws(etcd_server, moto_kms, proxy, tmp_path:
         expected = _write_values(etcd_server.client(), d, proxy.url, alias, arn, moto_kms.client())
     snap = tmp_path / "snap.db"
     etcd_server.snapshot_save(snap)
-    cfg = tmp_path / "enc.yaml"
-    cfg.write_text(
-        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n"
-        "- resources: [secrets]\n  providers:\n"
-        "  - kms: {apiVersion: v2, name: ours, endpoint: 'unix:///tmp/no-such-plugin.sock', timeout: 3s}\n"
-        "  - kms: {apiVersion: v1, name: old, endpoint: 'unix:///tmp/no-such-plugin-v1.sock', timeout: 3s}\n"
-    )
-    gcm = tmp_path / "gcm.yaml"
-    gcm.write_text(
-        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n"
-        "- resources: [secrets]\n  providers:\n"
-        "  - aesgcm: {keys: [{name: g1, secret: " + base64.b64encode(os.urandom(32)).decode() + "}]}\n"
-    )
+    cfg = _config(tmp_path / "enc.json")
+    gcm = write_config(tmp_path / "gcm.json", rule(["secrets"], static("aesgcm", ("g1", os.urandom(32)))))
     aws = ["--aws-region", REGION, "--aws-endpoint-url", proxy.url, "--aws-encryption-context", "cluster=c1"]
     names = ["--aws-kms", f"ours={alias}", "--aws-kms", f"old={arn}"]
 
     # Away from AWS: every value (all four AWS formats) rewritten under a static key.
     out = tmp_path / "gcm.db"
-    rc, _ = _run(["reencrypt", str(snap), "-c", str(cfg), "--to", str(gcm), "-o", str(out), *names, *aws], capsys)
+    rc, *_ = cli("reencrypt", str(snap), "-c", str(cfg), "--to", str(gcm), "-o", str(out), *names, *aws)
     assert rc == 0
-    rc, text = _run(["check", str(out), "-c", str(gcm), "--output", "json"], capsys)
+    rc, text, _ = cli("check", str(out), "-c", str(gcm), "--output", "json")
     report = json.loads(text)
     assert rc == 0
     assert {o["key"]: o["verdict"] for o in report["objects"]} == dict.fromkeys(expected, "current")
 
     # Onto AWS: one fresh seed wrapped by the AWS key; every object current for the AWS config.
     out2 = tmp_path / "aws.db"
-    rc, _ = _run(["reencrypt", str(snap), "-c", str(cfg), "--to", str(cfg), "-o", str(out2), *names, *aws], capsys)
+    rc, *_ = cli("reencrypt", str(snap), "-c", str(cfg), "--to", str(cfg), "-o", str(out2), *names, *aws)
     assert rc == 0
-    rc, text = _run(["check", str(out2), "-c", str(cfg), "--output", "json", *names, *aws], capsys)
+    rc, text, _ = cli("check", str(out2), "-c", str(cfg), "--output", "json", *names, *aws)
     report = json.loads(text)
     assert {o["key"]: (o["provider"], o["verdict"]) for o in report["objects"]} == dict.fromkeys(
         expected, ("kms-v2", "current")
     )
 
     # extract decrypts through AWS too.
-    rc, text = _run(["extract", str(snap), "-c", str(cfg), "--output", "json", *names, *aws], capsys)
+    rc, text, _ = cli("extract", str(snap), "-c", str(cfg), "--output", "json", *names, *aws)
     assert rc == 0
     items = json.loads(text)["items"]
     # The test Secrets are named after their own etcd keys.

@@ -7,42 +7,32 @@ saved as a snapshot, and checked both through the plugin socket and straight fro
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from kms_plugin.client import KMSv2Client
-from snapshot_tools.cli import main
 from snapshot_tools.providers import kms_prefix, kmsv2
-from tests.kms_support import cli, served, short_dir
+from tests.support.cli import plugin_cli
+from tests.support.configs import kms, rule, write_config
+from tests.support.k8s_objects import json_object
+from tests.support.kms import served, short_dir
+
+if TYPE_CHECKING:
+    from tests.support.cli import Cli
 
 pytestmark = pytest.mark.etcd
 
 
-def _secret(name: str) -> bytes:
-    return json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}}).encode()
-
-
-def _check(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
-    with pytest.raises(SystemExit) as info:
-        main(["check", *args, "--output", "json"])
-    return int(info.value.code or 0), json.loads(capsys.readouterr().out)
-
-
 def test_plugin_written_snapshot_checks_current_via_socket_and_keyring(
-    etcd_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: ANN001
+    etcd_server, tmp_path: Path, cli: Cli  # noqa: ANN001
 ) -> None:
     with short_dir() as d:
         with served(d):
             endpoint = f"unix://{d / 'p.sock'}"
-            cfg = tmp_path / "enc.yaml"
-            cfg.write_text(
-                "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n"
-                "- resources: [secrets]\n  providers:\n"
-                f"  - kms: {{apiVersion: v2, name: ours, endpoint: '{endpoint}', timeout: 3s}}\n"
-            )
+            cfg = write_config(tmp_path / "enc.json", rule(["secrets"], kms("ours", endpoint)))
             # As the apiserver does: Status, then one Encrypt of a fresh seed for many objects.
             with KMSv2Client(endpoint) as client:
                 status = client.status()
@@ -54,7 +44,7 @@ def test_plugin_written_snapshot_checks_current_via_socket_and_keyring(
             for key in keys:
                 payload = kmsv2.encrypt(
                     seed,
-                    _secret(key),
+                    json_object(key),
                     key.encode(),
                     encrypted_dek_source=wrapped.ciphertext,
                     key_id=wrapped.key_id,
@@ -64,37 +54,32 @@ def test_plugin_written_snapshot_checks_current_via_socket_and_keyring(
             snap = tmp_path / "snap.db"
             etcd_server.snapshot_save(snap)
 
-            rc, report = _check([str(snap), "-c", str(cfg), "--kms", f"ours={endpoint}"], capsys)
+            rc, report = cli.check_json(snap, "-c", cfg, "--kms", f"ours={endpoint}")
             assert rc == 0
             assert {o["key"] for o in report["objects"]} == set(keys)
             assert {o["verdict"] for o in report["objects"]} == {"current"}
 
         # Plugin stopped: the keyring file alone gives the same verdicts.
         keyring = d / "k.json"
-        rc, report = _check([str(snap), "-c", str(cfg), "--keyring", f"ours={keyring}"], capsys)
+        rc, report = cli.check_json(snap, "-c", cfg, "--keyring", f"ours={keyring}")
         assert rc == 0
         assert {o["verdict"] for o in report["objects"]} == {"current"}
 
         # Rotation: the old KEK stays decrypt-only, so the values read but are stale now.
-        assert cli("keyring", "rotate", str(keyring)) == 0
-        capsys.readouterr()
-        rc, report = _check(
-            [str(snap), "-c", str(cfg), "--keyring", f"ours={keyring}", "--fail-on", "stale"], capsys
-        )
+        assert plugin_cli("keyring", "rotate", str(keyring)) == 0
+        rc, report = cli.check_json(snap, "-c", cfg, "--keyring", f"ours={keyring}", "--fail-on", "stale")
         assert {o["verdict"] for o in report["objects"]} == {"stale"}
         assert rc == 1
 
         # A different keyring (another KEK) cannot unwrap them.
         other = d / "other.json"
-        assert cli("keyring", "init", str(other)) == 0
-        capsys.readouterr()
-        rc, report = _check([str(snap), "-c", str(cfg), "--keyring", f"ours={other}"], capsys)
+        assert plugin_cli("keyring", "init", str(other)) == 0
+        rc, report = cli.check_json(snap, "-c", cfg, "--keyring", f"ours={other}")
         assert {(o["verdict"], o["reason"]) for o in report["objects"]} == {("unreadable", "wrong-key")}
         assert rc == 1
 
         # A keyring file others can read is refused with exit 2.
         os.chmod(keyring, 0o644)
-        with pytest.raises(SystemExit) as info:
-            main(["check", str(snap), "-c", str(cfg), "--keyring", f"ours={keyring}"])
-        assert info.value.code == 2
-        assert "ours=" not in capsys.readouterr().out
+        rc, out, _ = cli("check", snap, "-c", cfg, "--keyring", f"ours={keyring}")
+        assert rc == 2
+        assert "ours=" not in out

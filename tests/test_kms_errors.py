@@ -31,7 +31,7 @@ from kms_plugin.errors import (
 )
 from kms_plugin.service import ERROR_CODES
 from snapshot_tools import errors as st_errors
-from tests.kms_support import served, short_dir
+from tests.support.kms import served, short_dir
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -24,7 +24,8 @@ from kms_plugin.keks.local import (
     parse_keyring,
     save_keyring,
 )
-from tests.kms_support import cli, short_dir
+from tests.support.cli import plugin_cli
+from tests.support.kms import short_dir
 
 KEYRING = Keyring.generate()
 
@@ -184,13 +185,13 @@ def test_save_is_0600_and_refuses_to_clobber() -> None:
 def test_cli_init_rotate_list(capsys: pytest.CaptureFixture[str]) -> None:
     with short_dir() as d:
         path = d / "k.json"
-        assert cli("keyring", "init", str(path)) == 0
+        assert plugin_cli("keyring", "init", str(path)) == 0
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         first = Keyring.load(path)
-        assert cli("keyring", "init", str(path)) == 2
+        assert plugin_cli("keyring", "init", str(path)) == 2
         assert "already exists" in capsys.readouterr().err
         inode = path.stat().st_ino
-        assert cli("keyring", "rotate", str(path)) == 0
+        assert plugin_cli("keyring", "rotate", str(path)) == 0
         second = Keyring.load(path)
         assert path.stat().st_ino != inode  # replaced by rename, not rewritten in place
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -198,16 +199,16 @@ def test_cli_init_rotate_list(capsys: pytest.CaptureFixture[str]) -> None:
         assert second.keks[0].id == first.active.id
         assert second.keks[0].key == first.active.key
         capsys.readouterr()
-        assert cli("keyring", "list", str(path), "--output", "json") == 0
+        assert plugin_cli("keyring", "list", str(path), "--output", "json") == 0
         rows = json.loads(capsys.readouterr().out)
         assert [r["key_id"] for r in rows] == [k.key_id for k in second.keks]
-        assert cli("keyring", "list", str(path)) == 0
+        assert plugin_cli("keyring", "list", str(path)) == 0
         out = capsys.readouterr().out
         for kek in second.keks:
             assert kek.id in out
             assert kek.key.hex() not in out
             assert base64.b64encode(kek.key).decode() not in out
-        assert cli("keyring", "init", "--force", str(path)) == 0
+        assert plugin_cli("keyring", "init", "--force", str(path)) == 0
         assert Keyring.load(path).active_key_id not in {k.key_id for k in second.keks}
 
 

@@ -16,7 +16,8 @@ import pytest
 from kms_plugin.client import KMSv2Client
 from kms_plugin.errors import PluginUnavailable
 from kms_plugin.keks.local import Keyring
-from tests.kms_support import KMS_PLUGIN, cli, file_mode, short_dir, start_serve, wait_for_socket
+from tests.support.cli import KMS_PLUGIN, plugin_cli
+from tests.support.kms import file_mode, short_dir, start_serve, wait_for_socket
 
 
 def _serve_args(d: Path, *extra: str) -> list[str]:
@@ -32,7 +33,7 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> tuple[int
 
 def test_mode_honoured_and_socket_removed_on_sigterm() -> None:
     with short_dir() as d:
-        cli("keyring", "init", str(d / "k.json"))
+        plugin_cli("keyring", "init", str(d / "k.json"))
         proc = start_serve(*_serve_args(d, "--socket-mode", "0660", "--log-format", "json"))
         wait_for_socket(d / "p.sock", proc)
         assert file_mode(d / "p.sock") == 0o660
@@ -46,7 +47,7 @@ def test_mode_honoured_and_socket_removed_on_sigterm() -> None:
 
 def test_default_mode_0600_and_sigint() -> None:
     with short_dir() as d:
-        cli("keyring", "init", str(d / "k.json"))
+        plugin_cli("keyring", "init", str(d / "k.json"))
         proc = start_serve(*_serve_args(d))
         wait_for_socket(d / "p.sock", proc)
         assert file_mode(d / "p.sock") == 0o600
@@ -57,7 +58,7 @@ def test_default_mode_0600_and_sigint() -> None:
 
 def test_stale_socket_replaced_and_live_socket_refused() -> None:
     with short_dir() as d:
-        cli("keyring", "init", str(d / "k.json"))
+        plugin_cli("keyring", "init", str(d / "k.json"))
         stale = socket.socket(socket.AF_UNIX)
         stale.bind(str(d / "p.sock"))  # bound, never listening: what a killed process leaves
         stale.close()
@@ -82,7 +83,7 @@ def test_stale_socket_replaced_and_live_socket_refused() -> None:
 
 def test_a_non_socket_path_is_never_replaced() -> None:
     with short_dir() as d:
-        cli("keyring", "init", str(d / "k.json"))
+        plugin_cli("keyring", "init", str(d / "k.json"))
         (d / "p.sock").write_text("precious")
         res = subprocess.run([*KMS_PLUGIN, "serve", *_serve_args(d)], capture_output=True, timeout=60)
         assert res.returncode == 2
@@ -118,7 +119,7 @@ sys.exit(run_until_stopped(make))
 
 def test_in_flight_calls_finish_during_drain() -> None:
     with short_dir() as d:
-        cli("keyring", "init", str(d / "k.json"))
+        plugin_cli("keyring", "init", str(d / "k.json"))
         keyring = Keyring.load(d / "k.json")
         proc = subprocess.Popen(
             [sys.executable, "-c", _SLOW_SERVE, str(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -158,7 +159,7 @@ def test_in_flight_calls_finish_during_drain() -> None:
 
 def _bad_keyring(d: Path, kind: str) -> None:
     path = d / "k.json"
-    cli("keyring", "init", str(path))
+    plugin_cli("keyring", "init", str(path))
     doc = json.loads(path.read_text())
     if kind == "world-readable":
         path.chmod(0o644)

@@ -7,8 +7,6 @@ import json
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -18,7 +16,8 @@ from kms_plugin.client import KMSv1Client, KMSv2Client
 from kms_plugin.endpoint import parse_unix_endpoint
 from kms_plugin.errors import ConfigError, InvalidCiphertext, PluginUnavailable
 from kms_plugin.keks.local import Keyring
-from tests.kms_support import cli, served, short_dir, start_serve, wait_for_socket
+from tests.support.cli import plugin_cli
+from tests.support.kms import health_get, served, short_dir, start_serve, wait_for_socket
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -37,16 +36,6 @@ def plugin() -> Iterator[PluginServer]:
 def client(plugin: PluginServer) -> Iterator[KMSv2Client]:
     with KMSv2Client(plugin.config.listen) as c:
         yield c
-
-
-def _get(server: PluginServer, path: str) -> tuple[int, str]:
-    assert server.health is not None
-    url = f"http://127.0.0.1:{server.health.port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback test server
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def parse_endpoint(endpoint: str) -> str:
@@ -151,7 +140,7 @@ def test_rotation_while_serving() -> None:
         before = c.status().key_id
         old = [c.encrypt(os.urandom(32)) for _ in range(3)]
         seeds_ok = [c.decrypt(e.ciphertext, e.key_id) for e in old]
-        assert cli("keyring", "rotate", str(server.config.keyring)) == 0
+        assert plugin_cli("keyring", "rotate", str(server.config.keyring)) == 0
         after = c.status()  # the very next Status shows the new key_id
         assert after.healthz == "ok"
         assert after.key_id != before
@@ -163,16 +152,16 @@ def test_rotation_while_serving() -> None:
         with pytest.raises(InvalidCiphertext, match="disagrees"):
             c.decrypt(old[0].ciphertext, after.key_id)
         # A second rotation: keys from two generations ago still decrypt; key_ids never repeat.
-        assert cli("keyring", "rotate", str(server.config.keyring)) == 0
+        assert plugin_cli("keyring", "rotate", str(server.config.keyring)) == 0
         third = c.status().key_id
         assert len({before, after.key_id, third}) == 3
         assert c.decrypt(old[1].ciphertext, old[1].key_id) == seeds_ok[1]
         assert c.decrypt(new.ciphertext, new.key_id) == b"n" * 32
         # A fresh keyring (old KEKs dropped) no longer knows the old key_ids.
-        assert cli("keyring", "init", "--force", str(server.config.keyring)) == 0
+        assert plugin_cli("keyring", "init", "--force", str(server.config.keyring)) == 0
         with pytest.raises(InvalidCiphertext, match="not in keyring"):
             c.decrypt(old[0].ciphertext, old[0].key_id)
-        _, metrics = _get(server, "/metrics")
+        _, metrics = health_get(server, "/metrics")
         assert 'kms_plugin_keyring_reloads_total{result="ok"} 3.0' in metrics
 
 
@@ -186,15 +175,15 @@ def test_bad_reload_reports_unhealthy_and_keeps_serving() -> None:
         assert st.key_id == enc.key_id
         assert c.decrypt(enc.ciphertext, enc.key_id) == b"q" * 32
         assert c.encrypt(b"w" * 32).key_id == st.key_id
-        assert _get(server, "/healthz")[0] == 503
-        code, body = _get(server, "/readyz")
+        assert health_get(server, "/healthz")[0] == 503
+        code, body = health_get(server, "/readyz")
         assert code == 503 and "holds no KEKs" in body
-        assert _get(server, "/livez") == (200, "ok\n")  # user-caused: no restart
-        assert cli("status", "--endpoint", server.config.listen) == 1
+        assert health_get(server, "/livez") == (200, "ok\n")  # user-caused: no restart
+        assert plugin_cli("status", "--endpoint", server.config.listen) == 1
         server.config.keyring.write_bytes(good)
         assert c.status().healthz == "ok"
-        assert _get(server, "/healthz") == (200, "ok\n")
-        _, metrics = _get(server, "/metrics")
+        assert health_get(server, "/healthz") == (200, "ok\n")
+        _, metrics = health_get(server, "/metrics")
         assert 'kms_plugin_keyring_reloads_total{result="error"} 1.0' in metrics
 
 
@@ -204,9 +193,9 @@ def test_health_and_metrics(plugin: PluginServer, client: KMSv2Client) -> None:
     with pytest.raises(InvalidCiphertext):
         client.decrypt(enc.ciphertext, "sha256:nope")
     for path in ("/healthz", "/readyz", "/livez"):
-        assert _get(plugin, path) == (200, "ok\n")
-    assert _get(plugin, "/nope")[0] == 404
-    code, text = _get(plugin, "/metrics")
+        assert health_get(plugin, path) == (200, "ok\n")
+    assert health_get(plugin, "/nope")[0] == 404
+    code, text = health_get(plugin, "/metrics")
     assert code == 200
     assert 'kms_plugin_operations_total{api="v2",code="OK",method="Encrypt"}' in text
     assert 'kms_plugin_errors_total{api="v2",code="INVALID_ARGUMENT",method="Decrypt"}' in text
@@ -221,16 +210,16 @@ def test_health_and_metrics(plugin: PluginServer, client: KMSv2Client) -> None:
 
 
 def test_status_command(plugin: PluginServer, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli("status", "--endpoint", plugin.config.listen, "--roundtrip") == 0
+    assert plugin_cli("status", "--endpoint", plugin.config.listen, "--roundtrip") == 0
     out = capsys.readouterr().out
     assert "healthz:   ok" in out and "roundtrip: ok" in out
     assert Keyring.load(plugin.config.keyring).active_key_id in out
-    assert cli("status", "--endpoint", plugin.config.listen, "--output", "json") == 0
+    assert plugin_cli("status", "--endpoint", plugin.config.listen, "--output", "json") == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["version"] == "v2" and doc["healthy"] is True
-    assert cli("status", "--endpoint", "unix:///tmp/kms-plugin-nobody.sock") == 4
+    assert plugin_cli("status", "--endpoint", "unix:///tmp/kms-plugin-nobody.sock") == 4
     assert "does not exist" in capsys.readouterr().err
-    assert cli("status", "--endpoint", "tcp://127.0.0.1:1") == 2
+    assert plugin_cli("status", "--endpoint", "tcp://127.0.0.1:1") == 2
 
 
 def test_abstract_socket() -> None:
@@ -239,7 +228,7 @@ def test_abstract_socket() -> None:
         from kms_plugin.server import PluginServer, ServeConfig
 
         Keyring.generate()
-        cli("keyring", "init", str(d / "k.json"))
+        plugin_cli("keyring", "init", str(d / "k.json"))
         config = ServeConfig(listen=f"unix:///@{name}", keyring=d / "k.json", health_addr="off")
         server = PluginServer(config)
         server.start()
@@ -289,7 +278,7 @@ def _load(endpoint: str, clients: int, calls: int) -> tuple[int, int]:
 def test_load_64_clients_100k_calls() -> None:
     # The server runs in its own process (as deployed), so it and the clients use both cores.
     with short_dir() as d:
-        cli("keyring", "init", str(d / "k.json"))
+        plugin_cli("keyring", "init", str(d / "k.json"))
         proc = start_serve("--listen", f"unix://{d}/p.sock", "--keyring", str(d / "k.json"),
                            "--health-addr", "off")
         try:
@@ -306,7 +295,7 @@ def test_refuses_bad_annotation_domain(tmp_path: Path) -> None:
     from kms_plugin.server import PluginServer, ServeConfig
 
     with short_dir() as d:
-        cli("keyring", "init", str(d / "k.json"))
+        plugin_cli("keyring", "init", str(d / "k.json"))
         with pytest.raises(ConfigError, match="annotation-domain"):
             PluginServer(ServeConfig(listen=f"unix://{d}/p.sock", keyring=d / "k.json",
                                      annotation_domain="local", health_addr="off"))

@@ -3,7 +3,7 @@ and the snapshot scan's fast read of a record's etcd key.
 
 Provenance: the shared fixtures (real kube-apiserver + etcd 3.5.1 snapshots, see
 ../shared/fixtures/apiserver-v1.36/README.md) for the records Go wrote; records built with the
-protobuf runtime (``tests/bbolt_builder.py``) and by hand for shapes Go does not write. The
+protobuf runtime (``tests/support/snapshots.py``) and by hand for shapes Go does not write. The
 oracles are the protobuf runtime (upb) and the plain :mod:`snapshot_tools.protowire` decode.
 """
 
@@ -22,8 +22,8 @@ from snapshot_tools.errors import MalformedValue, SnapshotError
 from snapshot_tools.mvcc import Record, decode_entry, decode_record, replace_kv_value
 from snapshot_tools.proto.etcd_kv_pb2 import KeyValue
 from snapshot_tools.snapshot import Snapshot
-from tests.bbolt_builder import build_db, kv_bytes, revision_key
-from tests.conftest import FIXTURE_CASES, FIXTURES
+from tests.support.fixtures import FIXTURE_CASES, snapshot_path
+from tests.support.snapshots import build_db, kv_bytes, revision_key
 
 # -- revision keys -------------------------------------------------------------------------------
 
@@ -73,7 +73,7 @@ def test_a_nested_bucket_in_the_key_bucket_is_damage() -> None:
 def test_kv_reencoding_is_byte_identical_on_every_fixture_record() -> None:
     checked = 0
     for case in FIXTURE_CASES:
-        with Snapshot.open(FIXTURES / case / "etcd-snapshot.db") as snap:
+        with Snapshot.open(snapshot_path(case)) as snap:
             for key, raw in snap.items(mvcc.KEY_BUCKET):
                 kv = KeyValue.FromString(raw)
                 # Go's marshal (field order 1..6, zeros omitted) equals protobuf's; we keep both.

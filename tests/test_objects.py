@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from snapshot_tools import objects
 from snapshot_tools.errors import MalformedValue
-from tests.conftest import FIXTURES
-from tests.test_golden_vectors import OLD_SECRET
+from tests.support.fixtures import FIXTURES, OLD_SECRET
+from tests.support.k8s_objects import field, uvarint
 
 
 def _fixture_plaintexts() -> list[bytes]:
@@ -79,23 +79,9 @@ def test_unknown_fields_are_skipped() -> None:
     assert objects.decode_object(extended)["metadata"]["name"] == "test-secret"
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def ld(field: int, payload: bytes) -> bytes:
-    """One protobuf LEN field."""
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
 def test_other_protobuf_kinds_come_back_raw() -> None:
-    raw = ld(1, ld(1, b"x"))
-    value = b"k8s\x00" + ld(1, ld(1, b"apps/v1") + ld(2, b"Deployment")) + ld(2, raw)
+    raw = field(1, field(1, b"x"))
+    value = b"k8s\x00" + field(1, field(1, b"apps/v1") + field(2, b"Deployment")) + field(2, raw)
     want = {"apiVersion": "apps/v1", "kind": "Deployment", "raw": raw}
     assert objects.decode_object(value) == want
 
@@ -114,26 +100,26 @@ def test_json_secret_and_configmap_values_become_bytes() -> None:
 def test_secret_fields_and_metadata() -> None:
     """A Secret built field by field: every decoded field, and empty/zero values dropped."""
 
-    def entry(k: bytes, v: bytes) -> bytes:
-        return ld(1, k) + ld(2, v)
+    def entry(k: bytes, v: bytes) -> bytes:  # a map entry's message (its field number is outside)
+        return field(1, k) + field(2, v)
 
     meta = (
-        ld(1, b"n")
-        + ld(2, b"")
-        + ld(3, b"ns")
-        + ld(5, b"u-1")
-        + ld(6, b"")
+        field(1, b"n")
+        + field(2, b"")
+        + field(3, b"ns")
+        + field(5, b"u-1")
+        + field(6, b"")
         + b"\x38\x00"  # generation 0: dropped
-        + ld(8, b"\x08" + _varint(1693583360))  # -> 2023-09-01T15:49:20Z
+        + field(8, b"\x08" + uvarint(1693583360))  # -> 2023-09-01T15:49:20Z
         + b"\x50\x1e"  # deletionGracePeriodSeconds 30
-        + ld(11, entry(b"app", b"x"))
-        + ld(12, entry(b"note.io/a", "☃".encode()))
-        + ld(13, ld(1, b"ReplicaSet") + ld(3, b"rs") + ld(4, b"u-2") + ld(5, b"v") + b"\x30\x01")
-        + ld(14, b"f.io/x")
+        + field(11, entry(b"app", b"x"))
+        + field(12, entry(b"note.io/a", "☃".encode()))
+        + field(13, field(1, b"ReplicaSet") + field(3, b"rs") + field(4, b"u-2") + field(5, b"v") + b"\x30\x01")
+        + field(14, b"f.io/x")
     )
-    secret = ld(1, meta) + ld(2, entry(b"k", b"\x00\xff")) + ld(3, b"Opaque") + b"\x28\x01"
-    type_meta = ld(1, ld(1, b"v1") + ld(2, b"Secret"))
-    value = b"k8s\x00" + type_meta + ld(2, secret) + ld(3, b"") + ld(4, b"")
+    secret = field(1, meta) + field(2, entry(b"k", b"\x00\xff")) + field(3, b"Opaque") + b"\x28\x01"
+    type_meta = field(1, field(1, b"v1") + field(2, b"Secret"))
+    value = b"k8s\x00" + type_meta + field(2, secret) + field(3, b"") + field(4, b"")
     assert objects.decode_object(value) == {
         "apiVersion": "v1",
         "kind": "Secret",

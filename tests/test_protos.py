@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.support.fixtures import ROOT
 
 
 def test_regenerating_protos_changes_nothing() -> None:

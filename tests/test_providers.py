@@ -26,7 +26,7 @@ from snapshot_tools.providers import (
     static_prefix,
     static_provider,
 )
-from tests.conftest import FIXTURES
+from tests.support.fixtures import FIXTURES
 
 AESCBC, AESGCM, SECRETBOX = (static_provider(n) for n in ("aescbc", "aesgcm", "secretbox"))
 

@@ -8,7 +8,7 @@ import shlex
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.support.fixtures import ROOT
 
 README = (ROOT / "README.md").read_text()
 

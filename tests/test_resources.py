@@ -8,8 +8,6 @@ special prefixes.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from snapshot_tools.resources import (
@@ -20,7 +18,7 @@ from snapshot_tools.resources import (
     parse_group_resource,
     resource_label,
 )
-from tests.conftest import FIXTURE_CASES, FIXTURES
+from tests.support.fixtures import FIXTURE_CASES, load_manifest
 
 Row = tuple[str, tuple[str, str, str | None, str]]
 
@@ -241,7 +239,7 @@ def test_table_prefixes_all_parse() -> None:
 @pytest.mark.parametrize("case", FIXTURE_CASES)
 def test_fixture_manifest_keys(case: str) -> None:
     """Every etcd key a fixture manifest lists maps back to the object it records."""
-    manifest = json.loads((FIXTURES / case / "manifest.json").read_text())
+    manifest = load_manifest(case)
     objects = {o["etcd_key"]: o for o in manifest["objects"]}
     assert objects
     for key, obj in objects.items():

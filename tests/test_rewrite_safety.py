@@ -11,45 +11,34 @@ command on real files and processes:
 
 Provenance: examples/aescbc (a kube-apiserver snapshot with aescbc ``key1`` Secrets, its
 config, and after-rotation.yaml with the aesgcm key ``gcm-2026``); the signal tests' input is
-a 300,000-record aescbc snapshot written by tests/bbolt_builder.py, big enough that the
+a 300,000-record aescbc snapshot written by tests/support/snapshots.py, big enough that the
 rewrite is still running seconds after its temporary file appears.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from snapshot_tools.cli import main
 from snapshot_tools.providers import aescbc, static_prefix
-from tests.bbolt_builder import Builder, kv_bytes, revision_key
-from tests.conftest import ROOT
-from tests.test_atomic_file import NODES, leftovers, make_node
-from tests.test_reencrypt import Target
+from tests.support.cli import SNAPSHOT_TOOLS
+from tests.support.configs import Target
+from tests.support.files import NODES, interrupt_mid_write, leftovers, make_node, sha256
+from tests.support.fixtures import EXAMPLE, EXAMPLE_CONFIG, EXAMPLE_KEY1_B64, ROOT
+from tests.support.snapshots import Builder, kv_bytes, revision_key
 
-EXAMPLE = ROOT / "examples" / "aescbc"
-KEY1 = base64.b64decode("Q/6UFRHDGhUKxtX2dDTCg9tmczF4fSjQe9hfAMKnfYg=")  # examples/aescbc key1
-CLI = [sys.executable, "-c", "from snapshot_tools.cli import main; main()"]
+if TYPE_CHECKING:
+    from tests.support.cli import Cli
 
-
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+KEY1 = base64.b64decode(EXAMPLE_KEY1_B64)
 
 
 @pytest.fixture
@@ -78,14 +67,14 @@ def _one_error_line(err: str) -> str:
 @pytest.mark.parametrize("kind", NODES)
 @pytest.mark.parametrize("command", ["decrypt", "reencrypt"])
 def test_force_never_replaces_a_node_that_is_not_a_regular_file(
-    command: str, kind: str, example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command: str, kind: str, example: Path, tmp_path: Path, cli: Cli
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
     out = work / "out.db"
     ident = make_node(kind, out)
     before = ident()
-    rc, stdout, err = _cli([*_command(command, example), "-o", str(out), "--force"], capsys)
+    rc, stdout, err = cli(*_command(command, example), "-o", str(out), "--force")
     assert rc == 2, err
     assert "not a regular file" in _one_error_line(err)
     assert stdout == ""
@@ -98,7 +87,7 @@ def test_force_never_replaces_a_node_that_is_not_a_regular_file(
 
 def _inputs(example: Path, extra: list[Path]) -> dict[Path, str]:
     files = [p for p in example.rglob("*") if p.is_file() and not p.is_symlink()] + extra
-    return {p: _sha(p) for p in files}
+    return {p: sha256(p) for p in files}
 
 
 @pytest.mark.parametrize("command", ["decrypt", "reencrypt"])
@@ -106,7 +95,7 @@ def _inputs(example: Path, extra: list[Path]) -> dict[Path, str]:
     "which", ["--config file", "--config directory file", "snapshot hard link", "snapshot symlink"]
 )
 def test_output_equal_to_an_input_is_refused(
-    command: str, which: str, example: Path, capsys: pytest.CaptureFixture[str]
+    command: str, which: str, example: Path, cli: Cli
 ) -> None:
     args = _command(command, example)
     if which == "--config file":
@@ -124,17 +113,17 @@ def test_output_equal_to_an_input_is_refused(
         out = example / "soft.db"
         out.symlink_to(example / "etcd-snapshot.db")
     before = _inputs(example, [])
-    rc, _, err = _cli([*args, "-o", str(out), "--force"], capsys)
+    rc, _, err = cli(*args, "-o", str(out), "--force")
     assert rc == 2, err
     assert "the output is the input" in _one_error_line(err)
     assert _inputs(example, []) == before
 
 
-def test_output_equal_to_the_to_config_is_refused(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_equal_to_the_to_config_is_refused(example: Path, cli: Cli) -> None:
     new = example / "after-rotation.yaml"
     before = _inputs(example, [])
     for force in ([], ["--force"]):
-        rc, _, err = _cli([*_command("reencrypt", example), "-o", str(new), *force], capsys)
+        rc, _, err = cli(*_command("reencrypt", example), "-o", str(new), *force)
         assert rc == 2, err
         assert "the output is the input" in _one_error_line(err)
         assert _inputs(example, []) == before
@@ -142,23 +131,23 @@ def test_output_equal_to_the_to_config_is_refused(example: Path, capsys: pytest.
     (example / "new-link.yaml").symlink_to(new)
     args = _command("reencrypt", example)
     args[args.index("--to") + 1] = str(example / "new-link.yaml")
-    rc, _, err = _cli([*args, "-o", str(new), "--force"], capsys)
+    rc, _, err = cli(*args, "-o", str(new), "--force")
     assert rc == 2 and "the output is the input" in _one_error_line(err)
     assert _inputs(example, []) == before
 
 
-def test_output_equal_to_a_keyring_is_refused(example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_output_equal_to_a_keyring_is_refused(example: Path, tmp_path: Path, cli: Cli) -> None:
     target = Target("kmsv2", tmp_path, ["secrets"])
-    keyring = Path(target.flags[1].split("=", 1)[1])
+    keyring = Path(target.keyring)
     args = [*_command("reencrypt", example), *target.flags]
     args[args.index("--to") + 1] = str(target.path)
     before = _inputs(example, [keyring, target.path])
-    rc, _, err = _cli([*args, "-o", str(keyring), "--force"], capsys)
+    rc, _, err = cli(*args, "-o", str(keyring), "--force")
     assert rc == 2, err
     assert "the output is the input" in _one_error_line(err)
     assert _inputs(example, [keyring, target.path]) == before
     # The same run with a free output works (the refusal was about the path, nothing else).
-    rc, _, err = _cli([*args, "-o", str(tmp_path / "out.db")], capsys)
+    rc, _, err = cli(*args, "-o", str(tmp_path / "out.db"))
     assert rc == 0, err
 
 
@@ -185,17 +174,6 @@ def big_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _wait_for_temp(directory: Path, child: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if leftovers(directory):
-            return
-        if child.poll() is not None:
-            raise AssertionError(f"finished before its temporary file was seen: rc {child.returncode}")
-        time.sleep(0.002)
-    raise AssertionError("no temporary file appeared")
-
-
 @pytest.mark.parametrize(
     ("sig", "rc", "said"),
     [
@@ -207,28 +185,21 @@ def _wait_for_temp(directory: Path, child: subprocess.Popen[bytes], timeout: flo
 def test_signal_during_decrypt_removes_the_plaintext_temp_file(
     sig: signal.Signals, rc: int, said: str, big_snapshot: Path, tmp_path: Path
 ) -> None:
-    before = _sha(big_snapshot)
-    config = EXAMPLE / "encryption-config.yaml"
+    before = sha256(big_snapshot)
+    config = EXAMPLE_CONFIG
     out = tmp_path / "out.db"
     child = subprocess.Popen(
-        [*CLI, "decrypt", str(big_snapshot), "-c", str(config), "-o", str(out)],
+        [*SNAPSHOT_TOOLS, "decrypt", str(big_snapshot), "-c", str(config), "-o", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
     )
-    try:
-        _wait_for_temp(tmp_path, child)
-        child.send_signal(sig)
-        stdout, err = child.communicate(timeout=60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    stdout, err = interrupt_mid_write(child, tmp_path, sig)
     assert child.returncode == rc, err
     assert err.decode().splitlines() == [f"snapshot-tools: error: {said}; nothing was written to {out}"]
     assert stdout == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-    assert _sha(big_snapshot) == before
+    assert sha256(big_snapshot) == before
 
 
 _SIGNAL_AFTER_PUBLISH = """

@@ -17,7 +17,8 @@ from kms_plugin.client import KMSv2Client
 from kms_plugin.endpoint import parse_unix_endpoint
 from kms_plugin.errors import ConfigError, PluginUnavailable
 from kms_plugin.server import check_serving_endpoint
-from tests.kms_support import KMS_PLUGIN, cli, short_dir, start_serve
+from tests.support.cli import KMS_PLUGIN, plugin_cli
+from tests.support.kms import short_dir, start_serve
 
 
 def _name() -> str:
@@ -34,7 +35,7 @@ def test_check_serving_endpoint() -> None:
 def test_abstract_socket_refused_without_the_flag() -> None:
     name = _name()
     with short_dir() as d:
-        cli("keyring", "init", str(d / "k.json"))
+        plugin_cli("keyring", "init", str(d / "k.json"))
         res = subprocess.run(
             [*KMS_PLUGIN, "serve", "--listen", f"unix:///@{name}", "--keyring", str(d / "k.json"),
              "--health-addr", "off"],
@@ -54,7 +55,7 @@ def test_abstract_socket_refused_without_the_flag() -> None:
 def test_abstract_socket_served_with_the_flag_and_a_warning() -> None:
     name = _name()
     with short_dir() as d:
-        cli("keyring", "init", str(d / "k.json"))
+        plugin_cli("keyring", "init", str(d / "k.json"))
         proc = start_serve("--listen", f"unix:///@{name}", "--keyring", str(d / "k.json"),
                            "--health-addr", "off", "--allow-abstract-socket")
         try:

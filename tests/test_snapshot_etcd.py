@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from snapshot_tools.snapshot import Record, Snapshot
-from tests.etcd_harness import (
+from tests.support.etcd import (
     EtcdBinaries,
     EtcdServer,
     etcdutl_restore,

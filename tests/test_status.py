@@ -8,36 +8,22 @@ inventory, ``etcd-raw-values.json`` the raw stored value at every revision the f
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from snapshot_tools.snapshot import Record, Snapshot
 from snapshot_tools.resources import normalize_prefix
+from snapshot_tools.snapshot import Record, Snapshot
 from snapshot_tools.status import resource_path, snapshot_status
-from tests.bbolt_builder import build_db, kv_bytes, revision_key
-from tests.conftest import FIXTURE_CASES, FIXTURES
+from tests.support.cli import snapshot_tools_process
+from tests.support.files import sha256
+from tests.support.fixtures import FIXTURE_CASES, FIXTURES, load_manifest
+from tests.support.snapshots import build_db, kv_bytes, revision_key
 
 CASES = [c for c in FIXTURE_CASES if (FIXTURES / c / "etcd-snapshot.db").is_file()]
-
-
-def _manifest(case: str) -> dict:
-    return json.loads((FIXTURES / case / "manifest.json").read_text())
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from snapshot_tools.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_fixtures_present() -> None:
@@ -46,7 +32,7 @@ def test_fixtures_present() -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_status_matches_etcdutl(case: str) -> None:
-    expected = _manifest(case)["snapshot"]
+    expected = load_manifest(case)["snapshot"]
     s = snapshot_status(FIXTURES / case / "etcd-snapshot.db")
     got = {"hash": s.hash, "revision": s.revision, "totalKey": s.total_keys, "totalSize": s.total_size}
     assert got == expected["etcdutl_status"]
@@ -58,7 +44,7 @@ def test_status_matches_etcdutl(case: str) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_latest_view_matches_inventory(case: str) -> None:
     inventory = {
-        e["etcd_key"].encode(): e["mod_revision"] for e in _manifest(case)["etcd_inventory_secrets_configmaps"]
+        e["etcd_key"].encode(): e["mod_revision"] for e in load_manifest(case)["etcd_inventory_secrets_configmaps"]
     }
     with Snapshot.open(FIXTURES / case / "etcd-snapshot.db") as snap:
         got = {
@@ -162,7 +148,7 @@ def test_prefix_normalisation_and_resource_paths() -> None:
 
 def test_status_resources_and_forms() -> None:
     s = snapshot_status(FIXTURES / "f-secrets-configmaps" / "etcd-snapshot.db", "registry/")
-    inventory = _manifest("f-secrets-configmaps")["etcd_inventory_secrets_configmaps"]
+    inventory = load_manifest("f-secrets-configmaps")["etcd_inventory_secrets_configmaps"]
     n_secrets = sum(1 for e in inventory if e["etcd_key"].startswith("/registry/secrets/"))
     n_cms = sum(1 for e in inventory if e["etcd_key"].startswith("/registry/configmaps/"))
     assert s.etcd_prefix == "/registry"
@@ -179,29 +165,25 @@ def test_status_resources_and_forms() -> None:
 def test_cli_json_and_table() -> None:
     case = "g-kmsv2"
     path = FIXTURES / case / "etcd-snapshot.db"
-    res = _cli("status", str(path), "--output", "json")
+    res = snapshot_tools_process("status", str(path), "--output", "json")
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
     doc = json.loads(res.stdout)
-    expected = _manifest(case)["snapshot"]["etcdutl_status"]
+    expected = load_manifest(case)["snapshot"]["etcdutl_status"]
     assert (doc["hash"], doc["revision"], doc["total_keys"], doc["total_size"]) == (
         expected["hash"], expected["revision"], expected["totalKey"], expected["totalSize"]
     )
     assert doc["trailer"] == "valid" and doc["page_size"] == 4096 and doc["path"] == str(path)
     assert {"size", "resources", "storage_forms"} <= doc.keys()
-    table = _cli("status", str(path))
+    table = snapshot_tools_process("status", str(path))
     assert table.returncode == 0
     assert f"{expected['hash']:x}" in table.stdout
     assert "kms-v2" in table.stdout and "testkms" in table.stdout
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_trailer_missing_and_mismatch_are_states(tmp_path: Path) -> None:
     src = FIXTURES / "a-identity" / "etcd-snapshot.db"
-    expected = _manifest("a-identity")["snapshot"]["etcdutl_status"]
+    expected = load_manifest("a-identity")["snapshot"]["etcdutl_status"]
     raw = tmp_path / "db"
     raw.write_bytes(src.read_bytes()[:-32])  # a member/snap/db copy: no trailer
     assert snapshot_status(raw).trailer == "missing"
@@ -213,7 +195,7 @@ def test_trailer_missing_and_mismatch_are_states(tmp_path: Path) -> None:
     bad.write_bytes(bytes(data))
     s = snapshot_status(bad)
     assert s.trailer == "mismatch" and s.hash == expected["hash"]
-    res = _cli("status", str(bad), "-o", "json")
+    res = snapshot_tools_process("status", str(bad), "-o", "json")
     assert res.returncode == 0
     assert json.loads(res.stdout)["trailer"] == "mismatch"
     lines = res.stderr.strip().splitlines()
@@ -224,7 +206,7 @@ def test_input_not_modified_and_opened_read_only(tmp_path: Path) -> None:
     path = tmp_path / "snap.db"
     shutil.copyfile(FIXTURES / "b-aescbc" / "etcd-snapshot.db", path)
     path.chmod(0o400)
-    before = _sha256(path)
+    before = sha256(path)
     mtime = path.stat().st_mtime_ns
     with Snapshot.open(path) as snap:
         resolved = str(path.resolve())
@@ -240,7 +222,7 @@ def test_input_not_modified_and_opened_read_only(tmp_path: Path) -> None:
         list(snap.all_revisions())
         assert snap.trailer == "valid"
     snapshot_status(path)
-    assert _sha256(path) == before
+    assert sha256(path) == before
     assert path.stat().st_mtime_ns == mtime
 
 

@@ -6,10 +6,7 @@ A crafted etcd key with ESC, BEL, CR or LF could rewrite the operator's terminal
 
 from __future__ import annotations
 
-import base64
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from hypothesis import given
@@ -17,7 +14,9 @@ from hypothesis import strategies as st
 
 from kms_plugin.terminal import printable
 from snapshot_tools.providers import aescbc, static_prefix
-from tests.bbolt_builder import build_db, kv_bytes, revision_key
+from tests.support.cli import snapshot_tools_process
+from tests.support.configs import rule, static, write_config
+from tests.support.snapshots import write_snapshot
 
 # ESC [2J clears the screen; OSC 0 sets the window title; BEL, CR, LF, DEL, C1 CSI, RLO.
 HOSTILE = "evil\x1b[2J\x1b]0;pwned\x07\r\nfake\x7f\u009b\u202e"
@@ -31,34 +30,14 @@ def _cbc_value(plaintext: bytes) -> bytes:
 
 
 def _snapshot(tmp_path: Path) -> Path:
-    keys = {
-        f"/registry/secrets/default/{HOSTILE}": _cbc_value(b"k8s\x00secret"),
-        f"/registry/{HOSTILE}/x": b"plain",
-    }
-    records = {
-        revision_key(rev): kv_bytes(k.encode(), create=rev, mod=rev, version=1, value=v)
-        for rev, (k, v) in enumerate(sorted(keys.items()), start=2)
-    }
-    path = tmp_path / "hostile.db"
-    path.write_bytes(build_db({b"key": records, b"meta": {b"consistent_index": (1).to_bytes(8, "big")}}))
-    return path
+    return write_snapshot(
+        tmp_path / "hostile.db",
+        {f"/registry/secrets/default/{HOSTILE}": _cbc_value(b"k8s\x00secret"), f"/registry/{HOSTILE}/x": b"plain"},
+    )
 
 
 def _config(tmp_path: Path) -> Path:
-    path = tmp_path / "c.yaml"
-    path.write_text(
-        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n"
-        "  - resources: [secrets]\n    providers:\n      - aescbc:\n          keys:\n"
-        f"            - name: k1\n              secret: {base64.b64encode(KEY).decode()}\n"
-    )
-    return path
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from snapshot_tools.cli import main; main()", *args],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
+    return write_config(tmp_path / "c.json", rule(["secrets"], static("aescbc", ("k1", KEY))))
 
 
 def _assert_clean(text: str) -> None:
@@ -70,20 +49,20 @@ def _assert_clean(text: str) -> None:
 
 
 def test_check_table_escapes_etcd_keys(tmp_path: Path) -> None:
-    proc = _cli("check", str(_snapshot(tmp_path)), "--config", str(_config(tmp_path)))
+    proc = snapshot_tools_process("check", str(_snapshot(tmp_path)), "--config", str(_config(tmp_path)))
     assert proc.returncode == 1, proc.stderr  # wrong-key
     _assert_clean(proc.stdout)
     _assert_clean(proc.stderr)
     assert printable(f"/registry/secrets/default/{HOSTILE}") in proc.stdout
     # JSON keeps the exact key (its encoder escapes control characters itself).
-    proc = _cli("check", str(_snapshot(tmp_path)), "--config", str(_config(tmp_path)), "-o", "json")
+    proc = snapshot_tools_process("check", str(_snapshot(tmp_path)), "--config", str(_config(tmp_path)), "-o", "json")
     _assert_clean(proc.stdout)
     keys = [o["key"] for o in json.loads(proc.stdout)["objects"]]
     assert f"/registry/secrets/default/{HOSTILE}" in keys
 
 
 def test_status_escapes_resource_names(tmp_path: Path) -> None:
-    proc = _cli("status", str(_snapshot(tmp_path)))
+    proc = snapshot_tools_process("status", str(_snapshot(tmp_path)))
     assert proc.returncode == 0, proc.stderr
     _assert_clean(proc.stdout)
     _assert_clean(proc.stderr)
@@ -91,7 +70,7 @@ def test_status_escapes_resource_names(tmp_path: Path) -> None:
 
 
 def test_extract_stderr_escapes_skipped_keys(tmp_path: Path) -> None:
-    proc = _cli("extract", str(_snapshot(tmp_path)), "--config", str(_config(tmp_path)))
+    proc = snapshot_tools_process("extract", str(_snapshot(tmp_path)), "--config", str(_config(tmp_path)))
     assert proc.returncode == 1  # the one Secret is unreadable
     _assert_clean(proc.stderr)
     assert printable(HOSTILE) in proc.stderr
@@ -108,7 +87,7 @@ def test_printable_is_safe_and_reversible(text: str) -> None:
 
 def test_error_lines_escape_paths(tmp_path: Path) -> None:
     missing = tmp_path / f"no-such-{HOSTILE.replace(chr(10), '').replace(chr(13), '')}.db"
-    proc = _cli("status", str(missing))
+    proc = snapshot_tools_process("status", str(missing))
     assert proc.returncode == 3
     _assert_clean(proc.stderr)
     assert len(proc.stderr.splitlines()) == 1

@@ -1,6 +1,6 @@
 """KMS unwrapping: the caching layer (once per DEK source, concurrency bound, cached failures)
 and the plugin unwrapper against a real gRPC plugin on a real unix socket
-(tests/kms_test_plugin.py), including the error mapping to ``snapshot_tools.errors``."""
+(tests/support/kms.py), including the error mapping to ``snapshot_tools.errors``."""
 
 from __future__ import annotations
 
@@ -10,18 +10,20 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 
 from kms_plugin.client import KMSv1Client, KMSv2Client
-from snapshot_tools.cli import main
 from snapshot_tools.errors import ConfigError, InvalidCiphertext, KMSUnavailable, KMSUnreachable
 from snapshot_tools.providers import kms_prefix, kmsv1, kmsv2
 from snapshot_tools.unwrap import CachingUnwrapper, PluginUnwrapper
-from tests.conftest import FIXTURES
-from tests.kms_support import short_dir
-from tests.kms_test_plugin import TestKMSPlugin
+from tests.support.fixtures import KMS_CASE, config_path, fixture_kek, snapshot_path
+from tests.support.kms import TestKMSPlugin, short_dir
+
+if TYPE_CHECKING:
+    from tests.support.cli import Cli
 
 
 class GateUnwrapper:
@@ -260,18 +262,14 @@ DECRYPT_STATUS_ROWS = [
 
 @pytest.mark.parametrize(("code", "verdict", "exit_code"), DECRYPT_STATUS_ROWS, ids=lambda v: getattr(v, "name", None))
 def test_check_verdict_follows_the_plugins_decrypt_status(
-    code: grpc.StatusCode, verdict: str, exit_code: int, capsys: pytest.CaptureFixture[str]
+    code: grpc.StatusCode, verdict: str, exit_code: int, cli: Cli
 ) -> None:
-    case = FIXTURES / "g-kmsv2"
-    kek = bytes.fromhex((case / "kms-plugin-kek-1.hex").read_text().strip())
-    with short_dir() as d, TestKMSPlugin(d / "kms.sock", kek, decrypt_error=code) as plugin:
-        args = ["check", str(case / "etcd-snapshot.db"), "--config", str(case / "encryption-config.yaml"),
-                "--kms", f"testkms={plugin.endpoint}"]  # fmt: skip
-        with pytest.raises(SystemExit) as info:
-            main(args)
+    with short_dir() as d, TestKMSPlugin(d / "kms.sock", fixture_kek(), decrypt_error=code) as plugin:
+        rc, out, _ = cli(
+            "check", snapshot_path(KMS_CASE), "--config", config_path(KMS_CASE), "--kms", f"testkms={plugin.endpoint}"
+        )
         decrypts = plugin.calls["Decrypt"]
-    out = capsys.readouterr().out
-    assert info.value.code == exit_code, out
+    assert rc == exit_code, out
     rows = [line for line in out.splitlines() if line.startswith("unreadable")]
     assert rows and all(line.startswith(verdict + " ") for line in rows), out
     # A refusal is not kept as the answer for the shared seed: each object asked again. An

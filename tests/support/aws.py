@@ -1,11 +1,13 @@
 """AWS KMS for the tests: a real moto server over HTTP, and a fault-injecting proxy in front of it.
 
-* ``moto_kms`` (session fixture): ``moto.server.ThreadedMotoServer`` on 127.0.0.1 with a free
-  port and dummy credentials in the environment (nothing reads real AWS configuration).
+* :func:`moto_server` (the session fixture ``moto_kms``): ``moto.server.ThreadedMotoServer`` on
+  127.0.0.1 with a free port and dummy credentials in the environment (nothing reads real AWS
+  configuration).
 * :class:`FaultProxy`: a small HTTP server on 127.0.0.1 between boto3 and moto. It counts calls
   by KMS operation (``X-Amz-Target``) and can delay, drop the connection, or answer an AWS error
   (``ThrottlingException`` JSON by default) for chosen operations, a number of times or until
-  cleared.
+  cleared (the fixture ``proxy``).
+* :func:`served_aws`: our plugin in-process, backed by AWS KMS at a URL (moto or the proxy).
 """
 
 from __future__ import annotations
@@ -25,8 +27,14 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 
+from kms_plugin.keks.awsclient import AwsSettings
+from tests.support.kms import serve_config, serving
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
+
+    from kms_plugin.server import PluginServer
 
 REGION = "us-east-1"
 _ENV = {
@@ -58,8 +66,9 @@ class MotoKms:
         return str(meta["Arn"])
 
 
-@pytest.fixture(scope="session")
-def moto_kms() -> Iterator[MotoKms]:
+@contextmanager
+def moto_server() -> Iterator[MotoKms]:
+    """A moto server on 127.0.0.1, with dummy AWS credentials in the environment meanwhile."""
     from moto.server import ThreadedMotoServer
 
     saved = {k: os.environ.get(k) for k in _ENV}
@@ -195,15 +204,9 @@ def fault_proxy(moto: MotoKms) -> Iterator[FaultProxy]:
         proxy.close()
 
 
-@pytest.fixture
-def proxy(moto_kms: MotoKms) -> Iterator[FaultProxy]:
-    with fault_proxy(moto_kms) as p:
-        yield p
-
-
 @contextmanager
 def served_aws(
-    directory: Any,  # noqa: ANN401 - a pathlib.Path
+    directory: Path,
     endpoint_url: str,
     key: str,
     *,
@@ -211,11 +214,8 @@ def served_aws(
     call_timeout: float = 2.5,
     max_attempts: int = 3,
     **overrides: Any,  # noqa: ANN401
-) -> Iterator[Any]:
+) -> Iterator[PluginServer]:
     """An in-process plugin on ``directory/p.sock`` backed by AWS KMS at ``endpoint_url``."""
-    from kms_plugin.keks.awsclient import AwsSettings
-    from kms_plugin.server import PluginServer, ServeConfig
-
     settings = AwsSettings(
         key=key,
         region=REGION,
@@ -225,29 +225,8 @@ def served_aws(
         max_attempts=max_attempts,
         max_qps=0,
     )
-    config = ServeConfig(
-        listen=f"unix://{directory / 'p.sock'}",
-        aws=settings,
-        health_addr="127.0.0.1:0",
-        **overrides,
-    )
-    server = PluginServer(config)
-    server.start()
-    try:
+    with serving(serve_config(directory, aws=settings, **overrides)) as server:
         yield server
-    finally:
-        server.stop(grace=1.0)
-
-
-def health(server: Any, path: str) -> tuple[int, str]:  # noqa: ANN401
-    """GET /healthz, /readyz or /livez of an in-process plugin: (status, body)."""
-    conn = http.client.HTTPConnection(server.health.host, server.health.port, timeout=5)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode().strip()
-    finally:
-        conn.close()
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:  # noqa: ANN401

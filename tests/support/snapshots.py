@@ -1,4 +1,4 @@
-"""A small bbolt file writer for tests and benchmarks: shapes real snapshots rarely have.
+"""Snapshots without etcd: a small bbolt file writer for tests and benchmarks, and etcd records.
 
 etcd on Linux never persists a freelist and never nests buckets, so the shared fixtures cannot
 exercise those reader paths; this builder writes them (a persisted freelist in both count forms,
@@ -33,7 +33,8 @@ from snapshot_tools.bbolt.layout import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
+    from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -210,3 +211,16 @@ def kv_bytes(key: bytes, create: int = 0, mod: int = 0, version: int = 0, value:
     return KeyValue(
         key=key, create_revision=create, mod_revision=mod, version=version, value=value, lease=lease
     ).SerializeToString()
+
+
+def write_snapshot(path: Path, values: Mapping[str, bytes]) -> Path:
+    """A snapshot at ``path`` holding ``values`` (etcd key -> stored value), one revision each.
+
+    Keys are written in sorted order from revision 2, as one etcd transaction per key would.
+    """
+    records = {
+        revision_key(rev): kv_bytes(key.encode(), create=rev, mod=rev, version=1, value=value)
+        for rev, (key, value) in enumerate(sorted(values.items()), start=2)
+    }
+    path.write_bytes(build_db({b"key": records, b"meta": {b"consistent_index": (1).to_bytes(8, "big")}}))
+    return path

@@ -1,6 +1,7 @@
-"""A small KMS v2 plugin for tests: a real gRPC server on a real unix socket.
+"""KMS plugins for tests: a small KMS v2 peer plugin, and our own plugin served in-process.
 
-It serves ``v2.KeyManagementService`` and, on the same socket, ``v1beta1.KeyManagementService``.
+:class:`TestKMSPlugin` is a real gRPC server on a real unix socket. It serves
+``v2.KeyManagementService`` and, on the same socket, ``v1beta1.KeyManagementService``.
 It wraps like the plugin that wrote the g-kmsv2 fixture (fixtures README):
 ``ciphertext = nonce(12) || AES-256-GCM(KEK).Seal(nonce, plaintext, AAD=None)``, key_id
 ``kek-1``. It counts every call per method so tests can assert how often a client asked, and
@@ -8,24 +9,41 @@ can be told to answer every v2 Decrypt with a given gRPC status (``decrypt_error
 does for a disabled key (``FAILED_PRECONDITION``) or a throttled one.
 This is a test double for the *peer* of our client, not a mock of our code: it speaks the
 upstream ``v2.KeyManagementService`` wire API through the generated stubs.
+
+:func:`served` runs ``kms_plugin``'s own server in this process (keyring backend);
+:func:`start_serve` runs ``kms-plugin serve`` as a subprocess. Unix socket paths must stay under
+~107 bytes, hence :func:`short_dir`.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
+import shutil
+import subprocess
+import tempfile
 import threading
+import time
 from collections import Counter
 from concurrent import futures
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kms_plugin.client import KMSv2Client
+from kms_plugin.errors import Error
+from kms_plugin.keks.local import Keyring, save_keyring
 from kms_plugin.proto import kms_v1beta1_pb2, kms_v1beta1_pb2_grpc, kms_v2_pb2, kms_v2_pb2_grpc
+from kms_plugin.server import PluginServer, ServeConfig
+from tests.support.cli import KMS_PLUGIN
+from tests.support.fixtures import fixture_kek
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Iterator
     from types import TracebackType
 
 
@@ -142,3 +160,101 @@ class TestKMSPlugin:
         tb: TracebackType | None,
     ) -> None:
         self._server.stop(grace=None)
+
+
+@contextmanager
+def fixture_plugin() -> Iterator[TestKMSPlugin]:
+    """The g-kmsv2 fixture's plugin (its KEK) on a real unix socket, for reading that fixture."""
+    with short_dir() as d, TestKMSPlugin(d / "kms.sock", fixture_kek()) as plugin:
+        yield plugin
+
+
+# -- our own plugin ----------------------------------------------------------------------------
+
+
+@contextmanager
+def short_dir() -> Iterator[Path]:
+    """A temp dir under /tmp: unix socket paths must stay under ~107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="kmst", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def make_keyring(path: Path) -> Keyring:
+    keyring = Keyring.generate()
+    save_keyring(path, keyring, replace=False)
+    return keyring
+
+
+@contextmanager
+def serving(config: ServeConfig) -> Iterator[PluginServer]:
+    """An in-process plugin for ``config``, stopped (1 s grace) on exit."""
+    server = PluginServer(config)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(grace=1.0)
+
+
+def serve_config(directory: Path, **fields: Any) -> ServeConfig:  # noqa: ANN401
+    """Serve on ``directory/p.sock`` with health on an ephemeral loopback port, plus ``fields``."""
+    return ServeConfig(listen=f"unix://{directory / 'p.sock'}", health_addr="127.0.0.1:0", **fields)
+
+
+@contextmanager
+def served(directory: Path, **overrides: Any) -> Iterator[PluginServer]:  # noqa: ANN401
+    """An in-process plugin on ``directory/p.sock`` with the keyring ``directory/k.json``."""
+    keyring = directory / "k.json"
+    if not keyring.exists():
+        make_keyring(keyring)
+    with serving(serve_config(directory, keyring=keyring, **overrides)) as server:
+        yield server
+
+
+def start_serve(*args: str) -> subprocess.Popen[bytes]:
+    """``kms-plugin serve ARGS`` as a subprocess (stderr piped)."""
+    return subprocess.Popen(
+        [*KMS_PLUGIN, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Wait until the server answers Status (the socket alone may still be a stale one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            assert proc.stderr is not None
+            raise AssertionError(f"server exited {proc.returncode}: {proc.stderr.read().decode()}")
+        if path.exists():
+            try:
+                with KMSv2Client(f"unix://{path}", timeout=1) as c:
+                    c.status()
+                return
+            except Error:
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"socket {path} did not come up")
+
+
+def file_mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def http_get(host: str, port: int, path: str = "/healthz", timeout: float = 5) -> tuple[int, str]:
+    """GET ``path`` over a fresh connection: (status, body) for any status, 4xx and 5xx included."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def health_get(server: PluginServer, path: str) -> tuple[int, str]:
+    """GET /healthz, /readyz, /livez or /metrics of an in-process plugin: (status, body)."""
+    assert server.health is not None
+    return http_get(server.health.host, server.health.port, path)

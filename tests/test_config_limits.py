@@ -29,9 +29,9 @@ from snapshot_tools.config import (
 )
 from snapshot_tools.resources import parse_group_resource
 from tests.support.cli import snapshot_tools_process
+from tests.support.config_text import HEAD, write
 from tests.support.fixtures import EXAMPLE_CONFIG, EXAMPLE_KEY1_B64, EXAMPLE_SNAPSHOT
 
-HEAD = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n"
 KEY = EXAMPLE_KEY1_B64
 
 
@@ -60,14 +60,6 @@ def config_text(selectors: list[str] | None = None, extra: str = "") -> str:
         f"{HEAD}resources:\n- resources:\n{sel}  providers:\n  - aescbc:\n      keys:\n"
         f"      - name: key1\n        secret: {KEY}\n{extra}"
     )
-
-
-def write(tmp_path: Path, name: str, data: str | bytes) -> Path:
-    path = tmp_path / name
-    if isinstance(data, str):
-        data = data.encode("utf-8", "surrogateescape")
-    path.write_bytes(data)
-    return path
 
 
 def test_example_config_is_fine() -> None:

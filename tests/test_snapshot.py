@@ -1,4 +1,5 @@
-"""The snapshot views decode ``mvccpb.KeyValue`` exactly as the protobuf runtime does.
+"""The snapshot views (snapshot_tools/snapshot.py) decode ``mvccpb.KeyValue`` exactly as the
+protobuf runtime does.
 
 The scan reads each record's etcd key in place when Go's field order allows it and decodes the
 record otherwise; these tests build key buckets from canonical and non-canonical encodings

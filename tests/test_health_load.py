@@ -19,6 +19,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+import pytest
+
 from kms_plugin.client import KMSv2Client
 from tests.support.cli import KMS_PLUGIN, plugin_cli
 from tests.support.kms import http_get, short_dir
@@ -82,6 +84,7 @@ def _open_idle(port: int, count: int) -> list[socket.socket]:
     return conns
 
 
+@pytest.mark.slow
 def test_idle_health_connections_do_not_starve_grpc() -> None:
     with short_dir() as d:
         plugin_cli("keyring", "init", str(d / "k.json"))

@@ -16,11 +16,11 @@ same values read into a list first, then only ``aescbc.decrypt`` + ``objects.is_
 timed per value in a bare loop. For KMS v2 the test plugin serves the KEK on a unix socket in
 this process and counts the Decrypt (unwrap) calls the check made.
 
-Usage:
-    python bench/check.py                 # build if needed, then measure (3 runs each)
-    python bench/check.py --build-only
-    python bench/check.py --profile       # cProfile one in-process aescbc check (top 25)
-    python bench/check.py --secrets 20000 --kms-secrets 5000 --rebuild
+Usage (from the repository root):
+    python -m bench.check                 # build if needed, then measure (3 runs each)
+    python -m bench.check --build-only
+    python -m bench.check --profile       # cProfile one in-process aescbc check (top 25)
+    python -m bench.check --secrets 20000 --kms-secrets 5000 --rebuild
 
 Figures only; nothing here asserts on timing.
 """
@@ -33,19 +33,27 @@ import json
 import math
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "bench" / ".cache"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.common import (
+    CACHE,
+    SNAPSHOT_TOOLS,
+    load_avg,
+    load_through_etcd,
+    machine,
+    print_profile,
+    run_child,
+    run_measured,
+    shown,
+    verdict,
+    write_config,
+)
+from tests.support import k8s_objects as k8s
 
 TARGET_OBJECTS_PER_S = 100_000
 TARGET_FLOOR_RATIO = 3.0
@@ -54,44 +62,7 @@ SEED = 20240602
 KEY_NAME = "key1"
 KMS_NAME = "kms1"
 MIN_VALUE, MAX_VALUE = 1024, 20 * 1024
-BATCH_BYTES = 4 * 1024 * 1024
-BATCH_OPS = 256
-# The child reports its own VmHWM (peak RSS of its image after exec) on a pipe: ru_maxrss from
-# wait4 would also count the parent's RSS the child inherited through vfork/fork before exec.
-_CHILD = (
-    "import atexit, os\n"
-    "def _hwm():\n"
-    "    for line in open('/proc/self/status'):\n"
-    "        if line.startswith('VmHWM:'):\n"
-    "            os.write(int(os.environ['BENCH_HWM_FD']), line.split()[1].encode())\n"
-    "atexit.register(_hwm)\n"
-    "from snapshot_tools.cli import main\n"
-    "main()\n"
-)
-CLI = [sys.executable, "-c", "from snapshot_tools.cli import main; main()"]
-
-
-# -- a tiny protobuf encoder: just what a stored v1.Secret needs --------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _len(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _uint(field: int, value: int) -> bytes:
-    return _varint(field << 3) + _varint(value)
+# -- data ----------------------------------------------------------------------------------------
 
 
 def secret_plaintext(rng: random.Random, namespace: str, name: str, size: int) -> bytes:
@@ -100,16 +71,9 @@ def secret_plaintext(rng: random.Random, namespace: str, name: str, size: int) -
         rng.getrandbits(32), rng.getrandbits(16), rng.getrandbits(16), rng.getrandbits(16),
         rng.getrandbits(48),
     )  # fmt: skip
-    created = _len(8, _uint(1, 1_700_000_000 + rng.randrange(10**7)))  # metav1.Time{seconds}
-    meta = (
-        _len(1, name.encode())
-        + _len(3, namespace.encode())
-        + _len(5, uid.encode())
-        + created
-        + _len(11, _len(1, b"app") + _len(2, b"bench"))  # labels
-    )
-    head = _len(1, meta)
-    tail = _len(3, b"Opaque")
+    created = 1_700_000_000 + rng.randrange(10**7)  # metav1.Time{seconds}
+    head = k8s.field(1, k8s.object_meta(name, namespace, uid=uid, created=created, labels={"app": "bench"}))
+    tail = k8s.field(3, b"Opaque")
     # Fill the data map up to the size wanted with a few random entries.
     budget = max(16, size - len(head) - len(tail) - 60)
     entries = []
@@ -117,11 +81,8 @@ def secret_plaintext(rng: random.Random, namespace: str, name: str, size: int) -
     for i in range(parts):
         n = budget // parts
         value = base64.b64encode(rng.randbytes(n * 3 // 4))[:n]  # text-like, as most secrets are
-        entries.append(_len(2, _len(1, f"key-{i}".encode()) + _len(2, value)))
-    secret = head + b"".join(entries) + tail
-    type_meta = _len(1, b"v1") + _len(2, b"Secret")
-    unknown = _len(1, type_meta) + _len(2, secret) + _len(3, b"") + _len(4, b"")
-    return b"k8s\x00" + unknown
+        entries.append(k8s.entry(2, f"key-{i}", value))
+    return k8s.stored("Secret", head + b"".join(entries) + tail)
 
 
 def secret_key(i: int) -> str:
@@ -144,67 +105,6 @@ KMS_SEED = _fixed("kms-seed", 32)
 # -- building ------------------------------------------------------------------------------------
 
 
-def _load_etcd(ops: Any, out: Path) -> dict[str, Any]:  # ops: Iterator[tuple[str, bytes]]
-    """Put ``ops`` into a fresh etcd in transactions and save a snapshot to ``out`` atomically."""
-    from tests.support.etcd import EtcdServer, etcd_version, etcdutl_status
-
-    version = etcd_version()
-    t0 = time.monotonic()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with EtcdServer(
-        quota_backend_bytes=8 * 1024**3,
-        unsafe_no_fsync=version >= (3, 5, 0),
-        extra_args=("--max-request-bytes", str(2 * BATCH_BYTES), "--max-txn-ops", str(BATCH_OPS)),
-        startup_timeout=60,
-    ) as server:
-        client = server.client(timeout=300)
-        batch: list[Any] = []
-        size = 0
-        txns = 0
-        written = 0
-
-        def flush() -> None:
-            nonlocal size, txns
-            if batch:
-                ok, _ = client.transaction(compare=[], success=batch, failure=[])
-                if not ok:
-                    raise RuntimeError("bench build: transaction failed")
-                txns += 1
-            batch.clear()
-            size = 0
-
-        for key, value in ops:
-            if len(batch) >= BATCH_OPS or size + len(value) > BATCH_BYTES:
-                flush()
-            batch.append(client.transactions.put(key, value))
-            size += len(key) + len(value) + 16
-            written += len(value)
-        flush()
-        tmp = out.with_name(out.name + ".tmp")
-        server.snapshot_save(tmp, timeout=1800)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, out)
-    facts = {
-        "seed": SEED,
-        "etcd_version": ".".join(map(str, version)),
-        "transactions": txns,
-        "value_bytes_written": written,
-        "build_seconds": round(time.monotonic() - t0, 1),
-        "file_size": out.stat().st_size,
-        "etcdutl_status": etcdutl_status(out),
-    }
-    out.with_suffix(".json").write_text(json.dumps(facts, indent=2) + "\n")
-    return facts
-
-
-def _write_config(path: Path, provider_yaml: str) -> None:
-    path.write_text(
-        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n"
-        "- resources: [secrets]\n  providers:\n" + provider_yaml
-    )
-    os.chmod(path, 0o600)
-
-
 def aescbc_paths(n: int) -> tuple[Path, Path]:
     return CACHE / f"check-aescbc-{n}.db", CACHE / "check-aescbc.yaml"
 
@@ -215,7 +115,7 @@ def build_aescbc(n: int) -> dict[str, Any]:
     snap, cfg = aescbc_paths(n)
     prefix = static_prefix("aescbc", KEY_NAME)
 
-    def ops():  # noqa: ANN202
+    def ops():
         rng = random.Random(SEED)
         for i in range(n):
             key = secret_key(i)
@@ -224,9 +124,9 @@ def build_aescbc(n: int) -> dict[str, Any]:
             iv = rng.randbytes(16)
             yield key, prefix + aescbc._encrypt_from_parts(AESCBC_KEY, plain, iv)
 
-    facts = _load_etcd(ops(), snap)
+    facts = load_through_etcd(ops(), snap, seed=SEED)
     secret = base64.b64encode(AESCBC_KEY).decode()
-    _write_config(cfg, f"  - aescbc:\n      keys:\n      - name: {KEY_NAME}\n        secret: {secret}\n")
+    write_config(cfg, f"  - aescbc:\n      keys:\n      - name: {KEY_NAME}\n        secret: {secret}\n")
     return facts
 
 
@@ -237,16 +137,15 @@ def kms_paths(n: int) -> tuple[Path, Path]:
 def build_kms(n: int) -> dict[str, Any]:
     from kms_plugin.client import KMSv2Client
     from snapshot_tools.providers import kms_prefix, kmsv2
-    from tests.support.kms import TestKMSPlugin
+    from tests.support.kms import TestKMSPlugin, short_dir
 
     snap, wrapped_file = kms_paths(n)
     # As the apiserver does: one Encrypt of a fresh seed at start-up, shared by every write.
-    with _socket_dir() as d, TestKMSPlugin(d / "p.sock", KMS_KEK) as plugin:
-        with KMSv2Client(plugin.endpoint) as client:
-            wrapped = client.encrypt(KMS_SEED)
+    with short_dir() as d, TestKMSPlugin(d / "p.sock", KMS_KEK) as plugin, KMSv2Client(plugin.endpoint) as client:
+        wrapped = client.encrypt(KMS_SEED)
     prefix = kms_prefix("v2", KMS_NAME)
 
-    def ops():  # noqa: ANN202
+    def ops():
         rng = random.Random(SEED + 1)
         for i in range(n):
             key = secret_key(i)
@@ -259,45 +158,12 @@ def build_kms(n: int) -> dict[str, Any]:
             )  # fmt: skip
             yield key, prefix + payload
 
-    facts = _load_etcd(ops(), snap)
+    facts = load_through_etcd(ops(), snap, seed=SEED)
     wrapped_file.write_text(json.dumps({"key_id": wrapped.key_id}) + "\n")
     return facts
 
 
-class _socket_dir:  # noqa: N801 - a context manager
-    """A temp dir under /tmp: unix socket paths must stay under ~107 bytes."""
-
-    def __enter__(self) -> Path:
-        self.path = Path(tempfile.mkdtemp(prefix="bchk", dir="/tmp"))
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
 # -- measuring -----------------------------------------------------------------------------------
-
-
-def run_cli(args: list[str]) -> dict[str, Any]:
-    """One ``snapshot-tools`` run in a fresh process, stdout to /dev/null: wall s, peak RSS, rc."""
-    rfd, wfd = os.pipe()  # the child writes its VmHWM (kB) here at exit
-    try:
-        with open(os.devnull, "wb") as null, tempfile.TemporaryFile() as err:
-            t0 = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-c", _CHILD, *args], stdout=null, stderr=err,
-                                    pass_fds=(wfd,), env={**os.environ, "BENCH_HWM_FD": str(wfd)})  # fmt: skip
-            rc = proc.wait()
-            wall = time.perf_counter() - t0
-            err.seek(0)
-            text = err.read().decode(errors="replace").strip()
-        os.close(wfd)
-        wfd = -1
-        hwm_kb = int(os.read(rfd, 64) or b"0")
-    finally:
-        os.close(rfd)
-        if wfd >= 0:
-            os.close(wfd)
-    return {"wall_s": wall, "peak_rss_mb": hwm_kb / 1024, "rc": rc, "stderr": text}
 
 
 def floor_once(path: Path) -> dict[str, Any]:
@@ -326,34 +192,21 @@ def floor_once(path: Path) -> dict[str, Any]:
 
 
 def run_floor(path: Path) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--_floor", str(path)],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    if proc.returncode != 0:
-        raise SystemExit(f"floor subprocess failed (rc {proc.returncode}):\n{proc.stderr.strip()}")
-    return json.loads(proc.stdout)
+    return run_child("bench.check", "--_floor", str(path))
 
 
 def check_output(args: list[str]) -> dict[str, Any]:
     """One untimed run with the JSON kept, to confirm the verdicts are what the data says."""
-    proc = subprocess.run([*CLI, *args], capture_output=True, check=False)
+    proc = subprocess.run([*SNAPSHOT_TOOLS, *args], capture_output=True, check=False)
     if proc.returncode not in (0, 1):
         raise SystemExit(f"check failed (rc {proc.returncode}): {proc.stderr.decode().strip()}")
     return json.loads(proc.stdout)
 
 
-def _load() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def _ok(good: bool) -> str:
-    return "ok" if good else "MISSED"
-
-
 def bench_aescbc(n: int, repeat: int, rebuild: bool) -> None:
     snap, cfg = aescbc_paths(n)
     if rebuild or not snap.exists() or not cfg.exists():
-        print(f"building {snap.relative_to(ROOT)} ({n} aescbc Secrets) through a real etcd ...",
+        print(f"building {shown(snap)} ({n} aescbc Secrets) through a real etcd ...",
               flush=True)  # fmt: skip
         facts = build_aescbc(n)
         print(f"  built in {facts['build_seconds']} s, {facts['file_size'] / 1e6:.0f} MB, "
@@ -364,10 +217,10 @@ def bench_aescbc(n: int, repeat: int, rebuild: bool) -> None:
     assert s["objects"] == n and s["current"] == n, f"unexpected verdicts: {s}"
     del out
     print(f"\naescbc: {snap.name} ({snap.stat().st_size / 1e6:.0f} MB), {n} Secrets, all current "
-          f"(verified); load avg before: {_load()}")  # fmt: skip
+          f"(verified); load avg before: {load_avg()}")  # fmt: skip
     runs = []
     for i in range(repeat):
-        r = run_cli(args)
+        r = run_measured(args)
         if r["rc"] != 0:
             raise SystemExit(f"check exited {r['rc']}: {r['stderr']}")
         runs.append(r)
@@ -383,35 +236,35 @@ def bench_aescbc(n: int, repeat: int, rebuild: bool) -> None:
     print("  floor runs: " + ", ".join(f"{f['seconds']:.2f} s" for f in floors)
           + f" ({floors[0]['readable']}/{floors[0]['values']} readable, "
           f"{floors[0]['value_bytes'] / 1e6:.0f} MB of bodies)")  # fmt: skip
-    print(f"  best of {repeat} (median {med:.2f} s); load avg after: {_load()}")
+    print(f"  best of {repeat} (median {med:.2f} s); load avg after: {load_avg()}")
     print(f"  check end to end {rate:12,.0f} objects/s   target >= {TARGET_OBJECTS_PER_S:,}  "
-          f"[{_ok(rate >= TARGET_OBJECTS_PER_S)}]")  # fmt: skip
+          f"[{verdict(rate >= TARGET_OBJECTS_PER_S)}]")  # fmt: skip
     print(f"  crypto floor     {n / fl:12,.0f} objects/s   (aescbc.decrypt + is_kubernetes_object, "
           "values preloaded)")  # fmt: skip
     print(f"  ratio            {ratio:12.2f} x          target <= {TARGET_FLOOR_RATIO:.0f} x  "
-          f"[{_ok(ratio <= TARGET_FLOOR_RATIO)}]")  # fmt: skip
+          f"[{verdict(ratio <= TARGET_FLOOR_RATIO)}]")  # fmt: skip
     print(f"  peak RSS         {rss:12,.0f} MB         target < {TARGET_RSS_MB} MB  "
-          f"[{_ok(rss < TARGET_RSS_MB)}]")  # fmt: skip
+          f"[{verdict(rss < TARGET_RSS_MB)}]")  # fmt: skip
     read = min(f["read_s"] for f in floors)
     print(f"  for reference: the reader alone (Snapshot.latest(), values dropped) {read:.2f} s; "
           f"check - reader - floor = {best - read - fl:.2f} s (start-up, judging, report, JSON)")
 
 
 def bench_kms(n: int, repeat: int, rebuild: bool) -> None:
-    from tests.support.kms import TestKMSPlugin
+    from tests.support.kms import TestKMSPlugin, short_dir
 
     snap, wrapped_file = kms_paths(n)
     if rebuild or not snap.exists() or not wrapped_file.exists():
-        print(f"building {snap.relative_to(ROOT)} ({n} KMS v2 Secrets, one seed) through a real "
+        print(f"building {shown(snap)} ({n} KMS v2 Secrets, one seed) through a real "
               "etcd ...", flush=True)  # fmt: skip
         facts = build_kms(n)
         print(f"  built in {facts['build_seconds']} s, {facts['file_size'] / 1e6:.0f} MB",
               flush=True)  # fmt: skip
     print(f"\nkms v2: {snap.name} ({snap.stat().st_size / 1e6:.0f} MB), {n} Secrets sharing one "
-          f"seed; load avg before: {_load()}")  # fmt: skip
-    with _socket_dir() as d, TestKMSPlugin(d / "p.sock", KMS_KEK) as plugin:
+          f"seed; load avg before: {load_avg()}")  # fmt: skip
+    with short_dir() as d, TestKMSPlugin(d / "p.sock", KMS_KEK) as plugin:
         cfg = d / "kmsv2.yaml"
-        _write_config(cfg, f"  - kms: {{apiVersion: v2, name: {KMS_NAME}, "
+        write_config(cfg, f"  - kms: {{apiVersion: v2, name: {KMS_NAME}, "
                            f"endpoint: '{plugin.endpoint}', timeout: 3s}}\n")  # fmt: skip
         args = ["check", str(snap), "--config", str(cfg), "--output", "json"]
         before = plugin.calls["Decrypt"]
@@ -423,7 +276,7 @@ def bench_kms(n: int, repeat: int, rebuild: bool) -> None:
         runs = []
         for i in range(repeat):
             before = plugin.calls["Decrypt"]
-            r = run_cli(args)
+            r = run_measured(args)
             if r["rc"] != 0:
                 raise SystemExit(f"check exited {r['rc']}: {r['stderr']}")
             r["unwraps"] = plugin.calls["Decrypt"] - before
@@ -435,17 +288,15 @@ def bench_kms(n: int, repeat: int, rebuild: bool) -> None:
     unwraps = {r["unwraps"] for r in runs} | {verify_calls}
     rate = n / best
     print(f"  check end to end {rate:12,.0f} objects/s   target >= {TARGET_OBJECTS_PER_S:,}  "
-          f"[{_ok(rate >= TARGET_OBJECTS_PER_S)}]")  # fmt: skip
+          f"[{verdict(rate >= TARGET_OBJECTS_PER_S)}]")  # fmt: skip
     print(f"  unwrap calls     {'/'.join(map(str, sorted(unwraps))):>12} per run   target == 1  "
-          f"[{_ok(unwraps == {1})}]")  # fmt: skip
+          f"[{verdict(unwraps == {1})}]")  # fmt: skip
     print(f"  peak RSS         {max(r['peak_rss_mb'] for r in runs):12,.0f} MB")
 
 
 def profile(n: int, top: int) -> None:
     """cProfile run_check + JSON rendering in this process (build first)."""
     import cProfile
-    import io
-    import pstats
 
     from snapshot_tools.check import CheckOptions, run_check
     from snapshot_tools.cli.check import write_json
@@ -462,13 +313,11 @@ def profile(n: int, top: int) -> None:
     prof.disable()
     t2 = time.perf_counter()
     print(f"(profiled) run_check {t1 - t0:.2f} s, JSON {t2 - t1:.2f} s")
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
-    print(buf.getvalue())
+    print_profile(prof, top)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.check", description=__doc__.splitlines()[0])
     ap.add_argument("--secrets", type=int, default=100_000)
     ap.add_argument("--kms-secrets", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=3, help="runs, each in a fresh process")
@@ -491,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only != "aescbc" and (args.rebuild or not kms_paths(args.kms_secrets)[0].exists()):
             print(build_kms(args.kms_secrets))
         return 0
-    print(f"machine: {os.cpu_count()} cores, load avg {_load()} (other processes share them)")
+    print(machine())
     if args.only != "kms":
         bench_aescbc(args.secrets, args.repeat, args.rebuild)
     if args.only != "aescbc":

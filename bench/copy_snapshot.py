@@ -1,13 +1,13 @@
 """Benchmark: rebuild a big snapshot unchanged with the bbolt bulk writer (``copy_snapshot``).
 
-Copies the cached benchmark snapshot of bench/scan.py (build it first with
-``python bench/scan.py --build-only``) to a temporary file beside it, through the whole safe
+Copies the cached benchmark snapshot of ``bench.scan`` (build it first with
+``python -m bench.scan --build-only``) to a temporary file beside it, through the whole safe
 path (write, fsync, re-read and verify, rename), in a fresh subprocess per run so each peak RSS
 is its own. Prints seconds, records/s, MB/s (input bytes per second) and peak RSS, and checks
 that the output's status hash equals the input's when etcdutl is available.
 
-Usage:
-    python bench/copy_snapshot.py [--snapshot PATH] [--runs 3] [--transform]
+Usage (from the repository root):
+    python -m bench.copy_snapshot [--snapshot PATH] [--runs 3] [--transform]
 
 ``--transform`` replaces every live record's value with itself (decode, splice, re-encode),
 to time the per-record callback path as well.
@@ -21,17 +21,14 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.common import CACHE, run_child
 
-DEFAULT = ROOT / "bench" / ".cache" / "scan-100000-25000.db"
+DEFAULT = CACHE / "scan-100000-25000.db"
 
 
 def _one(snapshot: Path, transform: bool) -> dict[str, float]:
@@ -66,25 +63,22 @@ def _one(snapshot: Path, transform: bool) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.copy_snapshot", description=__doc__.splitlines()[0])
     parser.add_argument("--snapshot", type=Path, default=DEFAULT)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--transform", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.snapshot.is_file():
-        sys.exit(f"{args.snapshot}: missing; run `python bench/scan.py --build-only` first")
+        sys.exit(f"{args.snapshot}: missing; run `python -m bench.scan --build-only` first")
     if args.child:
         print(json.dumps(_one(args.snapshot, args.transform)))
         return
-    cmd = [sys.executable, __file__, "--child", "--snapshot", os.fspath(args.snapshot)]
-    if args.transform:
-        cmd.append("--transform")
+    child = ["--child", "--snapshot", os.fspath(args.snapshot)] + (["--transform"] if args.transform else [])
     print(f"copy_snapshot {args.snapshot.name} ({args.snapshot.stat().st_size / 1e6:.0f} MB)"
           f"{' with a re-encoding transform' if args.transform else ' unchanged'}")
     for run in range(args.runs):
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        f = json.loads(proc.stdout.strip().splitlines()[-1])
+        f = run_child("bench.copy_snapshot", *child)
         print(
             f"run {run + 1}: {f['seconds']:.2f} s ({f['cpu_seconds']:.2f} s CPU), "
             f"{f['records'] / f['seconds']:,.0f} records/s, "

@@ -6,7 +6,10 @@ and Decrypt with the same clients (client processes x threads, each thread one
 per-call latency at the client (p50/p99) and calls/s. Ratio = method p50 / Status p50 and
 Status calls/s / method calls/s (targets: <= 1.3).
 
-    /work/venv/bin/python bench/plugin.py [--flavour sync|aio] [--workers 4] [--duration 3]
+Usage (from the repository root):
+    python -m bench.plugin [--flavour sync|aio] [--workers 4] [--duration 3] [--concurrency 1,8,64]
+
+Figures only; nothing here asserts on timing.
 """
 
 from __future__ import annotations
@@ -24,8 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-KMS_PLUGIN = [sys.executable, "-c", "from kms_plugin.cli import main; main()"]
+from bench.common import KMS_PLUGIN, ROOT
 
 
 def _client_proc(endpoint: str, method: str, threads: int, duration: float, q: mp.Queue) -> None:
@@ -104,7 +106,7 @@ def summarise(lat: list[float], errors: int, seconds: float) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.plugin", description=__doc__.splitlines()[0])
     ap.add_argument("--flavour", default="sync", choices=["sync", "aio"])
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--duration", type=float, default=3.0)
@@ -121,8 +123,7 @@ def main() -> int:
         sock = Path(tmp, "p.sock")
         endpoint = f"unix://{sock}"
         if args.flavour == "aio":  # the asyncio server lives here, not in the product
-            cmd = [sys.executable, str(HERE / "plugin_aio.py"), "--listen", endpoint,
-                   "--keyring", str(keyring)]
+            cmd = [sys.executable, "-m", "bench.plugin_aio", "--listen", endpoint, "--keyring", str(keyring)]
         else:
             cmd = [
                 *KMS_PLUGIN, "serve", "--listen", endpoint, "--keyring", str(keyring),
@@ -130,7 +131,7 @@ def main() -> int:
             ]
         if args.profile:
             cmd = [sys.executable, "-m", "cProfile", "-o", args.profile, *cmd[1:]]
-        server = subprocess.Popen(cmd)
+        server = subprocess.Popen(cmd, cwd=ROOT)
         for _ in range(200):
             if sock.exists():
                 break

@@ -1,10 +1,10 @@
-"""The KMS plugin's service on a ``grpc.aio`` server, for ``bench/plugin.py --flavour aio`` only.
+"""The KMS plugin's service on a ``grpc.aio`` server, for ``python -m bench.plugin --flavour aio`` only.
 
 ``kms-plugin serve`` runs the thread-pool server; this compares the same :class:`KMSService`
 (a local keyring, no health server) behind asyncio handlers that run the backend calls inline on
 the event loop. Until SIGTERM/SIGINT:
 
-    python bench/plugin_aio.py --listen unix:///tmp/p.sock --keyring k.json
+    python -m bench.plugin_aio --listen unix:///tmp/p.sock --keyring k.json
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from kms_plugin.server import prepare_socket
 from kms_plugin.service import KMSService, methods
 
 
-def _async_handler(service: KMSService, method: str, fn: Any) -> Any:  # noqa: ANN401
-    async def handler(request: Any, context: Any) -> Any:  # noqa: ANN401
+def _async_handler(service: KMSService, method: str, fn: Any) -> Any:
+    async def handler(request: Any, context: Any) -> Any:
         try:
             return service.run("v2", method, fn, request)
         except RpcFailure as f:
@@ -67,7 +67,7 @@ async def serve(listen: str, keyring: Path) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.plugin_aio", description=__doc__.splitlines()[0])
     ap.add_argument("--listen", required=True)
     ap.add_argument("--keyring", required=True, type=Path)
     args = ap.parse_args()

@@ -2,12 +2,15 @@
 
 Starts moto on 127.0.0.1, creates a key, then for each mode runs ``kms-plugin serve --aws-key-id``
 (client-side rate limit off, probes every hour so they do not count) and drives Encrypt and
-Decrypt as ``bench/plugin.py`` does. Prints calls/s, p50/p99 at the client and the remote AWS
+Decrypt as ``bench.plugin`` does. Prints calls/s, p50/p99 at the client and the remote AWS
 calls (Encrypt+Decrypt, from the plugin's ``kms_plugin_remote_calls_total``) per 1,000 plugin
 calls. moto answers in milliseconds on loopback; real AWS adds a network round trip per remote
 call, which only the direct mode pays on every call.
 
-    /work/venv/bin/python bench/plugin_aws.py [--duration 3] [--concurrency 1,8]
+Usage (from the repository root):
+    python -m bench.plugin_aws [--duration 3] [--concurrency 1,8]
+
+Figures only; nothing here asserts on timing.
 """
 
 from __future__ import annotations
@@ -15,69 +18,48 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from plugin import KMS_PLUGIN, run_cell, summarise  # noqa: E402
+from bench.common import KMS_PLUGIN
+from bench.plugin import run_cell, summarise
+from tests.support.aws import REGION, moto_server
+from tests.support.etcd import free_ports
+from tests.support.kms import short_dir
 
-_REMOTE = re.compile(r'^kms_plugin_remote_calls_total\{operation="(Encrypt|Decrypt)",outcome="ok"\} (\S+)$', re.M)
+_REMOTE = re.compile(
+    r'^kms_plugin_remote_calls_total\{operation="(Encrypt|Decrypt)",outcome="ok"\} (\S+)$', re.MULTILINE
+)
 
 
 def remote_calls(health: str) -> float:
-    text = urllib.request.urlopen(f"http://{health}/metrics", timeout=5).read().decode()  # noqa: S310
+    text = urllib.request.urlopen(f"http://{health}/metrics", timeout=5).read().decode()
     return sum(float(v) for _, v in _REMOTE.findall(text))
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.plugin_aws", description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--concurrency", default="1,8")
     ap.add_argument("--client-procs", type=int, default=2)
     args = ap.parse_args()
 
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-        AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-        AWS_EC2_METADATA_DISABLED="true",
-    )
-    import logging
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
-    host, port = moto.get_host_and_port()
-    url = f"http://{host}:{port}"
-    arn = boto3.client("kms", endpoint_url=url, region_name="us-east-1").create_key()["KeyMetadata"]["Arn"]
-    tmp = tempfile.mkdtemp(prefix="kmsb", dir="/tmp")
-    print(f"AWS KMS on moto ({url}); {args.duration:g}s per cell; cores: {os.cpu_count()}")
-    print(f"{'mode':<10} {'conc':>4} {'method':<8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'remote/1k':>9} {'errors':>6}")
-    try:
+    # moto with dummy credentials in the environment, which the plugin processes inherit.
+    with moto_server() as moto, short_dir() as tmp:
+        url = moto.url
+        arn = moto.create_key()
+        print(f"AWS KMS on moto ({url}); {args.duration:g}s per cell; cores: {os.cpu_count()}")
+        print(f"{'mode':<10} {'conc':>4} {'method':<8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'remote/1k':>9} {'errors':>6}")
         for mode, flag in (("direct", "--no-local-kek"), ("local-kek", "--local-kek")):
-            sock = Path(tmp, f"{mode}.sock")
-            health = f"127.0.0.1:{free_port()}"
+            sock = tmp / f"{mode}.sock"
+            health = f"127.0.0.1:{free_ports(1)[0]}"
             server = subprocess.Popen([
                 *KMS_PLUGIN, "serve", "--listen", f"unix://{sock}", "--aws-key-id", arn,
-                "--aws-endpoint-url", url, "--aws-region", "us-east-1", "--aws-max-qps", "0",
+                "--aws-endpoint-url", url, "--aws-region", REGION, "--aws-max-qps", "0",
                 "--aws-max-in-flight", "16", "--probe-interval", "3600", "--health-addr", health,
                 "--log-level", "error", flag,
             ])
@@ -97,9 +79,6 @@ def main() -> int:
                           f"{r['p99']:>8.3f} {per_k:>9.2f} {r['errors']:>6}", flush=True)
             server.send_signal(signal.SIGTERM)
             server.wait(30)
-    finally:
-        moto.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -1,10 +1,10 @@
 """Benchmark: stored-value decryption + Kubernetes sniffing per provider, objects per second.
 
-Values are real Secret plaintexts from the b-aescbc fixture (kube-apiserver v1.36.2; ~0.3-1 KiB,
-plus one 100 KiB Secret) re-encrypted under each provider, and a synthetic set shaped like
-bench/scan.py (1-20 KiB, log-uniform). One thread; figures only, no assertions.
+Values are real Secret plaintexts from the a-identity fixture (kube-apiserver v1.36.2 stored them
+unencrypted; ~0.3-1 KiB, plus one 100 KiB Secret) encrypted under each provider, and a synthetic
+set shaped like ``bench.scan``'s (1-20 KiB, log-uniform). One thread; figures only, no assertions.
 
-Usage: python bench/providers.py [--seconds 2]
+Usage (from the repository root): python -m bench.providers [--seconds 2]
 """
 
 from __future__ import annotations
@@ -15,18 +15,13 @@ import json
 import math
 import os
 import random
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from snapshot_tools import objects
+from snapshot_tools.providers import aescbc, aesgcm, kmsv2, secretbox
+from tests.support.fixtures import FIXTURES
 
-from snapshot_tools import objects  # noqa: E402
-from snapshot_tools.providers import aescbc, aesgcm, kmsv2, secretbox  # noqa: E402
-
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "apiserver-v1.36" / "a-identity"
+FIXTURE = FIXTURES / "a-identity"
 
 
 def _plaintexts() -> list[bytes]:
@@ -44,7 +39,7 @@ def _synthetic(n: int) -> list[bytes]:
     return out
 
 
-def _rate(fn, items: list, seconds: float) -> float:  # noqa: ANN001
+def _rate(fn, items: list, seconds: float) -> float:
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for item in items:
@@ -54,7 +49,7 @@ def _rate(fn, items: list, seconds: float) -> float:  # noqa: ANN001
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog="python -m bench.providers")
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
     key, aad = os.urandom(32), b"/registry/secrets/default/bench"

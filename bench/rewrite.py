@@ -1,7 +1,7 @@
 """Benchmark: ``snapshot-tools reencrypt`` end to end on the 100,000-Secret aescbc snapshot.
 
-The input is the one bench/check.py builds through a real etcd and caches in bench/.cache/
-(``check-aescbc-N.db`` and its config; built here through bench/check.py if missing). Two
+The input is the one ``bench.check`` builds through a real etcd and caches in bench/.cache/
+(``check-aescbc-N.db`` and its config; built here through ``bench.check`` if missing). Two
 targets, each run in a fresh process (wall time of the whole command, peak RSS = the child's
 VmHWM):
 
@@ -13,10 +13,11 @@ The command verifies every rewritten record (decrypted with the target config al
 it renames the output; each output is then also confirmed with ``snapshot-tools check OUT
 --config NEW`` (exit 0, every object current) outside the timing, and removed.
 
-Usage:
-    python bench/rewrite.py                  # both targets, 2 runs each
-    python bench/rewrite.py --only aescbc --repeat 3
-    python bench/rewrite.py --profile        # cProfile one in-process aescbc rewrite (top 30)
+Usage (from the repository root):
+    python -m bench.rewrite                  # both targets, 2 runs each
+    python -m bench.rewrite --only aescbc --repeat 3
+    python -m bench.rewrite --secrets 2000 --repeat 1
+    python -m bench.rewrite --profile        # cProfile one in-process aescbc rewrite (top 30)
 
 Figures only; nothing here asserts on timing.
 """
@@ -32,31 +33,29 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.check import _CHILD, CACHE, CLI, _load, _ok, aescbc_paths, build_aescbc  # noqa: E402
+from bench.check import aescbc_paths, build_aescbc
+from bench.common import (
+    CACHE,
+    SNAPSHOT_TOOLS,
+    load_avg,
+    machine,
+    print_profile,
+    run_measured,
+    shown,
+    verdict,
+    write_config,
+)
 
 TARGET_OBJECTS_PER_S = 50_000
 TARGET_RSS_MB = 300
 KMS_NAME = "bench-kms"
 
 
-def _config(path: Path, provider_yaml: str) -> Path:
-    path.write_text(
-        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n"
-        "- resources: [secrets]\n  providers:\n" + provider_yaml
-    )
-    os.chmod(path, 0o600)
-    return path
-
-
 def new_aescbc(directory: Path) -> tuple[Path, list[str]]:
     secret = base64.b64encode(os.urandom(32)).decode()
-    return _config(directory / "new-aescbc.yaml", f"  - aescbc:\n      keys:\n      - name: key2\n        secret: {secret}\n"), []
+    provider = f"  - aescbc:\n      keys:\n      - name: key2\n        secret: {secret}\n"
+    return write_config(directory / "new-aescbc.yaml", provider), []
 
 
 def new_kms(directory: Path) -> tuple[Path, list[str]]:
@@ -64,39 +63,16 @@ def new_kms(directory: Path) -> tuple[Path, list[str]]:
 
     keyring = directory / "keyring.json"
     save_keyring(keyring, Keyring.generate(), replace=False)
-    cfg = _config(
+    cfg = write_config(
         directory / "new-kms.yaml",
         f"  - kms: {{apiVersion: v2, name: {KMS_NAME}, endpoint: 'unix:///nonexistent/bench.sock', timeout: 3s}}\n",
     )
     return cfg, ["--keyring", f"{KMS_NAME}={keyring}"]
 
 
-def run_child(args: list[str]) -> dict[str, Any]:
-    """One ``snapshot-tools`` run in a fresh process: wall s, peak RSS (VmHWM), rc, stdout, stderr."""
-    rfd, wfd = os.pipe()  # the child writes its VmHWM (kB) here at exit
-    try:
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            t0 = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-c", _CHILD, *args], stdout=out, stderr=err,
-                                    pass_fds=(wfd,), env={**os.environ, "BENCH_HWM_FD": str(wfd)})  # fmt: skip
-            rc = proc.wait()
-            wall = time.perf_counter() - t0
-            out.seek(0)
-            err.seek(0)
-            stdout, stderr = out.read().decode(), err.read().decode(errors="replace").strip()
-        os.close(wfd)
-        wfd = -1
-        hwm_kb = int(os.read(rfd, 64) or b"0")
-    finally:
-        os.close(rfd)
-        if wfd >= 0:
-            os.close(wfd)
-    return {"wall_s": wall, "peak_rss_mb": hwm_kb / 1024, "rc": rc, "stdout": stdout, "stderr": stderr}
-
-
 def confirm(out: Path, cfg: Path, flags: list[str], n: int) -> str:
     """``snapshot-tools check OUT --config NEW``: exit 0 and every object current, or stop."""
-    proc = subprocess.run([*CLI, "check", str(out), "--config", str(cfg), *flags, "--output", "json"],
+    proc = subprocess.run([*SNAPSHOT_TOOLS, "check", str(out), "--config", str(cfg), *flags, "--output", "json"],
                           capture_output=True, check=False)  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(f"check of the output exited {proc.returncode}: {proc.stderr.decode().strip()}")
@@ -109,12 +85,12 @@ def confirm(out: Path, cfg: Path, flags: list[str], n: int) -> str:
 def bench(label: str, snap: Path, old: Path, cfg: Path, flags: list[str], n: int, repeat: int) -> None:
     out = CACHE / "rewrite-out.db"
     size = snap.stat().st_size
-    print(f"\n{label}: {snap.name} ({size / 1e6:.0f} MB, {n:,} Secrets); load avg before: {_load()}", flush=True)
+    print(f"\n{label}: {snap.name} ({size / 1e6:.0f} MB, {n:,} Secrets); load avg before: {load_avg()}", flush=True)
     runs = []
     for i in range(repeat):
         out.unlink(missing_ok=True)
-        r = run_child(["reencrypt", str(snap), "-c", str(old), "--to", str(cfg), *flags, "-o", str(out),
-                       "--format", "json"])  # fmt: skip
+        r = run_measured(["reencrypt", str(snap), "-c", str(old), "--to", str(cfg), *flags, "-o", str(out),
+                       "--format", "json"], keep_stdout=True)  # fmt: skip
         if r["rc"] != 0:
             raise SystemExit(f"reencrypt exited {r['rc']}: {r['stderr']}")
         summary = json.loads(r["stdout"])
@@ -132,18 +108,17 @@ def bench(label: str, snap: Path, old: Path, cfg: Path, flags: list[str], n: int
     best = min(runs, key=lambda r: r["wall_s"])
     rate = n / best["wall_s"]
     rss = max(r["peak_rss_mb"] for r in runs)
-    print(f"  best of {repeat}; load avg after: {_load()}")
+    print(f"  best of {repeat}; load avg after: {load_avg()}")
     print(f"  reencrypt end to end {rate:10,.0f} objects/s   target >= {TARGET_OBJECTS_PER_S:,}  "
-          f"[{_ok(rate >= TARGET_OBJECTS_PER_S)}]")  # fmt: skip
+          f"[{verdict(rate >= TARGET_OBJECTS_PER_S)}]")  # fmt: skip
     print(f"  throughput           {size / 1e6 / best['wall_s']:10,.0f} MB/s in, "
           f"{best['summary']['bytes_out'] / 1e6 / best['wall_s']:,.0f} MB/s out")  # fmt: skip
-    print(f"  peak RSS             {rss:10,.0f} MB          target < {TARGET_RSS_MB} MB  [{_ok(rss < TARGET_RSS_MB)}]")
+    print(f"  peak RSS             {rss:10,.0f} MB          target < {TARGET_RSS_MB} MB  "
+          f"[{verdict(rss < TARGET_RSS_MB)}]")  # fmt: skip
 
 
 def profile(snap: Path, old: Path, top: int) -> None:
     import cProfile
-    import io
-    import pstats
 
     from snapshot_tools.reencrypt import RewriteOptions, run_rewrite
     from snapshot_tools.unwrap import KeyAccess
@@ -157,13 +132,11 @@ def profile(snap: Path, old: Path, top: int) -> None:
                                              output=str(Path(d) / "out.db")))  # fmt: skip
         prof.disable()
         print(f"(profiled) {time.perf_counter() - t0:.2f} s, {summary.revisions_rewritten:,} rewritten")
-    buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
-    print(buf.getvalue())
+    print_profile(prof, top)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.rewrite", description=__doc__.splitlines()[0])
     ap.add_argument("--secrets", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=2, help="runs per target, each in a fresh process")
     ap.add_argument("--only", choices=("aescbc", "kms"))
@@ -172,13 +145,13 @@ def main(argv: list[str] | None = None) -> int:
 
     snap, old = aescbc_paths(args.secrets)
     if not snap.exists() or not old.exists():
-        print(f"building {snap.relative_to(ROOT)} ({args.secrets:,} aescbc Secrets) through a real etcd ...",
+        print(f"building {shown(snap)} ({args.secrets:,} aescbc Secrets) through a real etcd ...",
               flush=True)  # fmt: skip
         build_aescbc(args.secrets)
     if args.profile:
         profile(snap, old, 30)
         return 0
-    print(f"machine: {os.cpu_count()} cores, load avg {_load()} (other processes share them)")
+    print(machine())
     with tempfile.TemporaryDirectory(prefix="bench-rewrite-") as d:
         if args.only != "kms":
             cfg, flags = new_aescbc(Path(d))

@@ -6,11 +6,14 @@ Builds (once, cached in bench/.cache/) a snapshot through a real etcd: N keys
 seed, so most values are small and a few are large, as in real clusters), then M overwrites of
 distinct random keys. Puts are batched in transactions. The scan runs in a fresh subprocess so
 the build's memory does not count, and prints records/s, live keys/s, MB/s and peak RSS.
+``--view`` times another view instead of the latest one: every revision (``all``), every stored
+record (``records``, tombstones included).
 
-Usage:
-    python bench/scan.py                    # build if needed, then scan (3 runs)
-    python bench/scan.py --build-only       # just build bench/.cache/scan-100000-25000.db
-    python bench/scan.py --keys 20000 --overwrites 5000 --rebuild
+Usage (from the repository root):
+    python -m bench.scan                    # build if needed, then scan (3 runs)
+    python -m bench.scan --build-only       # just build bench/.cache/scan-100000-25000.db
+    python -m bench.scan --keys 20000 --overwrites 5000 --rebuild
+    python -m bench.scan --snapshot SNAP --view records
 
 Figures only; nothing here asserts on timing.
 """
@@ -20,28 +23,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "bench" / ".cache"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.common import CACHE, load_through_etcd, run_child, shown
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 TARGET_RECORDS_PER_S = 400_000
 TARGET_RSS_MB = 150
 SEED = 20240601
 PREFIX = b"k8s:enc:aescbc:v1:key1:"
 MIN_VALUE, MAX_VALUE = 1024, 20 * 1024
-# etcd 3.5 defaults are 1.5 MiB per request and 128 ops per txn; we raise both and stay below.
-BATCH_BYTES = 4 * 1024 * 1024
-BATCH_OPS = 256
+VIEWS = ("latest", "all", "records")
 
 
 def snapshot_path(keys: int, overwrites: int) -> Path:
@@ -59,7 +58,7 @@ def secret_value(rng: random.Random) -> bytes:
     return PREFIX + rng.randbytes(body)
 
 
-def _write_ops(rng: random.Random, keys: int, overwrites: int):  # -> Iterator[tuple[bytes, bytes]]
+def _write_ops(rng: random.Random, keys: int, overwrites: int) -> Iterator[tuple[bytes, bytes]]:
     for i in range(keys):
         yield secret_key(i), secret_value(rng)
     targets = rng.sample(range(keys), overwrites) if overwrites <= keys else [
@@ -71,80 +70,23 @@ def _write_ops(rng: random.Random, keys: int, overwrites: int):  # -> Iterator[t
 
 def build(keys: int, overwrites: int, out: Path) -> dict[str, Any]:
     """Load the data set into a fresh etcd, save a snapshot to `out` atomically, return facts."""
-    from tests.support.etcd import EtcdServer, etcd_version, etcdutl_status
-
-    version = etcd_version()
-    t0 = time.monotonic()
     rng = random.Random(SEED)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with EtcdServer(
-        quota_backend_bytes=8 * 1024**3,
-        unsafe_no_fsync=version >= (3, 5, 0),
-        extra_args=("--max-request-bytes", str(2 * BATCH_BYTES), "--max-txn-ops", str(BATCH_OPS)),
-        startup_timeout=60,
-    ) as server:
-        client = server.client(timeout=300)
-        batch: list[Any] = []
-        batch_keys: set[bytes] = set()
-        batch_bytes = 0
-        txns = 0
-
-        def flush() -> None:
-            nonlocal batch_bytes, txns
-            if batch:
-                ok, _ = client.transaction(compare=[], success=batch, failure=[])
-                if not ok:
-                    raise RuntimeError("bench build: transaction failed")
-                txns += 1
-            batch.clear()
-            batch_keys.clear()
-            batch_bytes = 0
-
-        written = 0
-        for key, value in _write_ops(rng, keys, overwrites):
-            # etcd refuses two puts to one key in a txn; big batches must fit max-request-bytes.
-            full = len(batch) >= BATCH_OPS or batch_bytes + len(value) > BATCH_BYTES
-            if full or key in batch_keys:
-                flush()
-            batch.append(client.transactions.put(key, value))
-            batch_keys.add(key)
-            batch_bytes += len(key) + len(value) + 16
-            written += len(value)
-        flush()
-        load_s = time.monotonic() - t0
-        tmp = out.with_name(out.name + ".tmp")
-        server.snapshot_save(tmp, timeout=1800)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, out)
-    status = etcdutl_status(out)
-    facts = {
-        "keys": keys,
-        "overwrites": overwrites,
-        "seed": SEED,
-        "etcd_version": ".".join(map(str, version)),
-        "transactions": txns,
-        "value_bytes_written": written,
-        "load_seconds": round(load_s, 1),
-        "build_seconds": round(time.monotonic() - t0, 1),
-        "file_size": out.stat().st_size,
-        "etcdutl_status": status,
-    }
-    out.with_suffix(".json").write_text(json.dumps(facts, indent=2) + "\n")
-    return facts
+    return load_through_etcd(_write_ops(rng, keys, overwrites), out, keys=keys, overwrites=overwrites, seed=SEED)
 
 
-def scan_once(path: Path) -> dict[str, Any]:
-    """Child process body: time open + latest() scan, then count key-bucket records (untimed)."""
+def scan_once(path: Path, view: str = "latest") -> dict[str, Any]:
+    """Child process body: time open + the view's scan, then count key-bucket records (untimed)."""
     import resource
 
     from snapshot_tools.snapshot import Snapshot
 
     t0 = time.perf_counter()
     snap = Snapshot.open(path)
+    scan = {"latest": snap.latest, "all": snap.all_revisions, "records": snap.records}[view]
     t1 = time.perf_counter()
     live = 0
     value_bytes = 0
-    for rec in snap.latest():
+    for rec in scan():
         live += 1
         value_bytes += len(rec.value)
     t2 = time.perf_counter()
@@ -186,36 +128,29 @@ def _proc_status(fields: tuple[str, ...]) -> dict[str, int]:
     return out
 
 
-def run_scan(path: Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--_scan", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"scan subprocess failed (rc {proc.returncode}):\n{proc.stderr.strip()}")
-    return json.loads(proc.stdout)
+def run_scan(path: Path, view: str = "latest") -> dict[str, Any]:
+    return run_child("bench.scan", "--_scan", str(path), "--view", view)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.scan", description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, default=100_000)
     ap.add_argument("--overwrites", type=int, default=25_000)
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached snapshot")
     ap.add_argument("--build-only", action="store_true", help="build (if needed) and stop")
     ap.add_argument("--repeat", type=int, default=3, help="scan runs, each in a fresh process")
     ap.add_argument("--snapshot", type=Path, help="scan this file instead of the cached build")
+    ap.add_argument("--view", choices=VIEWS, default="latest", help="the view to time (default latest)")
     ap.add_argument("--_scan", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args._scan is not None:
-        print(json.dumps(scan_once(args._scan)))
+        print(json.dumps(scan_once(args._scan, args.view)))
         return 0
 
     path = args.snapshot or snapshot_path(args.keys, args.overwrites)
     if args.snapshot is None and (args.rebuild or not path.exists()):
-        print(f"building {path.relative_to(ROOT)} ({args.keys} keys + {args.overwrites} overwrites)"
+        print(f"building {shown(path)} ({args.keys} keys + {args.overwrites} overwrites)"
               " through a real etcd ...", flush=True)  # fmt: skip
         facts = build(args.keys, args.overwrites, path)
         st = facts["etcdutl_status"]
@@ -224,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{facts['file_size'] / 1e6:.1f} MB, revision {st['revision']}, "
               f"totalKey {st['totalKey']}", flush=True)  # fmt: skip
     elif args.snapshot is None:
-        print(f"using cached {path.relative_to(ROOT)} (--rebuild to rebuild)")
+        print(f"using cached {shown(path)} (--rebuild to rebuild)")
     if args.build_only:
         return 0
 
-    runs = [run_scan(path) for _ in range(max(1, args.repeat))]
+    runs = [run_scan(path, args.view) for _ in range(max(1, args.repeat))]
     for n, r in enumerate(runs, 1):
         print(f"run {n}: open {r['open_s']:.3f} s + scan {r['scan_s']:.3f} s, "
               f"peak RSS {r['peak_rss_mb']:.0f} MB, "
@@ -241,14 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     rss = max(x["peak_rss_mb"] for x in runs)
     rec_s = r["records"] / total
     print(f"\nsnapshot: {path} ({r['file_size'] / 1e6:.1f} MB, trailer {r['trailer']})")
-    print(f"records (key bucket, all revisions): {r['records']}, live keys: {r['live_keys']}, "
+    yielded = "live keys" if args.view == "latest" else f"{args.view} view"
+    print(f"records (key bucket, all revisions): {r['records']}, {yielded}: {r['live_keys']}, "
           f"value bytes: {r['value_bytes'] / 1e6:.1f} MB")  # fmt: skip
     print(f"best of {len(runs)}: open+scan {total:.3f} s (scan alone {scan:.3f} s); "
           f"median {median:.3f} s = {r['records'] / median:,.0f} records/s")  # fmt: skip
     ok = "ok" if rec_s >= TARGET_RECORDS_PER_S else "BELOW TARGET"
     print(f"records/s   {rec_s:12,.0f}   target >= {TARGET_RECORDS_PER_S:,}  [{ok}]")
     print(f"  (scan only {r['records'] / scan:12,.0f})")
-    print(f"live keys/s {r['live_keys'] / total:12,.0f}")
+    print(f"{yielded + '/s':<11} {r['live_keys'] / total:12,.0f}")
     print(f"MB/s        {r['file_size'] / 1e6 / total:12,.0f}   (file size / open+scan time)")
     ok = "ok" if rss < TARGET_RSS_MB else "ABOVE TARGET"
     print(f"peak RSS    {rss:12,.0f} MB   target < {TARGET_RSS_MB} MB  [{ok}]"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from kms_plugin.api import aws_settings
-from kms_plugin.cli_runner import run_app
+from kms_plugin.cli_runner import add_version_option, run_app
 from kms_plugin.errors import (
     EXIT_FINDINGS,
     ConfigError,
@@ -44,6 +44,7 @@ keyring_app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_show_locals=False, help="Manage keyring files."
 )
 app.add_typer(keyring_app, name="keyring")
+add_version_option(app, "kms-plugin")
 
 
 class LogFormat(StrEnum):

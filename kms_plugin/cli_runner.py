@@ -25,7 +25,9 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
 
 import typer
+from typer.core import TyperArgument, TyperOption
 
+from kms_plugin import __version__
 from kms_plugin.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Interrupt
 from kms_plugin.terminal import printable
 
@@ -43,6 +45,7 @@ __all__ = [
     "INTERRUPTED_EXIT",
     "STOP_SIGNALS",
     "Interrupt",
+    "add_version_option",
     "interrupt_signal",
     "printable",
     "run_app",
@@ -100,6 +103,54 @@ def stop_signals_raise() -> Iterator[None]:
             signal.signal(signum, old)
 
 
+def add_version_option(app: typer.Typer, prog: str) -> None:
+    """``PROG --version``: the distribution's version (both CLIs ship in one), then exit 0."""
+
+    def show(value: bool) -> None:
+        if value:
+            print(f"{prog} {__version__}")
+            raise typer.Exit
+
+    # The option as a default value: an annotation could not name the local callback.
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(
+            False, "--version", is_eager=True, callback=show, help="Print the version and exit."
+        ),
+    ) -> None:
+        pass
+
+
+# Help shows a value's kind the way CLIs usually do (TEXT, INTEGER, PATH, table|json), not the
+# Python annotation Typer would print (<str>, <list[str]>); flags show none.
+_PLAIN_TYPES = {"bool": "", "str": "TEXT", "int": "INTEGER", "float": "FLOAT", "int range": "INTEGER"}
+
+
+def _plain(display: Callable[..., str | None]) -> Callable[..., str | None]:
+    def display_type_rich(self: TyperArgument | TyperOption, ctx: object) -> str | None:
+        shown = display(self, ctx)
+        if shown is None or (self.metavar is not None and shown == self.metavar):
+            return shown
+        more = shown.endswith("...")
+        label = shown.removesuffix("...").removeprefix("<").removesuffix(">")
+        if label.startswith("list[") and label.endswith("]"):
+            label = label[5:-1]
+        label = _PLAIN_TYPES.get(label, label if "|" in label else label.upper())
+        if not label:
+            return None
+        return label + ("..." if more else "")
+
+    return display_type_rich
+
+
+def _plain_help_types() -> None:
+    for cls in (TyperArgument, TyperOption):
+        if not getattr(cls.display_type_rich, "_plain", False):
+            plain = _plain(cls.display_type_rich)
+            plain._plain = True  # type: ignore[attr-defined]
+            setattr(cls, "display_type_rich", plain)  # noqa: B010 - mypy refuses assigning a method
+
+
 def _say(prog: str, message: str) -> None:
     # Keep it to one line whatever the message holds.
     line = printable(" ".join(str(message).split()))  # messages quote paths and etcd keys
@@ -119,6 +170,7 @@ def run_app(
     code ``exit_code_for`` gives (the package's table), or 128 + N if the error carries the
     stop signal ``signum`` it was raised for. Anything else is an internal error.
     """
+    _plain_help_types()
     command = typer.main.get_command(app)
     try:
         rc = command.main(
@@ -130,6 +182,11 @@ def run_app(
         return int(exc.exit_code)
     except _CLICK_ERRORS as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # No command: the message is the help (empty when rich has printed it already).
+            if message.strip():
+                print(message)
+            return int(getattr(exc, "exit_code", EXIT_USAGE))
         _say(prog, f"{message} (see '{prog} --help')")
         return int(getattr(exc, "exit_code", EXIT_USAGE))
     except _ABORT:

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kms_plugin import __version__
+
 if TYPE_CHECKING:
     from kms_plugin.keks.local import Keyring
 
@@ -73,6 +75,10 @@ class PluginMetrics:
         self.healthy = Gauge(
             "kms_plugin_healthy", "1 when Status reports healthz ok, else 0.", registry=r
         )
+        self.build_info = Gauge(
+            "kms_plugin_build_info", "The plugin's package version (label); value 1.", ["version"], registry=r
+        )
+        self.build_info.labels(version=__version__).set(1)
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram, Counter | None]] = {}
         self._active_created = time.time()
         self.kek_age.set_function(lambda: time.time() - self._active_created)

@@ -1,3 +1,5 @@
 """Offline tools for etcd snapshots holding Kubernetes objects encrypted at rest."""
 
-__version__ = "0.1.0"
+from kms_plugin import __version__  # one distribution, one version
+
+__all__ = ["__version__"]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from kms_plugin.cli_runner import run_app
+from kms_plugin.cli_runner import add_version_option, run_app
 from snapshot_tools.errors import Error, exit_code_for
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
+add_version_option(app, "snapshot-tools")
 
 
 # Each command lives in its own module and registers itself on ``app`` when imported.

@@ -33,6 +33,7 @@ from snapshot_tools.config import (
 )
 from snapshot_tools.errors import ConfigError
 from snapshot_tools.providers import STATIC_NAMES
+from snapshot_tools.resources import unknown_resource_names
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -137,6 +138,23 @@ class KeySet:
                 out.append(kms.name)
         return out
 
+    def kms_provider_names(self) -> list[str]:
+        """Distinct names of every KMS provider (v1 and v2), config order."""
+        return list(dict.fromkeys(kms.name for kms in self._kms))
+
+    def resource_names(self) -> list[str]:
+        """Every name the configs' ``resources:`` lists use, once each, config order."""
+        return list(dict.fromkeys(r for c in self.configs for rule in c.rules for r in rule.resources))
+
+    def unknown_resources(self) -> list[tuple[str, str]]:
+        """``(config path, name)`` for each name of a config's ``resources:`` lists that matches
+        no resource (``secret``): such a rule covers nothing (:func:`unknown_resource_names`)."""
+        return [
+            (c.path, name)
+            for c in self.configs
+            for name in unknown_resource_names(r for rule in c.rules for r in rule.resources)
+        ]
+
     def kms_all(self) -> list[KMSProvider]:
         """One KMS provider per name (the first seen), for building unwrappers."""
         out: list[KMSProvider] = []
@@ -159,6 +177,8 @@ class KeySet:
         provider of each rule and, for static providers, its first key."""
         out: set[tuple[str, str, str]] = set()
         for rule in self.current.rules:
+            if set(rule.resources) <= set(unknown_resource_names(rule.resources)):
+                continue  # names only resources that do not exist: writes nothing
             first = rule.providers[0]
             if first.kind in STATIC_NAMES:
                 key = first.keys[0]

@@ -17,17 +17,28 @@ spec section 10.
 
 from __future__ import annotations
 
+import difflib
 import enum
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from snapshot_tools.errors import UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = [
     "BUILTIN_PREFIXES",
+    "BUILTIN_RESOURCES",
     "ResourceRef",
+    "is_known_resource",
     "normalize_prefix",
     "parse_etcd_key",
     "parse_group_resource",
+    "resolve_resource",
     "resource_label",
+    "resource_suggestion",
+    "unknown_resource_names",
 ]
 
 
@@ -232,6 +243,69 @@ def parse_etcd_key(key: bytes, prefix: str = "/registry") -> ResourceRef | None:
     if len(rest) == 1:
         return ResourceRef(group, resource, None, rest[0])
     return None
+
+
+# -- resource names as users type them (--resource, a config's resources: list) ---------------
+
+BUILTIN_RESOURCES: Final = frozenset(BUILTIN_PREFIXES.values())
+"""Every built-in ``(group, resource)`` a snapshot can hold."""
+_BUILTIN_GROUPS: Final = frozenset(group for group, _ in BUILTIN_RESOURCES)
+_BUILTIN_LABELS: Final = sorted(resource_label(gr) for gr in BUILTIN_RESOURCES)
+
+
+def is_known_resource(label: str) -> bool:
+    """A built-in resource, or ``plural.group`` in a group that is not built-in (custom
+    resources, CRDs, APIServices). ``secret``, ``Secrets`` and ``deployment.apps`` are not:
+    no object is ever stored under them. Wildcards (``*.``, ``*.apps``) are not names."""
+    group, resource = parse_group_resource(label)
+    if (group, resource) in BUILTIN_RESOURCES:
+        return True
+    return bool(group) and bool(resource) and group not in _BUILTIN_GROUPS and label == label.lower()
+
+
+def _is_wildcard(label: str) -> bool:
+    return parse_group_resource(label)[1] == "*"
+
+
+def resource_suggestion(label: str, known: Iterable[str] = ()) -> str:
+    """``"; did you mean secrets?"`` (difflib over the built-ins and ``known``), or ``""``."""
+    candidates = sorted(set(_BUILTIN_LABELS) | {k for k in known if not _is_wildcard(k)})
+    typed = label.lower()
+    if typed != label and typed in candidates:
+        return f"; did you mean {typed}?"  # only the case was wrong
+    near = difflib.get_close_matches(typed, candidates, n=3, cutoff=0.6)
+    # `deployments` for `deployments.apps`, `widgetz` for `widgets.example.com`: by the plural.
+    plural = typed.split(".", 1)[0]
+    by_plural = {c.split(".", 1)[0] for c in candidates}
+    for p in difflib.get_close_matches(plural, by_plural, n=3, cutoff=0.8):
+        near += [c for c in candidates if c.split(".", 1)[0] == p and c not in near]
+    near = [c for c in near if c != label][:3]
+    return f"; did you mean {' or '.join(near)}?" if near else ""
+
+
+def resolve_resource(label: str, known: Iterable[str] = ()) -> str:
+    """The ``--resource`` name ``label`` checked: ``check``, ``extract`` and ``reencrypt`` share it.
+
+    ``known`` are the names the configs given use (for the did-you-mean only).
+
+    Raises:
+        UsageError: a name no object is stored under (:func:`is_known_resource`), since it
+            would silently select nothing; the message suggests the nearest names.
+    """
+    text = label.strip()
+    if not is_known_resource(text):
+        raise UsageError(f"unknown resource {label!r}{resource_suggestion(text, known)}")
+    return text
+
+
+def unknown_resource_names(names: Iterable[str]) -> list[str]:
+    """The names of a config's ``resources:`` lists that match no resource (wildcards are fine),
+    each once, in order: a rule naming only those covers nothing."""
+    out: list[str] = []
+    for name in names:
+        if not _is_wildcard(name) and not is_known_resource(name) and name not in out:
+            out.append(name)
+    return out
 
 
 class ObjectBase(NamedTuple):

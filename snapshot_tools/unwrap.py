@@ -18,6 +18,9 @@ References: ``kmsv2/envelope.go`` (``generateCacheKey``: cache by the full DEK s
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -116,6 +119,108 @@ def _calling(fn: Callable[[], T], refused: str) -> T:
         raise unwrap_error(exc, refused) from None
 
 
+# -- why a KMS did not answer ---------------------------------------------------------------
+
+# Reasons a KMS endpoint gave no answer (``unreachable``), most specific first.
+_REASON_TEXT = {
+    "no-socket": "no socket file",
+    "not-a-socket": "not a socket",
+    "permission-denied": "permission denied",
+    "connection-refused": "connection refused",
+    "timeout": "timed out",
+    "tls": "TLS handshake failed",
+    "error": "no answer",
+}
+_MESSAGE_REASONS = (
+    ("timeout", re.compile(r"DEADLINE_EXCEEDED|timed? ?out|Timeout", re.IGNORECASE)),
+    ("permission-denied", re.compile(r"permission denied|EACCES|AccessDenied", re.IGNORECASE)),
+    ("connection-refused", re.compile(r"connection refused|ECONNREFUSED|Could not connect", re.IGNORECASE)),
+    ("no-socket", re.compile(r"No such file|does not exist|ENOENT", re.IGNORECASE)),
+    ("not-a-socket", re.compile(r"not a socket|ENOTSOCK", re.IGNORECASE)),
+    ("tls", re.compile(r"\bSSL|\bTLS|certificate", re.IGNORECASE)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KmsProblem:
+    """A KMS provider that gave no verdict-worthy answer: which endpoint, and why.
+
+    ``status`` is ``unreachable`` (no answer: ``reason`` says why) or ``unavailable`` (it
+    answered with a refusal: ``reason`` is its gRPC code in lower case, or ``refused``).
+    ``detail`` is the raw error text (gRPC status code and details), shown only on demand.
+    Never carries key material: endpoints, paths and codes only.
+    """
+
+    provider: str
+    endpoint: str
+    status: str
+    reason: str
+    detail: str = field(default="", compare=False)
+
+    def describe(self, debug: bool = False) -> str:
+        """One stderr line."""
+        why = _REASON_TEXT.get(self.reason, self.reason)
+        line = f"KMS provider {self.provider!r} at {self.endpoint}: {self.status} ({why})"
+        return f"{line}; {self.detail}" if debug and self.detail else line
+
+    def to_json(self, debug: bool = False) -> dict[str, str]:
+        out = {"provider": self.provider, "endpoint": self.endpoint, "status": self.status, "reason": self.reason}
+        if debug and self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+def _socket_reason(path: str) -> str | None:
+    """Why a unix socket path cannot be connected to, found by ``stat`` alone; None: it looks fine."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no-socket"
+    except PermissionError:
+        return "permission-denied"  # a parent directory is not searchable
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode):
+        return "not-a-socket"
+    if not os.access(path, os.W_OK):
+        return "permission-denied"  # connect(2) needs write permission on the socket
+    return None
+
+
+def _diagnose(provider: str, inner: object, unreachable: bool, message: str) -> KmsProblem:
+    endpoint = "?"
+    reason: str | None = None
+    detail = message
+    if isinstance(inner, PluginUnwrapper):
+        endpoint = inner.endpoint
+        detail = message.removeprefix(f"KMS plugin at {endpoint}: ")
+        path = endpoint.removeprefix("unix://")
+        if unreachable and not path.startswith("@"):
+            reason = _socket_reason(path)
+    elif isinstance(inner, KeyringUnwrapper):
+        endpoint = f"keyring {inner.path}"
+    elif isinstance(inner, AwsKmsUnwrapper):
+        endpoint = f"aws-kms {inner.key}" if inner.key else "aws-kms"
+    if not unreachable:
+        code = re.search(r"\b([A-Z][A-Z_]{3,})\b", detail)
+        return KmsProblem(provider, endpoint, "unavailable", code.group(1).lower() if code else "refused", detail)
+    if reason is None:
+        reason = next((r for r, rx in _MESSAGE_REASONS if rx.search(message)), "error")
+    return KmsProblem(provider, endpoint, "unreachable", reason, detail)
+
+
+def kms_problems(unwrappers: Mapping[str, Unwrapper]) -> list[KmsProblem]:
+    """One :class:`KmsProblem` per KMS provider that failed to answer during the run, by name."""
+    out = []
+    for name in sorted(unwrappers):
+        unwrapper = unwrappers[name]
+        failure = getattr(unwrapper, "failure", None)
+        if failure is not None:
+            unreachable, message = failure
+            out.append(_diagnose(name, getattr(unwrapper, "inner", unwrapper), unreachable, message))
+    return out
+
+
 # -- caching ----------------------------------------------------------------------------------
 
 
@@ -159,6 +264,8 @@ class CachingUnwrapper:
         self._entries: dict[bytes, _Entry] = {}
         self._unreachable: str | None = None
         self._key_id: _Entry | None = None
+        # The first failure to answer, (unreachable?, message), for :func:`kms_problems`.
+        self.failure: tuple[bool, str] | None = None
 
     def unwrap_v2(self, ciphertext: bytes, key_id: str, annotations: Mapping[str, bytes]) -> bytes:
         key = b"v2" + kmsv2.cache_key(kmsv2.AES_GCM_KEY, ciphertext, key_id, annotations)
@@ -190,6 +297,11 @@ class CachingUnwrapper:
         if wrap is None:
             raise KMSUnavailable(f"{self.inner!r} cannot wrap data keys")
         return cast("Wrapped", wrap(plaintext))
+
+    def kek_id(self, key_id: str) -> str | None:
+        """The KEK id behind ``key_id`` when the inner unwrapper knows it (a keyring)."""
+        find = getattr(self.inner, "kek_id", None)
+        return cast("str | None", find(key_id)) if find is not None else None
 
     def close(self) -> None:
         close = getattr(self.inner, "close", None)
@@ -223,9 +335,12 @@ class CachingUnwrapper:
         except KMSUnavailable as exc:
             entry.error = (type(exc), str(exc))
             keep = False
-            if isinstance(exc, KMSUnreachable):
-                with self._lock:
+            unreachable = isinstance(exc, KMSUnreachable)
+            with self._lock:
+                if unreachable:
                     self._unreachable = self._unreachable or str(exc)
+                if self.failure is None or (unreachable and not self.failure[0]):
+                    self.failure = (unreachable, str(exc))
         except Error as exc:
             entry.error = (type(exc), str(exc))
         except BaseException as exc:
@@ -370,6 +485,7 @@ class KeyringUnwrapper:
             raise ConfigError(f"--keyring {path}: {exc}") from None
         self.path = path
         self._refused = f"keyring {path} cannot unwrap this data key"
+        self._kek_ids = {str(k["key_id"]): str(k["id"]) for k in self.keyring.describe()}
 
     def unwrap_v2(self, ciphertext: bytes, key_id: str, annotations: Mapping[str, bytes]) -> bytes:
         given = dict(annotations) or None
@@ -384,6 +500,10 @@ class KeyringUnwrapper:
 
     def current_key_id(self) -> str | None:
         return self.keyring.active_key_id
+
+    def kek_id(self, key_id: str) -> str | None:
+        """The id of the keyring's KEK whose key_id is ``key_id`` (both are safe to print)."""
+        return self._kek_ids.get(key_id)
 
     def wrap_v2(self, plaintext: bytes) -> Wrapped:
         wrapped = self.keyring.wrap(plaintext)
@@ -441,6 +561,24 @@ class AwsKmsUnwrapper:
 # -- opening them -------------------------------------------------------------------------------
 
 
+def _check_provider_names(keyset: KeySet, access: KeyAccess) -> None:
+    """A KMS flag naming a provider no config has would be ignored: a typo, or the wrong configs.
+
+    Raises:
+        UsageError: naming the flag, the name and the KMS provider names the configs do have.
+    """
+    have = keyset.kms_provider_names()
+    for flag, names in (("--kms", access.kms), ("--keyring", access.keyrings), ("--aws-kms", access.aws_kms)):
+        for name in names:
+            if name not in have:
+                listed = (
+                    f"the configs' KMS providers are {', '.join(repr(n) for n in have)}"
+                    if have
+                    else "the configs given have no KMS provider"
+                )
+                raise UsageError(f"{flag} names provider {name!r}, which no config given has; {listed}")
+
+
 @contextmanager
 def open_unwrappers(keyset: KeySet, access: KeyAccess) -> Iterator[dict[str, Unwrapper]]:
     """One caching unwrapper per KMS provider name, closed on exit.
@@ -458,6 +596,7 @@ def open_unwrappers(keyset: KeySet, access: KeyAccess) -> Iterator[dict[str, Unw
                         ("--keyring", "--aws-kms", set(keyrings) & set(aws_kms))):  # fmt: skip
         if names:
             raise UsageError(f"{a} and {b} may not both name provider {min(names)!r}")
+    _check_provider_names(keyset, access)
     opened: list[CachingUnwrapper] = []
     unwrappers: dict[str, Unwrapper] = {}
 

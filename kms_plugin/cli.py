@@ -168,7 +168,7 @@ def status(
     endpoint: str = typer.Option(..., help="unix:///path/to/socket or unix:///@name"),
     roundtrip: bool = typer.Option(False, "--roundtrip", help="Also Encrypt+Decrypt a random value."),
     timeout: float = typer.Option(3.0, help="Per-call timeout in seconds."),
-    output: Output = typer.Option(Output.table, help="table or json."),
+    output: Output = typer.Option(Output.table, "--output", "-o", help="table or json."),
 ) -> None:
     """Call Status (and optionally a round trip); exit 0 only when healthy."""
     from kms_plugin.client import KMSv2Client
@@ -243,7 +243,7 @@ def keyring_rotate(file: Path = typer.Argument(..., help="Keyring file to rotate
 @keyring_app.command("list")
 def keyring_list(
     file: Path = typer.Argument(..., help="Keyring file."),
-    output: Output = typer.Option(Output.table, help="table or json."),
+    output: Output = typer.Option(Output.table, "--output", "-o", help="table or json."),
 ) -> None:
     """Show KEK ids, states, ages and key_ids (never key material)."""
     from kms_plugin.keks.local import Keyring

@@ -1,17 +1,23 @@
 """Issue 11 item 15: ``--version`` on both CLIs (and the plugin's ``build_info`` metric), help
-without internal type names, and no command prints the help without an empty error line."""
+without internal type names, and no command prints the help without an empty error line; and
+item 14 for the plugin: ``-o`` is the output format of its commands too."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 import pytest
 from prometheus_client import generate_latest
 
 from kms_plugin.metrics import PluginMetrics
-from tests.support.cli import KMS_PLUGIN, snapshot_tools_process
+from tests.support.cli import KMS_PLUGIN, plugin_cli, snapshot_tools_process
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 VERSION = version("k8s-secrets-at-rest")
 
@@ -72,3 +78,12 @@ def test_no_command_prints_the_help_and_no_empty_error(which: str) -> None:
     assert "Usage:" in p.stdout + p.stderr
     assert "Commands" in p.stdout + p.stderr
     assert "error: (see" not in p.stderr
+
+
+def test_plugin_commands_take_dash_o_as_the_format(tmp_path: Path) -> None:
+    keyring = tmp_path / "keyring.json"
+    assert plugin_cli("keyring", "init", str(keyring)) == 0
+    argv = [*KMS_PLUGIN, "keyring", "list", str(keyring), "-o", "json"]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 0, p.stderr
+    assert isinstance(json.loads(p.stdout), (dict, list))

@@ -269,7 +269,7 @@ def _is_wildcard(label: str) -> bool:
 
 def resource_suggestion(label: str, known: Iterable[str] = ()) -> str:
     """``"; did you mean secrets?"`` (difflib over the built-ins and ``known``), or ``""``."""
-    candidates = sorted(set(_BUILTIN_LABELS) | {k for k in known if not _is_wildcard(k)})
+    candidates = sorted(set(_BUILTIN_LABELS) | {k for k in known if is_known_resource(k)})
     typed = label.lower()
     if typed != label and typed in candidates:
         return f"; did you mean {typed}?"  # only the case was wrong

@@ -36,6 +36,8 @@ def test_suggestions() -> None:
     assert resource_suggestion("Secrets") == "; did you mean secrets?"
     assert "deployments.apps" in resource_suggestion("deployments")
     assert resource_suggestion("zzzzzz") == ""
+    # a config's names are suggested only when they name something: not its own typos
+    assert resource_suggestion("secrt", ["secret", "*.", "widgets.example.com"]) == "; did you mean secrets?"
 
 
 def test_a_rule_naming_only_unknown_resources_has_no_active_key(tmp_path: Path) -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +19,9 @@ from snapshot_tools.bbolt import DB, BucketContents, write_db
 from snapshot_tools.bbolt.layout import BUCKET_HEADER, LEAF, PAGE_HEADER
 from snapshot_tools.bbolt.page import branch_children
 from tests.support.etcd import EtcdBinaries, etcdutl_status
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 PAGE_SIZES = [1024, 4096, 16384, 65536]
 
@@ -74,7 +76,8 @@ def _depth(db: DB, bucket_root: int) -> int:
 
 def _synthetic(page_size: int, seed: int = 7) -> dict[bytes, Any]:
     rnd = random.Random(seed)
-    big = {f"big{i:03d}".encode(): rnd.randbytes(rnd.choice([0, 1, 100, page_size * 3 + 5, page_size * 7])) for i in range(40)}
+    sizes = [0, 1, 100, page_size * 3 + 5, page_size * 7]
+    big = {f"big{i:03d}".encode(): rnd.randbytes(rnd.choice(sizes)) for i in range(40)}
     many = {i.to_bytes(4, "big"): rnd.randbytes(rnd.randrange(0, 12)) for i in range(1, 12000)}
     return {
         b"alpha": ({b"a": b"1", b"b": b""}, 0),

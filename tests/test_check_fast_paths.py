@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
@@ -27,11 +27,14 @@ from snapshot_tools.unwrap import KeyAccess
 from tests.support.configs import IDENTITY, rule, static, write_config
 from tests.support.k8s_objects import json_object
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 A, AB, K1_OLD, K1_NEW, G, STRANGER = (bytes([i]) * 32 for i in range(1, 7))
 
 # -- key parser ------------------------------------------------------------------------------
 
-_HEADS = sorted(BUILTIN_PREFIXES) + ["example.com/widgets", "apps.example.io", "unknownthing", "ranges"]
+_HEADS = [*sorted(BUILTIN_PREFIXES), "example.com/widgets", "apps.example.io", "unknownthing", "ranges"]
 _SEGMENT = st.one_of(
     st.sampled_from(["", "ns", "kube-system", "a.b", "ranges", "serviceips", "x y", "\u00e9t\u00e9"]),
     st.text(alphabet="abc/.-_", max_size=6),
@@ -141,7 +144,7 @@ def _values(rng: random.Random) -> list[tuple[bytes, bytes, tuple[str, str]]]:
     return out
 
 
-def _facts(res) -> tuple:  # noqa: ANN001
+def _facts(res) -> tuple:
     return (res.verdict, res.provider, res.key_name, res.reason, res.plaintext_flag,
             getattr(res.key, "fingerprint", None), getattr(res.key, "config", None))  # fmt: skip
 
@@ -194,7 +197,7 @@ def test_resolver_shortcuts_keep_plaintext_agree_with_a_fresh_resolver_per_value
 
 
 @pytest.mark.etcd
-def test_json_chunks_equal_to_json_on_awkward_keys(etcd_server, tmp_path: Path) -> None:  # noqa: ANN001
+def test_json_chunks_equal_to_json_on_awkward_keys(etcd_server, tmp_path: Path) -> None:
     cfgs = _configs(tmp_path)
     client = etcd_server.client()
     s = "/registry/secrets/ns/"

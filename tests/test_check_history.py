@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,6 +19,8 @@ from tests.support.k8s_objects import json_object
 from tests.support.kms import TestKMSPlugin, short_dir
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.support.cli import Cli
 
 pytestmark = pytest.mark.etcd
@@ -48,7 +49,7 @@ def sbox(name: str, key: bytes, etcd_key: str) -> bytes:
     return static_prefix("secretbox", name) + secretbox.encrypt(key, obj(etcd_key))
 
 
-def snapshot_of(server, tmp_path: Path, values: dict[str, bytes]) -> Path:  # noqa: ANN001
+def snapshot_of(server, tmp_path: Path, values: dict[str, bytes]) -> Path:
     client = server.client()
     for key, value in values.items():
         client.put(key, value)
@@ -61,7 +62,7 @@ def verdicts(report: dict) -> dict[str, tuple[str, str | None]]:
     return {o["key"]: (o["verdict"], o["reason"]) for o in report["objects"]}
 
 
-def test_rotation_history(etcd_server, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
+def test_rotation_history(etcd_server, tmp_path: Path, cli: Cli) -> None:
     s = "/registry/secrets/ns/"
     old = write_config(tmp_path / "old.json", rule(["secrets"], static("aescbc", ("k1", K1_A)), IDENTITY))
     mid = write_config(
@@ -129,7 +130,7 @@ def test_rotation_history(etcd_server, tmp_path: Path, cli: Cli) -> None:  # noq
     assert rc == 1
 
 
-def test_identity_first_and_plaintext_rejected(etcd_server, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
+def test_identity_first_and_plaintext_rejected(etcd_server, tmp_path: Path, cli: Cli) -> None:
     s = "/registry/secrets/ns/"
     values = {s + "plain": obj("plain"), s + "enc": cbc("k2", K2, s + "enc")}
     snap = snapshot_of(etcd_server, tmp_path, values)
@@ -151,7 +152,7 @@ def test_identity_first_and_plaintext_rejected(etcd_server, tmp_path: Path, cli:
     assert verdicts(report)[s + "plain"] == ("retired", None)
 
 
-def test_all_revisions_reports_history(etcd_server, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
+def test_all_revisions_reports_history(etcd_server, tmp_path: Path, cli: Cli) -> None:
     s = "/registry/secrets/ns/"
     client = etcd_server.client()
     client.put(s + "a", obj("a"))  # plaintext before encryption was enabled
@@ -176,13 +177,14 @@ def test_all_revisions_reports_history(etcd_server, tmp_path: Path, cli: Cli) ->
     assert rc == 1  # history still holds plaintext nothing can read
 
 
-def test_kms_v2_key_id_rotation_and_outage(etcd_server, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
+def test_kms_v2_key_id_rotation_and_outage(etcd_server, tmp_path: Path, cli: Cli) -> None:
     s = "/registry/secrets/ns/"
     cfg = tmp_path / "kms.json"
     with ExitStack() as stack:
         sock = stack.enter_context(short_dir())
         old_plugin = stack.enter_context(TestKMSPlugin(sock / "old.sock", KEK, key_id="kek-old"))
-        write_config(cfg, rule(["secrets"], {"kms": {"apiVersion": "v2", "name": "p", "endpoint": old_plugin.endpoint}}))
+        provider = {"kms": {"apiVersion": "v2", "name": "p", "endpoint": old_plugin.endpoint}}  # no timeout
+        write_config(cfg, rule(["secrets"], provider))
 
         from kms_plugin.client import KMSv2Client
 

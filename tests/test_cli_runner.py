@@ -60,19 +60,24 @@ def test_each_stop_signal_raises_an_interrupt_and_the_handler_is_restored(sig: i
     assert interrupt_signal(info.value) == info.value.signum == sig
     assert signal.getsignal(sig) is _outer
     _deliver(sig)
-    assert SEEN == [sig]
+    assert [sig] == SEEN
 
 
 @pytest.mark.usefixtures("outer_handlers")
 def test_only_the_first_signal_raises_so_clean_up_finishes() -> None:
     cleaned = False
-    with pytest.raises(Interrupt), stop_signals_raise():
+
+    def run_and_clean_up() -> None:
+        nonlocal cleaned
         try:
             _deliver(signal.SIGTERM)
         finally:
             _deliver(signal.SIGTERM)  # a second "kill" while cleaning up
             _deliver(signal.SIGHUP)
             cleaned = True
+
+    with pytest.raises(Interrupt), stop_signals_raise():
+        run_and_clean_up()
     assert cleaned
     assert SEEN == []
 

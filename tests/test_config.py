@@ -272,7 +272,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["3", "", "1d", "s", "3 s", "1.2.3s", "-", "3sec"])
 def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
 
 

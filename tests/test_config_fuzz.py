@@ -13,9 +13,9 @@ import json
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
@@ -26,6 +26,9 @@ from snapshot_tools.errors import ConfigError
 from snapshot_tools.keysets import load_keyset
 from tests.support.cli import SNAPSHOT_TOOLS
 from tests.support.fixtures import EXAMPLE_SNAPSHOT
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 BASE_YAML = b"""\
 apiVersion: apiserver.config.k8s.io/v1

@@ -13,7 +13,7 @@ import json
 import os
 import stat
 import subprocess
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
@@ -31,6 +31,9 @@ from snapshot_tools.resources import parse_group_resource
 from tests.support.cli import snapshot_tools_process
 from tests.support.config_text import HEAD, write
 from tests.support.fixtures import EXAMPLE_CONFIG, EXAMPLE_KEY1_B64, EXAMPLE_SNAPSHOT
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 KEY = EXAMPLE_KEY1_B64
 

@@ -6,8 +6,8 @@ over leaf pages) edited in ``tmp_path``; the shared fixture itself is never touc
 
 from __future__ import annotations
 
+import contextlib
 import struct
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,6 +22,7 @@ from tests.support.fixtures import FIXTURES
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from tests.support.cli import Cli
 
@@ -79,7 +80,7 @@ def _truncate(size: int) -> Callable[[bytearray], None]:
 
 
 def _rev_key_offset(pgid: int) -> int:
-    flags, pos, ksize, vsize = struct.unpack_from("<IIII", SOURCE.read_bytes(), _leaf_elem(pgid, 0))
+    _flags, pos, _ksize, _vsize = struct.unpack_from("<IIII", SOURCE.read_bytes(), _leaf_elem(pgid, 0))
     return _leaf_elem(pgid, 0) + pos
 
 
@@ -103,7 +104,9 @@ DAMAGE = {
     "leaf-page-type-freelist": _set("<H", LEAVES[5] * PS + 8, 0x10),
     "revision-key-no-underscore": _set("<B", _rev_key_offset(LEAVES[6]) + 8, ord("x")),
     "keyvalue-garbage": _set("<Q", _rev_key_offset(LEAVES[7]) + 17, 0xFFFFFFFFFFFFFFFF),
-    "root-bucket-page-zeroed": lambda d: d.__setitem__(slice(DB(bytes(d)).meta.root * PS, DB(bytes(d)).meta.root * PS + 64), bytes(64)),
+    "root-bucket-page-zeroed": lambda d: d.__setitem__(
+        slice(DB(bytes(d)).meta.root * PS, DB(bytes(d)).meta.root * PS + 64), bytes(64)
+    ),
     "truncated-to-1": _truncate(1),
     "truncated-to-79": _truncate(79),
     "truncated-after-meta0": _truncate(PS + 40),
@@ -215,7 +218,5 @@ def test_mutated_snapshot_only_snapshot_error(edits: list, tmp_path: Path) -> No
             del data[offset:]
     path = tmp_path / "mutated.db"
     path.write_bytes(bytes(data))
-    try:
+    with contextlib.suppress(SnapshotError):
         _open_and_read_everything(path)
-    except SnapshotError:
-        pass

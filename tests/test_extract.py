@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import zlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -41,6 +40,8 @@ from tests.support.fixtures import (
 from tests.support.kms import short_dir
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.support.cli import Cli
     from tests.support.kms import TestKMSPlugin
 
@@ -277,7 +278,8 @@ def test_wrong_key_lists_object_and_exits_1(tmp_path: Path, cli: Cli) -> None:
     assert {i["kind"] for i in list_items(out)} == {"ConfigMap"}
     secrets = [o for o in manifest["objects"] if o["kind"] == "Secret" and o["namespace"] == "default"]
     for obj in secrets:
-        assert f"skipped {obj['etcd_key']} (revision {obj['resourceVersion']}): unreadable (wrong-key; aescbc key key1)" in err
+        skipped = f"skipped {obj['etcd_key']} (revision {obj['resourceVersion']})"
+        assert f"{skipped}: unreadable (wrong-key; aescbc key key1)" in err
     assert f"{len(secrets)} of {len(secrets) + 1} object(s) could not be read" in err
     assert WARNING not in err
     for secret in _secret_texts(manifest):
@@ -378,12 +380,18 @@ def _history_config(path: Path) -> Path:
 
 
 # Values chosen so that their base64 (or themselves) are YAML 1.1 non-strings: `1E10`, `0000`.
-TRICKY = {"y": base64.b64decode("1E10"), "on": base64.b64decode("0000"), ".hidden": b"x", "UPPER": b"", "a-b_c.d": b"\xff"}
+TRICKY = {
+    "y": base64.b64decode("1E10"),
+    "on": base64.b64decode("0000"),
+    ".hidden": b"x",
+    "UPPER": b"",
+    "a-b_c.d": b"\xff",
+}
 
 
 @pytest.mark.etcd
 def test_revision_history_through_real_etcd(
-    etcd_server: Any, tmp_path: Path, cli: Cli  # noqa: ANN401
+    etcd_server: Any, tmp_path: Path, cli: Cli
 ) -> None:
     app, other = "/registry/secrets/ns1/app", "/registry/secrets/ns1/other"
     cm = "/registry/configmaps/ns1/odd"
@@ -448,7 +456,7 @@ def test_revision_history_through_real_etcd(
     assert "after the snapshot" in err
 
     # YAML that a YAML 1.1 reader (kubectl) cannot misread: ambiguous scalars are quoted.
-    rc, out, err = cli("extract", str(snap), "-c", str(config), "--revision", str(r6), "-r", "secrets", "-r", "configmaps")
+    rc, out, err = cli("extract", snap, "-c", config, "--revision", str(r6), "-r", "secrets", "-r", "configmaps")
     assert rc == 0, err
     assert err.count(WARNING) == 1
     for secret in ("one-old-key", "two-new-key", "three-recreated", "grüße"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,6 +19,8 @@ from tests.support.configs import IDENTITY, rule, write_config
 from tests.support.snapshots import write_snapshot
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.support.cli import Cli
 
 
@@ -34,7 +35,8 @@ def _nested_json(depth: int) -> bytes:
 
 def _widget(name: str, depth: int) -> bytes:
     spec = _nested_json(depth)
-    return b'{"apiVersion":"example.com/v1","kind":"Widget","metadata":{"name":"' + name.encode() + b'","namespace":"ns"},"spec":' + spec + b"}"
+    head = b'{"apiVersion":"example.com/v1","kind":"Widget","metadata":{"name":"' + name.encode()
+    return head + b'","namespace":"ns"},"spec":' + spec + b"}"
 
 
 def _config(tmp_path: Path) -> Path:
@@ -69,8 +71,9 @@ def test_deep_managed_fields_do_not_abort_the_run(
     snap = write_snapshot(
         tmp_path / "hostile.db",
         {
-            "/registry/secrets/ns/hostile": _secret("ns", "hostile", b"pw-1", _nested_json(5000)),  # json.loads gives up
-            "/registry/secrets/ns/deep": _secret("ns", "deep", b"pw-2", _nested_json(600)),  # json.loads parses it
+            # json.loads gives up on the first, parses the second
+            "/registry/secrets/ns/hostile": _secret("ns", "hostile", b"pw-1", _nested_json(5000)),
+            "/registry/secrets/ns/deep": _secret("ns", "deep", b"pw-2", _nested_json(600)),
             "/registry/secrets/ns/plain": _secret("ns", "plain", b"pw-3"),
         },
     )

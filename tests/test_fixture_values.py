@@ -16,8 +16,7 @@ import base64
 import codecs
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -34,6 +33,9 @@ from snapshot_tools.providers import (
 from snapshot_tools.unwrap import CachingUnwrapper, PluginUnwrapper
 from tests.support.fixtures import FIXTURES, config_path, fixture_kek, load_manifest
 from tests.support.kms import TestKMSPlugin
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 STATIC_CASES = ["a-identity", "b-aescbc", "c-aesgcm", "d-secretbox", "f-secrets-configmaps"]
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -37,6 +36,9 @@ from snapshot_tools.providers import (
 )
 from snapshot_tools.unwrap import CachingUnwrapper
 from tests.support.fixtures import OLD_SECRET, VECTORS
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 G_AAD = VECTORS["G"]["aad_ascii"].encode()
 

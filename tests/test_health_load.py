@@ -43,7 +43,7 @@ def _start(d: Path) -> tuple[subprocess.Popen[bytes], int, list[str]]:
          "--health-addr", "127.0.0.1:0"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=_limit_fds,  # noqa: PLW1509 - only setrlimit, before exec
+        preexec_fn=_limit_fds,
     )
     assert proc.stderr is not None
     lines: list[str] = []

@@ -51,7 +51,7 @@ def _cli(args: list[str], tmp_path: Path) -> tuple[int, str, str, float]:
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     cmd = [*SNAPSHOT_TOOLS, *args]
     with out.open("wb") as fo, err.open("wb") as fe:
-        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, preexec_fn=_limits)  # noqa: PLW1509
+        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, preexec_fn=_limits)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, out.read_text(), err.read_text(), usage.ru_maxrss / 1024
@@ -115,7 +115,7 @@ def overlapping(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("command", ["status", "check"])
 def test_overlapping_leaf_elements_exit_3_bounded(command: str, overlapping: Path, tmp_path: Path) -> None:
-    args = dict(zip(("status", "check"), _commands(overlapping)))[command]
+    args = dict(zip(("status", "check"), _commands(overlapping), strict=True))[command]
     rc, out, err, rss = _cli(args, tmp_path)
     _assert_damaged(rc, out, err, rss, "overlaps")
 

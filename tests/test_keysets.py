@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
@@ -19,6 +19,9 @@ from snapshot_tools.errors import ConfigError
 from snapshot_tools.keysets import StaticKey, load_keyset
 from tests.support.config_text import ID, K16, K16B, K32, K32B, aescbc, load_text, one_rule, write
 from tests.support.fixtures import FIXTURE_CASES, FIXTURES, load_manifest
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # --------------------------------------------------------------------------------------------
 # fixtures: the configs a real apiserver ran with

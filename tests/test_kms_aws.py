@@ -21,16 +21,20 @@ from tests.support.kms import health_get, short_dir
 FAST = {"probe_interval": 0.2}
 
 
-def _client(d) -> KMSv2Client:  # noqa: ANN001
+def _client(d) -> KMSv2Client:
     return KMSv2Client(f"unix://{d / 'p.sock'}", timeout=5)
 
 
 @pytest.mark.parametrize("local_kek", [False, True])
-def test_round_trip_via_alias_and_key_id(moto_kms, proxy, local_kek: bool) -> None:  # noqa: ANN001
+def test_round_trip_via_alias_and_key_id(moto_kms, proxy, local_kek: bool) -> None:
     name = f"rt-{local_kek}-{os.getpid()}"
     arn = moto_kms.create_key(alias=name)
     context = {"cluster": "c1"}
-    with short_dir() as d, served_aws(d, proxy.url, f"alias/{name}", context=context, local_kek=local_kek, enable_v1=True), _client(d) as c:
+    with (
+        short_dir() as d,
+        served_aws(d, proxy.url, f"alias/{name}", context=context, local_kek=local_kek, enable_v1=True),
+        _client(d) as c,
+    ):
         status = c.status()
         assert status.healthz == "ok"
         # A hash of the ARN (and rotation state), never the ARN or the alias itself.
@@ -66,7 +70,7 @@ def test_round_trip_via_alias_and_key_id(moto_kms, proxy, local_kek: bool) -> No
     assert proxy.count("DescribeKey") >= 1
 
 
-def test_disabled_then_enabled_and_pending_deletion_health(moto_kms, proxy) -> None:  # noqa: ANN001
+def test_disabled_then_enabled_and_pending_deletion_health(moto_kms, proxy) -> None:
     arn = moto_kms.create_key()
     key = arn.rsplit("/", 1)[1]  # moto's disable/enable take a bare key id
     kms = moto_kms.client()
@@ -74,7 +78,7 @@ def test_disabled_then_enabled_and_pending_deletion_health(moto_kms, proxy) -> N
         assert c.status().healthz == "ok"
         assert health_get(server, "/healthz")[0] == 200
         kms.disable_key(KeyId=key)
-        code, body = wait_for(lambda: (r := health_get(server, "/healthz"))[0] == 503 and r)
+        _code, body = wait_for(lambda: (r := health_get(server, "/healthz"))[0] == 503 and r)
         assert "Disabled" in body
         assert health_get(server, "/readyz")[0] == 503
         assert health_get(server, "/livez") == (200, "ok\n")  # user-caused: no restart
@@ -93,7 +97,7 @@ def test_disabled_then_enabled_and_pending_deletion_health(moto_kms, proxy) -> N
         wait_for(lambda: c.status().healthz == "ok")
 
 
-def test_wrong_encryption_context_is_invalid_ciphertext(moto_kms, proxy) -> None:  # noqa: ANN001
+def test_wrong_encryption_context_is_invalid_ciphertext(moto_kms, proxy) -> None:
     arn = moto_kms.create_key()
     with short_dir() as d:
         with served_aws(d, proxy.url, arn, context={"env": "prod"}, local_kek=False), _client(d) as c:
@@ -106,7 +110,7 @@ def test_wrong_encryption_context_is_invalid_ciphertext(moto_kms, proxy) -> None
                 c.decrypt(enc.ciphertext, enc.key_id)
 
 
-def test_rotation_and_alias_move_change_key_id_and_old_values_decrypt(moto_kms, proxy) -> None:  # noqa: ANN001
+def test_rotation_and_alias_move_change_key_id_and_old_values_decrypt(moto_kms, proxy) -> None:
     name = f"rot-{os.getpid()}"
     arn = moto_kms.create_key(alias=name)
     other = moto_kms.create_key()
@@ -143,7 +147,7 @@ def test_rotation_and_alias_move_change_key_id_and_old_values_decrypt(moto_kms, 
 
 
 @pytest.mark.parametrize("context", [{}, {"purpose": "k8s-secrets"}])
-def test_aws_encryption_provider_values_decrypt(moto_kms, proxy, context: dict) -> None:  # noqa: ANN001
+def test_aws_encryption_provider_values_decrypt(moto_kms, proxy, context: dict) -> None:
     name = f"legacy-{len(context)}-{os.getpid()}"
     arn = moto_kms.create_key(alias=name)
     other = moto_kms.create_key(alias=name + "-other")
@@ -165,9 +169,8 @@ def test_aws_encryption_provider_values_decrypt(moto_kms, proxy, context: dict) 
         # Such values are stale to our Status key_id.
         assert c.status().key_id not in (arn, f"alias/{name}")
     if context:
-        with short_dir() as d, served_aws(d, proxy.url, arn), _client(d) as c:
-            with pytest.raises(InvalidCiphertext):
-                c.decrypt(legacy, arn)  # no context configured: AWS refuses
+        with short_dir() as d, served_aws(d, proxy.url, arn), _client(d) as c, pytest.raises(InvalidCiphertext):
+            c.decrypt(legacy, arn)  # no context configured: AWS refuses
 
 
 # AWS error on Decrypt -> how the plugin answers (gRPC code in the client's message) and which
@@ -186,7 +189,7 @@ ERROR_ROWS = [
 ]
 
 
-def test_aws_errors_are_classified(moto_kms, proxy) -> None:  # noqa: ANN001
+def test_aws_errors_are_classified(moto_kms, proxy) -> None:
     arn = moto_kms.create_key()
     with short_dir() as d, served_aws(d, proxy.url, arn, local_kek=False, max_attempts=1) as server, _client(d) as c:
         seed = os.urandom(32)
@@ -206,18 +209,23 @@ def test_aws_errors_are_classified(moto_kms, proxy) -> None:  # noqa: ANN001
         assert server.metrics.remote_calls.labels("Decrypt", "KeyUnavailable")._value.get() == 4
 
 
-def test_retries_hide_a_single_failure(moto_kms, proxy) -> None:  # noqa: ANN001
+def test_retries_hide_a_single_failure(moto_kms, proxy) -> None:
     arn = moto_kms.create_key()
     with short_dir() as d, served_aws(d, proxy.url, arn, local_kek=False), _client(d) as c:
         enc = c.encrypt(b"s" * 32)
-        for kind, kw in (("drop", {}), ("error", {"code": "ThrottlingException"}), ("error", {"code": "KMSInternalException", "status": 500})):
+        faults = (
+            ("drop", {}),
+            ("error", {"code": "ThrottlingException"}),
+            ("error", {"code": "KMSInternalException", "status": 500}),
+        )
+        for kind, kw in faults:
             before = proxy.count("Decrypt")
             proxy.set(kind, "Decrypt", times=1, **kw)
             assert c.decrypt(enc.ciphertext, enc.key_id) == b"s" * 32, kind
             assert proxy.count("Decrypt") - before == 2  # the failure, then the retry
 
 
-def test_serve_cli_refuses_a_missing_alias(moto_kms) -> None:  # noqa: ANN001
+def test_serve_cli_refuses_a_missing_alias(moto_kms) -> None:
     with short_dir() as d:
         proc = subprocess.run(
             [*KMS_PLUGIN, "serve", "--listen", f"unix://{d}/p.sock", "--health-addr", "off",

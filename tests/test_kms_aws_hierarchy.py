@@ -19,11 +19,11 @@ REMOTE = ("Encrypt", "Decrypt")
 QUIET = {"probe_interval": 3600.0}  # only the start-up probe: the counts below are all requests'
 
 
-def _client(d, timeout: float = 5) -> KMSv2Client:  # noqa: ANN001
+def _client(d, timeout: float = 5) -> KMSv2Client:
     return KMSv2Client(f"unix://{d / 'p.sock'}", timeout=timeout)
 
 
-def test_ten_thousand_calls_make_at_most_two_remote_calls_and_a_restart_two_more(moto_kms, proxy) -> None:  # noqa: ANN001
+def test_ten_thousand_calls_make_at_most_two_remote_calls_and_a_restart_two_more(moto_kms, proxy) -> None:
     arn = moto_kms.create_key()
     values = []
     with short_dir() as d:
@@ -51,7 +51,7 @@ def test_ten_thousand_calls_make_at_most_two_remote_calls_and_a_restart_two_more
         assert cold == 2  # one Decrypt of the old local KEK, one Encrypt of a new one
 
 
-def test_faults_serve_from_cache_report_health_and_meet_deadlines(moto_kms, proxy) -> None:  # noqa: ANN001
+def test_faults_serve_from_cache_report_health_and_meet_deadlines(moto_kms, proxy) -> None:
     arn = moto_kms.create_key()
     with short_dir() as d:
         # A value whose local KEK this plugin instance has never seen (another replica wrote it).
@@ -68,12 +68,11 @@ def test_faults_serve_from_cache_report_health_and_meet_deadlines(moto_kms, prox
             for _ in range(50):
                 assert c.decrypt(enc.ciphertext, enc.key_id, enc.annotations) == seed
                 assert c.encrypt(seed).key_id == enc.key_id
-            with _client(d, timeout=1.5) as short:
-                with pytest.raises(PluginUnavailable) as info:
-                    short.decrypt(foreign.ciphertext, foreign.key_id, foreign.annotations)
+            with _client(d, timeout=1.5) as short, pytest.raises(PluginUnavailable) as info:
+                short.decrypt(foreign.ciphertext, foreign.key_id, foreign.annotations)
             # The plugin answered (UNAVAILABLE with its reason), not the client's deadline.
             assert "UNAVAILABLE" in str(info.value) and "no answer within" in str(info.value)
-            code, body = wait_for(lambda: (r := health_get(server, "/healthz"))[0] == 503 and r, timeout=15)
+            _code, body = wait_for(lambda: (r := health_get(server, "/healthz"))[0] == 503 and r, timeout=15)
             assert "no answer" in body or "cannot reach" in body
             assert health_get(server, "/livez")[0] == 503  # transient: a restart may help
             assert c.status().healthz != "ok"
@@ -98,7 +97,7 @@ def test_faults_serve_from_cache_report_health_and_meet_deadlines(moto_kms, prox
             assert c.decrypt(foreign.ciphertext, foreign.key_id, foreign.annotations) == foreign_seed
 
 
-def test_local_kek_rotates_after_max_uses_and_refuses_mismatches(moto_kms, proxy) -> None:  # noqa: ANN001
+def test_local_kek_rotates_after_max_uses_and_refuses_mismatches(moto_kms, proxy) -> None:
     arn = moto_kms.create_key()
     with short_dir() as d, served_aws(d, proxy.url, arn, local_kek_max_uses=3, **QUIET), _client(d) as c:
         encs = [c.encrypt(bytes([i]) * 32) for i in range(7)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -24,6 +23,8 @@ from tests.support.k8s_objects import json_object
 from tests.support.kms import short_dir
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.support.cli import Cli
 
 pytestmark = pytest.mark.etcd
@@ -46,15 +47,17 @@ def _config(path: Path) -> Path:
     )
 
 
-def _write_values(etcd, d: Path, proxy_url: str, alias: str, arn: str, kms) -> dict[str, str]:  # noqa: ANN001
+def _write_values(etcd, d: Path, proxy_url: str, alias: str, arn: str, kms) -> dict[str, str]:
     """Write the values; returns etcd key -> the verdict expected with the key named."""
     expected: dict[str, str] = {}
     for local_kek in (True, False):
-        with served_aws(d, proxy_url, alias, context=CONTEXT, local_kek=local_kek):
-            with KMSv2Client(f"unix://{d / 'p.sock'}") as client:
-                status = client.status()
-                seed = os.urandom(32)
-                wrapped = client.encrypt(seed)
+        with (
+            served_aws(d, proxy_url, alias, context=CONTEXT, local_kek=local_kek),
+            KMSv2Client(f"unix://{d / 'p.sock'}") as client,
+        ):
+            status = client.status()
+            seed = os.urandom(32)
+            wrapped = client.encrypt(seed)
         assert wrapped.key_id == status.key_id
         assert bool(wrapped.annotations) == local_kek
         for i in range(5):
@@ -81,7 +84,7 @@ def _write_values(etcd, d: Path, proxy_url: str, alias: str, arn: str, kms) -> d
     return expected
 
 
-def test_snapshot_checked_offline_from_aws(etcd_server, moto_kms, proxy, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
+def test_snapshot_checked_offline_from_aws(etcd_server, moto_kms, proxy, tmp_path: Path, cli: Cli) -> None:
     alias = f"alias/offline-{os.getpid()}"
     arn = moto_kms.create_key(alias=alias.removeprefix("alias/"))
     kms = moto_kms.client()
@@ -136,7 +139,7 @@ def test_snapshot_checked_offline_from_aws(etcd_server, moto_kms, proxy, tmp_pat
     assert cli("check", snap, "-c", cfg, "--aws-kms", "ours", "--kms", "ours=unix:///x.sock", *aws).code == 2
 
 
-def test_rewrite_and_extract_through_aws(etcd_server, moto_kms, proxy, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
+def test_rewrite_and_extract_through_aws(etcd_server, moto_kms, proxy, tmp_path: Path, cli: Cli) -> None:
     """reencrypt/extract read every AWS format with --aws-kms, and KMS v2 output can be wrapped by AWS."""
     alias = f"alias/rewrite-{os.getpid()}"
     arn = moto_kms.create_key(alias=alias.removeprefix("alias/"))

@@ -8,7 +8,6 @@ saved as a snapshot, and checked both through the plugin socket and straight fro
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,13 +20,15 @@ from tests.support.k8s_objects import json_object
 from tests.support.kms import served, short_dir
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.support.cli import Cli
 
 pytestmark = pytest.mark.etcd
 
 
 def test_plugin_written_snapshot_checks_current_via_socket_and_keyring(
-    etcd_server, tmp_path: Path, cli: Cli  # noqa: ANN001
+    etcd_server, tmp_path: Path, cli: Cli
 ) -> None:
     with short_dir() as d:
         with served(d):

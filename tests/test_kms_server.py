@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -26,6 +26,9 @@ from kms_plugin.keks.local import Keyring
 from kms_plugin.server import check_serving_endpoint
 from tests.support.cli import KMS_PLUGIN, plugin_cli
 from tests.support.kms import file_mode, short_dir, start_serve, wait_for_socket
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _serve_args(d: Path, *extra: str) -> list[str]:

@@ -130,9 +130,13 @@ def test_v1beta1_on_the_same_socket(plugin: PluginServer, client: KMSv2Client) -
 
 
 def test_v1_is_off_unless_enabled() -> None:
-    with short_dir() as d, served(d) as server, KMSv1Client(server.config.listen) as v1:
-        with pytest.raises(Exception, match="UNIMPLEMENTED"):
-            v1.version()
+    with (
+        short_dir() as d,
+        served(d) as server,
+        KMSv1Client(server.config.listen) as v1,
+        pytest.raises(Exception, match="UNIMPLEMENTED"),
+    ):
+        v1.version()
 
 
 def test_rotation_while_serving() -> None:

@@ -115,7 +115,7 @@ def test_fields_round_trip(fields: list[tuple[int, int, int | bytes]]) -> None:
     framed = b"\xee" + msg + b"\xee"  # a message inside a larger buffer
     got = protowire.fields(framed, 1, 1 + len(msg))
     assert [(n, w) for n, w, _a, _b in got] == [(n, w) for n, w, _v in fields]
-    for (_n, wire, value), (_n2, _w2, a, b) in zip(fields, got):
+    for (_n, wire, value), (_n2, _w2, a, b) in zip(fields, got, strict=True):
         assert (framed[a:b] if wire == protowire.LEN else a) == value
     spans = protowire.field_spans(framed, 1, 1 + len(msg))
     assert [framed[s:e] for _n, s, e in spans] == parts

@@ -15,7 +15,7 @@ README = (ROOT / "README.md").read_text()
 
 def _block_after(heading: str) -> str:
     section = README.split(heading, 1)[1]
-    return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    return re.search(r"```sh\n(.*?)```", section, re.DOTALL).group(1)
 
 
 def _commands(block: str) -> list[str]:
@@ -55,7 +55,7 @@ def test_check_walkthrough_exit_codes_as_documented() -> None:
     assert "14 retired" in got[3].stdout.splitlines()[0]
 
 
-def test_reencrypt_walkthrough_runs_as_documented(tmp_path) -> None:  # noqa: ANN001
+def test_reencrypt_walkthrough_runs_as_documented(tmp_path) -> None:
     cmds = _commands(_block_after("## Re-encrypting a snapshot offline"))
     assert len(cmds) == 3
     out = tmp_path / "reencrypted.db"

@@ -16,7 +16,6 @@ import os
 import random
 import signal
 import subprocess
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -47,6 +46,8 @@ from tests.support.fixtures import (
 from tests.support.kms import short_dir
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.support.cli import Cli
     from tests.support.kms import TestKMSPlugin
 
@@ -149,9 +150,12 @@ def test_round_trip_every_fixture_every_target(
     assert summary["seconds"] >= 0
     # Records: same revisions, same keys; rewritten ones changed only where they had to.
     outs = _records(out)
-    assert [(r.key, r.main, r.sub, r.create_revision, r.mod_revision, r.version, r.lease, r.tombstone) for r in outs] == [
-        (r.key, r.main, r.sub, r.create_revision, r.mod_revision, r.version, r.lease, r.tombstone) for r in ins
-    ]
+    def facts(records: list) -> list[tuple]:
+        return [
+            (r.key, r.main, r.sub, r.create_revision, r.mod_revision, r.version, r.lease, r.tombstone) for r in records
+        ]
+
+    assert facts(outs) == facts(ins)
     changed = {(r.main, r.sub) for r in want}
     for a, b in zip(ins, outs, strict=True):
         if (a.main, a.sub) not in changed:
@@ -232,13 +236,13 @@ def _plaintexts(path: Path, configs: list[Path], kms: dict[str, str], keyrings: 
 @pytest.mark.etcd
 @pytest.mark.parametrize(("case", "target_kind"), [("f-secrets-configmaps", "aesgcm"), ("g-kmsv2", "kmsv2")])
 def test_output_restores_and_etcd_serves_it(
-    case: str, target_kind: str, kms_fixture_plugin: TestKMSPlugin, etcd_bins, tmp_path: Path,  # noqa: ANN001
+    case: str, target_kind: str, kms_fixture_plugin: TestKMSPlugin, etcd_bins, tmp_path: Path,
     cli: Cli,
 ) -> None:  # fmt: skip
     snap, old, read_flags = _source(case, kms_fixture_plugin)
     target = Target(target_kind, tmp_path, _resources(case))
     out = tmp_path / "out.db"
-    rc, _, err = cli("reencrypt", str(snap), "-c", str(old), *read_flags, "--to", str(target.path), *target.flags, "-o", str(out))
+    rc, _, err = cli("reencrypt", snap, "-c", old, *read_flags, "--to", target.path, *target.flags, "-o", out)
     assert rc == 0, err
     st_in, st_out = etcdutl_status(snap, bins=etcd_bins), etcdutl_status(out, bins=etcd_bins)
     assert st_out["revision"] == st_in["revision"]
@@ -301,7 +305,7 @@ def _cbc(key: str, n: int) -> bytes:
 
 
 @pytest.fixture
-def history(etcd_server, tmp_path: Path) -> tuple[Path, Path, dict]:  # noqa: ANN001
+def history(etcd_server, tmp_path: Path) -> tuple[Path, Path, dict]:
     """Several revisions per key under old keys, a deleted key, a lease, other resources."""
     c = etcd_server.client()
     lease = c.lease(3600)
@@ -339,11 +343,11 @@ def _rows(report: dict) -> list[tuple[str, int, str, str | None]]:
 
 
 @pytest.mark.etcd
-def test_every_revision_is_rewritten(history, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
+def test_every_revision_is_rewritten(history, tmp_path: Path, cli: Cli) -> None:
     snap, old, _ = history
     target = Target("aesgcm", tmp_path, ["secrets"])
     out = tmp_path / "out.db"
-    rc, stdout, err = cli("reencrypt", str(snap), "-c", str(old), "--to", str(target.path), "-o", str(out), "--format", "json")
+    rc, stdout, err = cli("reencrypt", snap, "-c", old, "--to", target.path, "-o", out, "--format", "json")
     assert rc == 0, err
     summary = json.loads(stdout)
     # a x3 (plaintext one too), b x2, gone x2, leased x1
@@ -371,7 +375,7 @@ def test_every_revision_is_rewritten(history, tmp_path: Path, cli: Cli) -> None:
 
 
 @pytest.mark.etcd
-def test_latest_only_leaves_history_and_says_so(history, tmp_path: Path, cli: Cli) -> None:  # noqa: ANN001
+def test_latest_only_leaves_history_and_says_so(history, tmp_path: Path, cli: Cli) -> None:
     snap, old, _ = history
     target = Target("aesgcm", tmp_path, ["secrets"])
     out = tmp_path / "out.db"
@@ -477,7 +481,7 @@ def test_rewritten_values_that_do_not_read_back_stop_the_run(
     cls = reencrypt._KMSv2TargetWriter if kind == "kmsv2" else reencrypt._StaticTargetWriter
     write = cls.write
 
-    def faulty(self, plaintext: bytes, etcd_key: bytes) -> bytes:  # noqa: ANN001
+    def faulty(self, plaintext: bytes, etcd_key: bytes) -> bytes:
         if fault == "other-key":
             return self.prefix + aescbc.encrypt(os.urandom(32), plaintext)
         if fault == "other-plaintext":
@@ -492,7 +496,7 @@ def test_rewritten_values_that_do_not_read_back_stop_the_run(
 
     monkeypatch.setattr(cls, "write", faulty)
     out = tmp_path / "out.db"
-    rc, stdout, err = cli("reencrypt", str(snap), "-c", str(old), "--to", str(target.path), *target.flags, "-o", str(out))
+    rc, stdout, err = cli("reencrypt", snap, "-c", old, "--to", target.path, *target.flags, "-o", out)
     assert rc == 2, err
     assert stdout == ""
     n = sum(1 for r in _records(snap) if r.key.startswith(b"/registry/secrets/") and not r.tombstone)
@@ -501,7 +505,7 @@ def test_rewritten_values_that_do_not_read_back_stop_the_run(
     assert leftovers(tmp_path) == []
 
     monkeypatch.setattr(cls, "write", write)  # the same run without the fault verifies
-    rc, _stdout, err = cli("reencrypt", str(snap), "-c", str(old), "--to", str(target.path), *target.flags, "-o", str(out))
+    rc, _stdout, err = cli("reencrypt", snap, "-c", old, "--to", target.path, *target.flags, "-o", out)
     assert rc == 0, err
     assert out.exists()
 
@@ -545,7 +549,7 @@ def test_refuses_existing_output_and_the_input(tmp_path: Path, cli: Cli) -> None
     out = tmp_path / "out.db"
     out.write_bytes(b"precious")
     base = ["reencrypt", str(src), "-c", str(old), "--to", str(target.path)]
-    rc, stdout, err = cli(*base, "-o", str(out))
+    rc, _stdout, err = cli(*base, "-o", str(out))
     assert rc == 2
     assert "already exists" in err and "--force" in err and len(err.splitlines()) == 1
     assert out.read_bytes() == b"precious"
@@ -575,14 +579,14 @@ def test_kms_plugin_down_is_exit_4_and_writes_nothing(tmp_path: Path, cli: Cli) 
     with short_dir() as d:
         dead = f"unix://{d / 'nobody.sock'}"
         # Reading: the fixture's plugin is not there.
-        rc, stdout, err = cli("reencrypt", str(snap), "-c", str(old), "--kms", f"testkms={dead}", "--to", str(target.path), "-o", str(out))
+        rc, _, err = cli("reencrypt", snap, "-c", old, "--kms", f"testkms={dead}", "--to", target.path, "-o", out)
         assert rc == 4, err
         assert len(err.splitlines()) == 1
         assert not out.exists()
         assert leftovers(tmp_path) == []
         # Writing: the new config's KMS cannot wrap the new seed.
         new = write_config(tmp_path / "new-kms-dead.json", rule(["secrets"], kms("deadkms", dead, timeout="1s")))
-        rc, stdout, err = cli(
+        rc, _stdout, err = cli(
             "reencrypt", snapshot_path("b-aescbc"), "-c", config_path("b-aescbc"), "--to", new, "-o", out
         )
         assert rc == 4, err
@@ -598,14 +602,14 @@ BIG_N = 6000
 
 
 @pytest.fixture(scope="module")
-def big_snapshot(etcd_bins, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:  # noqa: ANN001
+def big_snapshot(etcd_bins, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """BIG_N aescbc Secrets of 2-12 KB written through a real etcd, two revisions each."""
     rnd = random.Random(5150)
     tmp = tmp_path_factory.mktemp("big")
     prefix = static_prefix("aescbc", "k1")
     with EtcdServer(bins=etcd_bins, extra_args=("--max-txn-ops", "512")) as server:
         c = server.client()
-        for rev in range(2):
+        for _rev in range(2):
             for start in range(0, BIG_N, 200):
                 ops = []
                 for i in range(start, min(start + 200, BIG_N)):
@@ -631,7 +635,7 @@ def _spawn(snap: Path, old: Path, new: Path, out: Path) -> subprocess.Popen[byte
 
 @pytest.mark.etcd
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_interrupted_run_leaves_nothing_at_out(sig: int, big_snapshot, tmp_path: Path) -> None:  # noqa: ANN001
+def test_interrupted_run_leaves_nothing_at_out(sig: int, big_snapshot, tmp_path: Path) -> None:
     snap, old = big_snapshot
     rnd = random.Random(int(sig) * 7919)
     before = sha256(snap)
@@ -661,7 +665,8 @@ def test_interrupted_run_leaves_nothing_at_out(sig: int, big_snapshot, tmp_path:
                 (work / name).unlink()
         else:
             assert child.returncode == 130, err
-            assert err.decode().strip().splitlines() == [f"snapshot-tools: error: interrupted; nothing was written to {out}"]
+            said = f"snapshot-tools: error: interrupted; nothing was written to {out}"
+            assert err.decode().strip().splitlines() == [said]
             assert leftovers(work) == []
         assert sorted(p.name for p in work.iterdir()) == []
     assert killed >= 2, "the runs finished before the signal: make the input bigger"
@@ -678,7 +683,7 @@ def test_interrupted_run_leaves_nothing_at_out(sig: int, big_snapshot, tmp_path:
 
 @pytest.mark.etcd
 def test_old_ciphertexts_in_free_pages_are_not_copied(
-    etcd_server, tmp_path: Path, cli: Cli  # noqa: ANN001
+    etcd_server, tmp_path: Path, cli: Cli
 ) -> None:
     rnd = random.Random(77)
     c = etcd_server.client()

@@ -52,8 +52,9 @@ SEEN_IN_FIXTURE_SNAPSHOT = _table(
 """
 )
 
-UPSTREAM_LAYOUT = _table(
-    """
+UPSTREAM_LAYOUT = [
+    *_table(
+        """
 /registry/secrets/ns1/secret1 - secrets ns1 secret1
 /registry/services/endpoints/ns1/ep1 - endpoints ns1 ep1
 /registry/minions/node1 - nodes - node1
@@ -86,7 +87,7 @@ UPSTREAM_LAYOUT = _table(
 /registry/cr.bar.com/foos/ns1/cr1foo cr.bar.com foos ns1 cr1foo
 /registry/awesome.bears.com/pandas/cr3panda awesome.bears.com pandas - cr3panda
 """
-) + [
+    ),
     (
         "/registry/mutatingwebhookconfigurations/m",
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", None, "m"),

@@ -44,9 +44,7 @@ _VALUES = st.one_of(st.just(b""), st.binary(max_size=64), st.binary(min_size=300
 def _odd_kv(draw: st.DrawFn, key: bytes) -> bytes:
     """The message in a shape Go does not write: reordered, repeated, padded, unknown fields."""
     fields: list[tuple[int, int | bytes]] = [(1, key)]
-    for num in (2, 3, 4, 6):
-        if draw(st.booleans()):
-            fields.append((num, draw(_INT64)))
+    fields.extend((num, draw(_INT64)) for num in (2, 3, 4, 6) if draw(st.booleans()))
     if draw(st.booleans()):
         fields.append((5, draw(_VALUES)))
     if draw(st.booleans()):

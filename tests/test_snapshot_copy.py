@@ -21,7 +21,7 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -34,6 +34,9 @@ from tests.support.etcd import EtcdBinaries, EtcdServer, etcdutl_restore, etcdut
 from tests.support.files import sha256
 from tests.support.fixtures import FIXTURE_CASES, FIXTURES
 from tests.support.snapshots import kv_bytes, revision_key
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # -- copy_snapshot on the shared fixtures ------------------------------------------------------
 
@@ -94,7 +97,9 @@ def test_fixture_copied_to_another_page_size(page_size: int, tmp_path: Path, etc
 
 
 def _small_snapshot(path: Path, n: int = 50) -> Path:
-    recs = [(revision_key(i + 2), kv_bytes(f"/k{i:03d}".encode(), i + 2, i + 2, 1, f"value-{i}".encode())) for i in range(n)]
+    recs = [
+        (revision_key(i + 2), kv_bytes(f"/k{i:03d}".encode(), i + 2, i + 2, 1, f"value-{i}".encode())) for i in range(n)
+    ]
     with open(path, "w+b") as f:
         write_db(f, [(b"key", recs), (b"meta", [(b"consistent_index", (9).to_bytes(8, "big"))])])
     return path

@@ -7,7 +7,7 @@ A crafted etcd key with ESC, BEL, CR or LF could rewrite the operator's terminal
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,6 +17,9 @@ from snapshot_tools.providers import aescbc, static_prefix
 from tests.support.cli import snapshot_tools_process
 from tests.support.configs import rule, static, write_config
 from tests.support.snapshots import write_snapshot
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # ESC [2J clears the screen; OSC 0 sets the window title; BEL, CR, LF, DEL, C1 CSI, RLO.
 HOSTILE = "evil\x1b[2J\x1b]0;pwned\x07\r\nfake\x7f\u009b\u202e"

@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -23,6 +21,9 @@ from tests.support.fixtures import KMS_CASE, config_path, fixture_kek, snapshot_
 from tests.support.kms import TestKMSPlugin, short_dir
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
     from tests.support.cli import Cli
 
 
@@ -123,7 +124,7 @@ def test_failures_are_cached_and_unavailability_fails_fast() -> None:
     inner.release.set()
     caching = CachingUnwrapper(inner)
     for _ in range(3):
-        with pytest.raises(InvalidCiphertext, match="^refused$"):
+        with pytest.raises(InvalidCiphertext, match=r"^refused$"):
             caching.unwrap_v2(b"bad-1", "k", {})
     assert len(inner.calls) == 1
     assert caching.unwrap_v2(b"good", "k", {}) == b"plain:good"
@@ -225,7 +226,7 @@ def test_plugin_unavailable(tmp_path: Path) -> None:
             return None
 
     caching = CachingUnwrapper(Counting())
-    with pytest.raises(KMSUnreachable, match="nothing.sock"):
+    with pytest.raises(KMSUnreachable, match=r"nothing.sock"):
         caching.unwrap_v2(b"x", "k", {})
     with pytest.raises(KMSUnreachable):
         caching.unwrap_v2(b"y", "k", {})

@@ -42,12 +42,14 @@ def kms(name: str, version: str = "v2") -> ProviderEntry:
     return ProviderEntry("kms", kms=_kms(name, version))
 
 
-def _config(index: int, providers: tuple[ProviderEntry, ...] | None, resources: tuple[str, ...] = ("secrets",)) -> EncryptionConfig:
+def _config(
+    index: int, providers: tuple[ProviderEntry, ...] | None, resources: tuple[str, ...] = ("secrets",)
+) -> EncryptionConfig:
     rules = () if providers is None else (Rule(resources, providers, ""),)
     return EncryptionConfig(path=f"c{index}.yaml", index=index, rules=rules)
 
 
-def _cov(current: tuple[ProviderEntry, ...] | None, *older: tuple[ProviderEntry, ...] | None):  # noqa: ANN202
+def _cov(current: tuple[ProviderEntry, ...] | None, *older: tuple[ProviderEntry, ...] | None):
     return coverage([_config(0, current), *(_config(i, o) for i, o in enumerate(older, 1))], SECRETS)
 
 
@@ -64,7 +66,7 @@ PLAINTEXT_ROWS = [
 
 
 @pytest.mark.parametrize(("current", "older", "want"), PLAINTEXT_ROWS)
-def test_plaintext(current, older, want) -> None:  # noqa: ANN001
+def test_plaintext(current, older, want) -> None:
     assert judge_plaintext(_cov(current, *older)) == want
 
 
@@ -83,7 +85,7 @@ STATIC_ROWS = [
 
 
 @pytest.mark.parametrize(("current", "older", "key", "want"), STATIC_ROWS)
-def test_static(current, older, key, want) -> None:  # noqa: ANN001
+def test_static(current, older, key, want) -> None:
     assert judge_static(_cov(current, *older), key) == Judgement(want)
 
 
@@ -101,7 +103,7 @@ KMS_ROWS = [
 
 
 @pytest.mark.parametrize(("current", "older", "read", "want"), KMS_ROWS)
-def test_kms(current, older, read, want) -> None:  # noqa: ANN001
+def test_kms(current, older, read, want) -> None:
     version, name, stale_form = read
     assert judge_kms(_cov(current, *older), version, name, stale_form=stale_form) == Judgement(want)
 

@@ -54,7 +54,7 @@ class MotoKms:
 
     url: str
 
-    def client(self) -> Any:  # noqa: ANN401 - boto3 clients are dynamic
+    def client(self) -> Any:
         return boto3.client("kms", endpoint_url=self.url, region_name=REGION)
 
     def create_key(self, alias: str | None = None) -> str:
@@ -118,7 +118,7 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
-    def set(self, kind: str, *ops: str, **kw: Any) -> None:  # noqa: ANN401
+    def set(self, kind: str, *ops: str, **kw: Any) -> None:
         with self._lock:
             self.fault = Fault(kind, frozenset(ops) if ops else None, **kw)
 
@@ -154,7 +154,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             op = self.headers.get("X-Amz-Target", "?").rpartition(".")[2]
             fault = proxy._take_fault(op)
@@ -189,7 +189,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client gave up (its timeout): expected here
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             return
 
     return Handler
@@ -213,7 +213,7 @@ def served_aws(
     context: dict[str, str] | None = None,
     call_timeout: float = 2.5,
     max_attempts: int = 3,
-    **overrides: Any,  # noqa: ANN401
+    **overrides: Any,
 ) -> Iterator[PluginServer]:
     """An in-process plugin on ``directory/p.sock`` backed by AWS KMS at ``endpoint_url``."""
     settings = AwsSettings(
@@ -229,7 +229,7 @@ def served_aws(
         yield server
 
 
-def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:  # noqa: ANN401
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
     deadline = time.monotonic() + timeout
     while True:

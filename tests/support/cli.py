@@ -38,7 +38,7 @@ class CliResult(NamedTuple):
     out: str
     err: str
 
-    def json(self) -> Any:  # noqa: ANN401 - a JSON document
+    def json(self) -> Any:
         return json.loads(self.out)
 
 
@@ -71,7 +71,7 @@ class Cli:
 
 
 def snapshot_tools_process(
-    *argv: Arg, timeout: float = 120, **kwargs: Any  # noqa: ANN401 - subprocess.run's keywords
+    *argv: Arg, timeout: float = 120, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
     """``snapshot-tools ARGV`` as a subprocess, output captured as text."""
     return subprocess.run(

@@ -12,6 +12,7 @@ References: etcd `etcdutl/etcdutl/snapshot_command.go`, `etcdctl/ctlv3/command/s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,8 +25,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 DEFAULT_QUOTA_BACKEND_BYTES = 8 * 1024**3  # etcd's documented maximum; only an upper bound
 GRPC_OPTIONS = [
@@ -302,7 +305,7 @@ class EtcdServer:
                     f"etcd exited with rc {rc} during startup: {self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
+                with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - our own http:// URL
                     if json.loads(resp.read()).get("health") in ("true", True):
                         return
             except (urllib.error.URLError, OSError, ValueError):
@@ -322,10 +325,9 @@ class EtcdServer:
 
     def _terminate(self) -> None:
         for c in self._clients:
-            try:
+            # Closing a dead channel must not mask the stop.
+            with contextlib.suppress(Exception):
                 c.close()
-            except Exception:  # noqa: BLE001 - closing a dead channel must not mask the stop
-                pass
         self._clients.clear()
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:

@@ -62,17 +62,17 @@ class _Servicer(kms_v2_pb2_grpc.KeyManagementServiceServicer):
         with self._lock:
             self.calls[method] += 1
 
-    def Status(self, request, context):  # noqa: N802, ANN001, ANN201 - gRPC signature
+    def Status(self, request, context):  # noqa: N802 - gRPC signature
         self._count("Status")
         return kms_v2_pb2.StatusResponse(version="v2", healthz="ok", key_id=self.key_id)
 
-    def Encrypt(self, request, context):  # noqa: N802, ANN001, ANN201
+    def Encrypt(self, request, context):  # noqa: N802
         self._count("Encrypt")
         nonce = os.urandom(12)
         ciphertext = nonce + self._aead.encrypt(nonce, request.plaintext, None)
         return kms_v2_pb2.EncryptResponse(ciphertext=ciphertext, key_id=self.key_id)
 
-    def Decrypt(self, request, context):  # noqa: N802, ANN001, ANN201
+    def Decrypt(self, request, context):  # noqa: N802
         self._count("Decrypt")
         if self.decrypt_error is not None:
             context.abort(self.decrypt_error, f"test plugin answers {self.decrypt_error.name}")
@@ -95,20 +95,20 @@ class _V1Servicer(kms_v1beta1_pb2_grpc.KeyManagementServiceServicer):
         self._v2 = v2
         self._aead = AESGCM(kek)
 
-    def Version(self, request, context):  # noqa: N802, ANN001, ANN201
+    def Version(self, request, context):  # noqa: N802
         self._v2._count("v1.Version")
         return kms_v1beta1_pb2.VersionResponse(
             version="v1beta1", runtime_name="test-plugin", runtime_version="0.0.1"
         )
 
-    def Encrypt(self, request, context):  # noqa: N802, ANN001, ANN201
+    def Encrypt(self, request, context):  # noqa: N802
         self._v2._count("v1.Encrypt")
         nonce = os.urandom(12)
         return kms_v1beta1_pb2.EncryptResponse(
             cipher=nonce + self._aead.encrypt(nonce, request.plain, None)
         )
 
-    def Decrypt(self, request, context):  # noqa: N802, ANN001, ANN201
+    def Decrypt(self, request, context):  # noqa: N802
         self._v2._count("v1.Decrypt")
         data = request.cipher
         try:
@@ -199,13 +199,13 @@ def serving(config: ServeConfig) -> Iterator[PluginServer]:
         server.stop(grace=1.0)
 
 
-def serve_config(directory: Path, **fields: Any) -> ServeConfig:  # noqa: ANN401
+def serve_config(directory: Path, **fields: Any) -> ServeConfig:
     """Serve on ``directory/p.sock`` with health on an ephemeral loopback port, plus ``fields``."""
     return ServeConfig(listen=f"unix://{directory / 'p.sock'}", health_addr="127.0.0.1:0", **fields)
 
 
 @contextmanager
-def served(directory: Path, **overrides: Any) -> Iterator[PluginServer]:  # noqa: ANN401
+def served(directory: Path, **overrides: Any) -> Iterator[PluginServer]:
     """An in-process plugin on ``directory/p.sock`` with the keyring ``directory/k.json``."""
     keyring = directory / "k.json"
     if not keyring.exists():

@@ -89,8 +89,8 @@ def bench(label: str, snap: Path, old: Path, cfg: Path, flags: list[str], n: int
     runs = []
     for i in range(repeat):
         out.unlink(missing_ok=True)
-        r = run_measured(["reencrypt", str(snap), "-c", str(old), "--to", str(cfg), *flags, "-o", str(out),
-                       "--format", "json"], keep_stdout=True)  # fmt: skip
+        r = run_measured(["reencrypt", str(snap), "-c", str(old), "--to", str(cfg), *flags, str(out),
+                       "-o", "json"], keep_stdout=True)  # fmt: skip
         if r["rc"] != 0:
             raise SystemExit(f"reencrypt exited {r['rc']}: {r['stderr']}")
         summary = json.loads(r["stdout"])
@@ -100,7 +100,11 @@ def bench(label: str, snap: Path, old: Path, cfg: Path, flags: list[str], n: int
         out.unlink()
         r["summary"] = summary
         runs.append(r)
-        edges = ", ".join(f"{e['from']} -> {e['to']}: {e['revisions']:,}" for e in summary["rewritten"])
+        edges = ", ".join(
+            f"{e['from']['provider']}/{e['from']['name']} -> {e['to']['provider']}/{e['to']['name']}: "
+            f"{e['revisions']:,}"
+            for e in summary["rewritten"]
+        )
         print(f"  run {i + 1}: {r['wall_s']:.2f} s = {n / r['wall_s']:,.0f} objects/s, "
               f"{size / 1e6 / r['wall_s']:.0f} MB/s in, peak RSS {r['peak_rss_mb']:.0f} MB; "
               f"in-command {summary['seconds']:.2f} s; {edges}; verified before rename, {confirmed}",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import google_crc32c
 
@@ -32,6 +32,7 @@ from snapshot_tools.errors import (
     RewriteRefused,
     UsageError,
 )
+from snapshot_tools.integrity import require_integrity
 from snapshot_tools.keysets import config_files, load_keyset
 from snapshot_tools.providers import (
     ENCRYPTED_PREFIX,
@@ -74,6 +75,25 @@ class RewriteOptions:
     decrypt_uncovered: bool = False
     skip_unreadable: bool = False
     etcd_prefix: str = "/registry"
+    skip_hash_check: bool = False  # etcdutl's flag: read a snapshot with a missing/wrong trailer
+
+
+class KeyRef(NamedTuple):
+    """A source or target key of the summary: provider, name, short fingerprint; never material.
+
+    ``identity`` has neither name nor fingerprint; a KMS provider's fingerprint is that of its
+    API version and name (:attr:`~snapshot_tools.config_model.KMSProvider.fingerprint`).
+    """
+
+    provider: str
+    name: str | None = None
+    fingerprint: str | None = None
+
+    def label(self) -> str:
+        """``aescbc/key1 (facf8db3)``, ``kms-v2/vault (0a1b2c3d)``, ``identity``."""
+        if self.name is None:
+            return self.provider
+        return f"{self.provider}/{self.name}" + (f" ({self.fingerprint})" if self.fingerprint else "")
 
 
 @dataclass
@@ -81,7 +101,7 @@ class RewriteSummary:
     """What a rewrite did; no key material, no values."""
 
     output: str
-    transitions: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, target) -> n
+    transitions: dict[tuple[KeyRef, KeyRef], int] = field(default_factory=dict)  # (source, target) -> n
     revisions_rewritten: int = 0
     unchanged: int = 0
     skipped_unreadable: list[str] = field(default_factory=list)
@@ -92,11 +112,15 @@ class RewriteSummary:
     seconds: float = 0.0
     records: int = 0  # etcd records in the key bucket (revisions and tombstones)
 
+    def edges(self) -> list[tuple[tuple[KeyRef, KeyRef], int]]:
+        """``((source, target), revisions)`` in a stable order (by label)."""
+        return sorted(self.transitions.items(), key=lambda item: (item[0][0].label(), item[0][1].label()))
+
     def to_json(self) -> dict[str, object]:
         return {
             "output": self.output,
             "rewritten": [
-                {"from": src, "to": dst, "revisions": n} for (src, dst), n in sorted(self.transitions.items())
+                {"from": src._asdict(), "to": dst._asdict(), "revisions": n} for (src, dst), n in self.edges()
             ],
             "revisions_rewritten": self.revisions_rewritten,
             "records": self.records,
@@ -118,7 +142,7 @@ class _TargetWriter:
     caller compares a checksum of the result with the plaintext that was written.
     """
 
-    label = IDENTITY
+    label = KeyRef(IDENTITY)
 
     def __init__(self, strict: bool = True) -> None:
         # strict: a restored apiserver with the target config would try to decrypt a value
@@ -140,7 +164,7 @@ class _StaticTargetWriter(_TargetWriter):
     def __init__(self, provider: StaticProvider, key: StaticKey) -> None:
         self.secret = key.secret
         self.prefix = static_prefix(provider.name, key.name)
-        self.label = f"{provider.name}/{key.name} ({key.fingerprint})"
+        self.label = KeyRef(provider.name, key.name, key.fingerprint)
         self._encrypt, self._decrypt = provider.encrypt, provider.decrypt
 
     def write(self, plaintext: bytes, etcd_key: bytes) -> bytes:
@@ -164,14 +188,14 @@ class _KMSv2TargetWriter(_TargetWriter):
     seed, annotations, type): one :class:`kmsv2.ObjectTemplate` marshals them once.
     """
 
-    def __init__(self, name: str, unwrapper: Unwrapper) -> None:
+    def __init__(self, name: str, unwrapper: Unwrapper, fingerprint: str | None = None) -> None:
         self.seed = os.urandom(32)
         wrap = getattr(unwrapper, "wrap_v2", None)
         if wrap is None:
             raise UsageError(f"KMS provider {name!r} cannot wrap a new data key here")
         self.wrapped = w = wrap(self.seed)
         self.prefix = kms_prefix("v2", name)
-        self.label = f"kms-v2/{name}"
+        self.label = KeyRef("kms-v2", name, fingerprint)
         self.unwrapper = unwrapper
         self._unwraps: bool | None = None
         self.template = kmsv2.ObjectTemplate(w.key_id, w.ciphertext, w.annotations)  # validates
@@ -237,7 +261,7 @@ class _Target:
             unwrapper = self.unwrappers.get(kms.name)
             if unwrapper is None:
                 raise UsageError(f"no way to reach KMS provider {kms.name!r}: pass --kms or --keyring")
-            self._kms[kms.name] = _KMSv2TargetWriter(kms.name, unwrapper)
+            self._kms[kms.name] = _KMSv2TargetWriter(kms.name, unwrapper, kms.fingerprint)
         return self._kms[kms.name]
 
 
@@ -247,9 +271,9 @@ class _Labels:
     """Summary labels of source keys, built once per key (fingerprints are SHA-256s)."""
 
     def __init__(self) -> None:
-        self._labels: dict[tuple[str, str | None, int], str] = {}
+        self._labels: dict[tuple[str, str | None, int], KeyRef] = {}
 
-    def __call__(self, res: Resolution) -> str:
+    def __call__(self, res: Resolution) -> KeyRef:
         slot = (res.provider, res.key_name, id(res.key))
         label = self._labels.get(slot)
         if label is None:
@@ -257,13 +281,10 @@ class _Labels:
         return label
 
 
-def _source_label(res: Resolution) -> str:
+def _source_label(res: Resolution) -> KeyRef:
     if res.provider == IDENTITY:
-        return IDENTITY
-    if res.provider.startswith("kms"):
-        return f"{res.provider}/{res.key_name}"
-    fp = None if res.key is None else res.key.fingerprint
-    return f"{res.provider}/{res.key_name}" + (f" ({fp})" if fp else "")
+        return KeyRef(IDENTITY)
+    return KeyRef(res.provider, res.key_name, None if res.key is None else res.key.fingerprint)
 
 
 # The C extension has no annotations.
@@ -315,6 +336,8 @@ def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
     keyset = load_keyset(paths)
     inputs = input_files(opts)
     check_target(opts.output, force=opts.force, inputs=inputs)  # before a KMS is asked anything
+    if not opts.skip_hash_check:
+        require_integrity(opts.snapshot)  # nothing is written from a snapshot etcd would refuse
     with open_unwrappers(keyset, opts.access) as unwrappers:
         return _rewrite(opts, keyset, unwrappers, started, inputs)
 

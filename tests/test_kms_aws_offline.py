@@ -154,7 +154,7 @@ def test_rewrite_and_extract_through_aws(etcd_server, moto_kms, proxy, tmp_path:
 
     # Away from AWS: every value (all four AWS formats) rewritten under a static key.
     out = tmp_path / "gcm.db"
-    rc, *_ = cli("reencrypt", str(snap), "-c", str(cfg), "--to", str(gcm), "-o", str(out), *names, *aws)
+    rc, *_ = cli("reencrypt", str(snap), "-c", str(cfg), "--to", str(gcm), str(out), *names, *aws)
     assert rc == 0
     rc, text, _ = cli("check", str(out), "-c", str(gcm), "--output", "json")
     report = json.loads(text)
@@ -163,7 +163,7 @@ def test_rewrite_and_extract_through_aws(etcd_server, moto_kms, proxy, tmp_path:
 
     # Onto AWS: one fresh seed wrapped by the AWS key; every object current for the AWS config.
     out2 = tmp_path / "aws.db"
-    rc, *_ = cli("reencrypt", str(snap), "-c", str(cfg), "--to", str(cfg), "-o", str(out2), *names, *aws)
+    rc, *_ = cli("reencrypt", str(snap), "-c", str(cfg), "--to", str(cfg), str(out2), *names, *aws)
     assert rc == 0
     rc, text, _ = cli("check", str(out2), "-c", str(cfg), "--output", "json", *names, *aws)
     report = json.loads(text)

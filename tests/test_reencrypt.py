@@ -85,6 +85,11 @@ def _records(path: Path) -> list:
         return list(snap.records())
 
 
+def _edge_label(key: dict) -> str:
+    """``aescbc/k1`` (or ``identity``) of a summary's structured from/to key."""
+    return key["provider"] if key["name"] is None else f"{key['provider']}/{key['name']}"
+
+
 def _source(case: str, plugin: TestKMSPlugin) -> tuple[Path, Path, list[str]]:
     return snapshot_path(case), config_path(case), kms_flags(case, plugin.endpoint)
 
@@ -124,7 +129,7 @@ def test_round_trip_every_fixture_every_target(
     out = tmp_path / "out.db"
     before = sha256(snap)
     rc, stdout, err = cli(
-        "reencrypt", snap, "-c", old, *read_flags, "--to", target.path, *target.flags, "-o", out, "--format", "json"
+        "reencrypt", snap, "-c", old, *read_flags, "--to", target.path, *target.flags, out, "-o", "json"
     )
     assert rc == 0, err
     assert sha256(snap) == before
@@ -144,7 +149,7 @@ def test_round_trip_every_fixture_every_target(
     assert summary["revisions_rewritten"] == len(want)
     assert summary["records"] == len(ins)
     assert sum(e["revisions"] for e in summary["rewritten"]) == len(want)
-    assert {e["to"].split(" (")[0] for e in summary["rewritten"]} <= {target.to_label}
+    assert {_edge_label(e["to"]) for e in summary["rewritten"]} <= {target.to_label}
     assert summary["bytes_in"] == snap.stat().st_size
     assert summary["bytes_out"] == out.stat().st_size
     assert summary["seconds"] >= 0
@@ -175,7 +180,7 @@ def test_decrypt_every_fixture(
     snap, old, read_flags = _source(case, kms_fixture_plugin)
     out = tmp_path / "plain.db"
     before = sha256(snap)
-    rc, stdout, err = cli("decrypt", str(snap), "-c", str(old), *read_flags, "-o", str(out))
+    rc, stdout, err = cli("decrypt", str(snap), "-c", str(old), *read_flags, str(out))
     assert rc == 0, err
     assert "plaintext" in err and "warning" in err
     assert sha256(snap) == before
@@ -195,7 +200,7 @@ def test_table_summary_names_source_and_target_keys(tmp_path: Path, cli: Cli) ->
     snap = snapshot_path(case)
     target = Target("aesgcm", tmp_path, ["secrets", "configmaps"])
     out = tmp_path / "out.db"
-    rc, stdout, err = cli("reencrypt", snap, "-c", config_path(case), "--to", target.path, "-o", out)
+    rc, stdout, err = cli("reencrypt", snap, "-c", config_path(case), "--to", target.path, out)
     assert rc == 0, err
     n = sum(1 for r in _records(snap) if not r.tombstone and r.key.startswith(_covered_prefixes(case)))
     first, *rest = stdout.splitlines()
@@ -242,7 +247,7 @@ def test_output_restores_and_etcd_serves_it(
     snap, old, read_flags = _source(case, kms_fixture_plugin)
     target = Target(target_kind, tmp_path, _resources(case))
     out = tmp_path / "out.db"
-    rc, _, err = cli("reencrypt", snap, "-c", old, *read_flags, "--to", target.path, *target.flags, "-o", out)
+    rc, _, err = cli("reencrypt", snap, "-c", old, *read_flags, "--to", target.path, *target.flags, out)
     assert rc == 0, err
     st_in, st_out = etcdutl_status(snap, bins=etcd_bins), etcdutl_status(out, bins=etcd_bins)
     assert st_out["revision"] == st_in["revision"]
@@ -347,12 +352,12 @@ def test_every_revision_is_rewritten(history, tmp_path: Path, cli: Cli) -> None:
     snap, old, _ = history
     target = Target("aesgcm", tmp_path, ["secrets"])
     out = tmp_path / "out.db"
-    rc, stdout, err = cli("reencrypt", snap, "-c", old, "--to", target.path, "-o", out, "--format", "json")
+    rc, stdout, err = cli("reencrypt", snap, "-c", old, "--to", target.path, out, "-o", "json")
     assert rc == 0, err
     summary = json.loads(stdout)
     # a x3 (plaintext one too), b x2, gone x2, leased x1
     assert summary["revisions_rewritten"] == 8
-    edges = {(e["from"].split(" (")[0], e["to"].split(" (")[0]): e["revisions"] for e in summary["rewritten"]}
+    edges = {(_edge_label(e["from"]), _edge_label(e["to"])): e["revisions"] for e in summary["rewritten"]}
     assert edges == {
         ("identity", "aesgcm/aesgcm-new"): 1,
         ("secretbox/sb1", "aesgcm/aesgcm-new"): 1,
@@ -380,7 +385,7 @@ def test_latest_only_leaves_history_and_says_so(history, tmp_path: Path, cli: Cl
     target = Target("aesgcm", tmp_path, ["secrets"])
     out = tmp_path / "out.db"
     rc, stdout, err = cli(
-        "reencrypt", snap, "-c", old, "--to", target.path, "-o", out, "--latest-only", "--format", "json"
+        "reencrypt", snap, "-c", old, "--to", target.path, out, "--latest-only", "-o", "json"
     )
     assert rc == 0, err
     assert "--latest-only" in err and "old forms" in err
@@ -412,7 +417,7 @@ def test_unreadable_values_stop_the_run_or_are_skipped(tmp_path: Path, cli: Cli)
     out = tmp_path / "out.db"
     before = sha256(snap)
     secrets = [r for r in _records(snap) if r.key.startswith(b"/registry/secrets/") and not r.tombstone]
-    rc, stdout, err = cli("reencrypt", str(snap), "-c", str(wrong), "--to", str(target.path), "-o", str(out))
+    rc, stdout, err = cli("reencrypt", str(snap), "-c", str(wrong), "--to", str(target.path), str(out))
     assert rc == 1
     assert stdout == ""
     assert len(err.splitlines()) == 1
@@ -422,7 +427,7 @@ def test_unreadable_values_stop_the_run_or_are_skipped(tmp_path: Path, cli: Cli)
     assert leftovers(tmp_path) == []
 
     rc, stdout, err = cli(
-        "reencrypt", snap, "-c", wrong, "--to", target.path, "-o", out, "--skip-unreadable", "--format", "json"
+        "reencrypt", snap, "-c", wrong, "--to", target.path, out, "--skip-unreadable", "-o", "json"
     )
     assert rc == 0, err
     assert "unreadable values were copied unchanged" in err
@@ -496,7 +501,7 @@ def test_rewritten_values_that_do_not_read_back_stop_the_run(
 
     monkeypatch.setattr(cls, "write", faulty)
     out = tmp_path / "out.db"
-    rc, stdout, err = cli("reencrypt", snap, "-c", old, "--to", target.path, *target.flags, "-o", out)
+    rc, stdout, err = cli("reencrypt", snap, "-c", old, "--to", target.path, *target.flags, out)
     assert rc == 2, err
     assert stdout == ""
     n = sum(1 for r in _records(snap) if r.key.startswith(b"/registry/secrets/") and not r.tombstone)
@@ -505,7 +510,7 @@ def test_rewritten_values_that_do_not_read_back_stop_the_run(
     assert leftovers(tmp_path) == []
 
     monkeypatch.setattr(cls, "write", write)  # the same run without the fault verifies
-    rc, _stdout, err = cli("reencrypt", snap, "-c", old, "--to", target.path, *target.flags, "-o", out)
+    rc, _stdout, err = cli("reencrypt", snap, "-c", old, "--to", target.path, *target.flags, out)
     assert rc == 0, err
     assert out.exists()
 
@@ -518,7 +523,7 @@ def test_uncovered_encrypted_values_stop_unless_decrypt_uncovered(tmp_path: Path
     out = tmp_path / "out.db"
     cms = [r for r in _records(snap) if r.key.startswith(b"/registry/configmaps/") and not r.tombstone]
     assert cms and all(r.value.startswith(b"k8s:enc:aescbc:") for r in cms)
-    rc, stdout, err = cli("reencrypt", str(snap), "-c", str(old), "--to", str(target.path), "-o", str(out))
+    rc, stdout, err = cli("reencrypt", str(snap), "-c", str(old), "--to", str(target.path), str(out))
     assert rc == 1
     assert len(err.splitlines()) == 1
     assert f"{len(cms)} encrypted values of resources the new config does not cover: /registry/configmaps/" in err
@@ -527,13 +532,13 @@ def test_uncovered_encrypted_values_stop_unless_decrypt_uncovered(tmp_path: Path
     assert leftovers(tmp_path) == []
 
     rc, stdout, err = cli(
-        "reencrypt", snap, "-c", old, "--to", target.path, "-o", out, "--decrypt-uncovered", "--format", "json"
+        "reencrypt", snap, "-c", old, "--to", target.path, out, "--decrypt-uncovered", "-o", "json"
     )
     assert rc == 0, err
     assert f"warning: {len(cms)} encrypted values" in err and "plaintext" in err
     summary = json.loads(stdout)
     assert len(summary["decrypted_uncovered"]) == len(cms)
-    edges = {(e["from"].split(" (")[0], e["to"].split(" (")[0]): e["revisions"] for e in summary["rewritten"]}
+    edges = {(_edge_label(e["from"]), _edge_label(e["to"])): e["revisions"] for e in summary["rewritten"]}
     assert edges[("aescbc/both1", "identity")] == len(cms)
     out_cms = [r for r in _records(out) if r.key.startswith(b"/registry/configmaps/") and not r.tombstone]
     assert all(r.value.startswith(b"k8s\x00") for r in out_cms)
@@ -549,21 +554,21 @@ def test_refuses_existing_output_and_the_input(tmp_path: Path, cli: Cli) -> None
     out = tmp_path / "out.db"
     out.write_bytes(b"precious")
     base = ["reencrypt", str(src), "-c", str(old), "--to", str(target.path)]
-    rc, _stdout, err = cli(*base, "-o", str(out))
+    rc, _stdout, err = cli(*base, str(out))
     assert rc == 2
     assert "already exists" in err and "--force" in err and len(err.splitlines()) == 1
     assert out.read_bytes() == b"precious"
     before = sha256(src)
     for same in (src, tmp_path / "." / "in.db"):
-        rc, _, err = cli(*base, "-o", str(same), "--force")
+        rc, _, err = cli(*base, str(same), "--force")
         assert rc == 2
         assert "the output is the input" in err
         assert sha256(src) == before
     os.link(src, tmp_path / "hardlink.db")
-    rc, _, err = cli(*base, "-o", str(tmp_path / "hardlink.db"), "--force")
+    rc, _, err = cli(*base, str(tmp_path / "hardlink.db"), "--force")
     assert rc == 2 and "the output is the input" in err
     assert sha256(src) == before
-    rc, _, err = cli(*base, "-o", str(out), "--force")
+    rc, _, err = cli(*base, str(out), "--force")
     assert rc == 0, err
     assert out.stat().st_mode & 0o777 == 0o600
     assert out.read_bytes() != b"precious"
@@ -579,7 +584,7 @@ def test_kms_plugin_down_is_exit_4_and_writes_nothing(tmp_path: Path, cli: Cli) 
     with short_dir() as d:
         dead = f"unix://{d / 'nobody.sock'}"
         # Reading: the fixture's plugin is not there.
-        rc, _, err = cli("reencrypt", snap, "-c", old, "--kms", f"testkms={dead}", "--to", target.path, "-o", out)
+        rc, _, err = cli("reencrypt", snap, "-c", old, "--kms", f"testkms={dead}", "--to", target.path, out)
         assert rc == 4, err
         assert len(err.splitlines()) == 1
         assert not out.exists()
@@ -587,7 +592,7 @@ def test_kms_plugin_down_is_exit_4_and_writes_nothing(tmp_path: Path, cli: Cli) 
         # Writing: the new config's KMS cannot wrap the new seed.
         new = write_config(tmp_path / "new-kms-dead.json", rule(["secrets"], kms("deadkms", dead, timeout="1s")))
         rc, _stdout, err = cli(
-            "reencrypt", snapshot_path("b-aescbc"), "-c", config_path("b-aescbc"), "--to", new, "-o", out
+            "reencrypt", snapshot_path("b-aescbc"), "-c", config_path("b-aescbc"), "--to", new, out
         )
         assert rc == 4, err
         assert len(err.splitlines()) == 1
@@ -626,7 +631,7 @@ def big_snapshot(etcd_bins, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 
 def _spawn(snap: Path, old: Path, new: Path, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [*SNAPSHOT_TOOLS, "reencrypt", str(snap), "-c", str(old), "--to", str(new), "-o", str(out)],
+        [*SNAPSHOT_TOOLS, "reencrypt", str(snap), "-c", str(old), "--to", str(new), str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
@@ -707,7 +712,7 @@ def test_old_ciphertexts_in_free_pages_are_not_copied(
     old = write_config(tmp_path / "old.json", rule(["secrets"], static("aesgcm", ("g1", b"\x33" * 16))))
     target = Target("secretbox", tmp_path, ["secrets"])
     out = tmp_path / "out.db"
-    rc, _, err = cli("reencrypt", str(snap), "-c", str(old), "--to", str(target.path), "-o", str(out))
+    rc, _, err = cli("reencrypt", str(snap), "-c", str(old), "--to", str(target.path), str(out))
     assert rc == 0, err
     raw_out = out.read_bytes()
     assert [p for p in pieces if p in raw_out] == []

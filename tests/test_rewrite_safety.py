@@ -74,7 +74,7 @@ def test_force_never_replaces_a_node_that_is_not_a_regular_file(
     out = work / "out.db"
     ident = make_node(kind, out)
     before = ident()
-    rc, stdout, err = cli(*_command(command, example), "-o", str(out), "--force")
+    rc, stdout, err = cli(*_command(command, example), str(out), "--force")
     assert rc == 2, err
     assert "not a regular file" in _one_error_line(err)
     assert stdout == ""
@@ -113,7 +113,7 @@ def test_output_equal_to_an_input_is_refused(
         out = example / "soft.db"
         out.symlink_to(example / "etcd-snapshot.db")
     before = _inputs(example, [])
-    rc, _, err = cli(*args, "-o", str(out), "--force")
+    rc, _, err = cli(*args, str(out), "--force")
     assert rc == 2, err
     assert "the output is the input" in _one_error_line(err)
     assert _inputs(example, []) == before
@@ -123,7 +123,7 @@ def test_output_equal_to_the_to_config_is_refused(example: Path, cli: Cli) -> No
     new = example / "after-rotation.yaml"
     before = _inputs(example, [])
     for force in ([], ["--force"]):
-        rc, _, err = cli(*_command("reencrypt", example), "-o", str(new), *force)
+        rc, _, err = cli(*_command("reencrypt", example), str(new), *force)
         assert rc == 2, err
         assert "the output is the input" in _one_error_line(err)
         assert _inputs(example, []) == before
@@ -131,7 +131,7 @@ def test_output_equal_to_the_to_config_is_refused(example: Path, cli: Cli) -> No
     (example / "new-link.yaml").symlink_to(new)
     args = _command("reencrypt", example)
     args[args.index("--to") + 1] = str(example / "new-link.yaml")
-    rc, _, err = cli(*args, "-o", str(new), "--force")
+    rc, _, err = cli(*args, str(new), "--force")
     assert rc == 2 and "the output is the input" in _one_error_line(err)
     assert _inputs(example, []) == before
 
@@ -142,12 +142,12 @@ def test_output_equal_to_a_keyring_is_refused(example: Path, tmp_path: Path, cli
     args = [*_command("reencrypt", example), *target.flags]
     args[args.index("--to") + 1] = str(target.path)
     before = _inputs(example, [keyring, target.path])
-    rc, _, err = cli(*args, "-o", str(keyring), "--force")
+    rc, _, err = cli(*args, str(keyring), "--force")
     assert rc == 2, err
     assert "the output is the input" in _one_error_line(err)
     assert _inputs(example, [keyring, target.path]) == before
     # The same run with a free output works (the refusal was about the path, nothing else).
-    rc, _, err = cli(*args, "-o", str(tmp_path / "out.db"))
+    rc, _, err = cli(*args, str(tmp_path / "out.db"))
     assert rc == 0, err
 
 
@@ -189,7 +189,7 @@ def test_signal_during_decrypt_removes_the_plaintext_temp_file(
     config = EXAMPLE_CONFIG
     out = tmp_path / "out.db"
     child = subprocess.Popen(
-        [*SNAPSHOT_TOOLS, "decrypt", str(big_snapshot), "-c", str(config), "-o", str(out)],
+        [*SNAPSHOT_TOOLS, "decrypt", str(big_snapshot), "-c", str(config), str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
@@ -221,7 +221,7 @@ def test_signal_after_the_output_is_published_says_so(example: Path, tmp_path: P
     out = tmp_path / "out.db"
     out.write_bytes(b"old output")  # replaced with --force: a new file at OUT
     child = subprocess.run(
-        [sys.executable, "-c", _SIGNAL_AFTER_PUBLISH, *_command("decrypt", example), "-o", str(out), "--force"],
+        [sys.executable, "-c", _SIGNAL_AFTER_PUBLISH, *_command("decrypt", example), str(out), "--force"],
         capture_output=True,
         cwd=ROOT,
         timeout=60,

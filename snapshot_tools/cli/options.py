@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from kms_plugin.api import AwsSettings
 
 SnapshotArg = Annotated[
-    Path, typer.Argument(help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy; only read.")
+    Path,
+    typer.Argument(
+        metavar="SNAPSHOT", help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy; only read."
+    ),
 ]
 ConfigOpt = Annotated[
     list[str],
@@ -37,6 +40,14 @@ KeyringOpt = Annotated[
     typer.Option("--keyring", help="NAME=FILE: KMS provider NAME's data keys from a kms-plugin keyring file."),
 ]
 PrefixOpt = Annotated[str, typer.Option("--etcd-prefix", help="kube-apiserver --etcd-prefix.")]
+SkipHashCheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-hash-check",
+        help="Read a snapshot whose SHA-256 trailer is missing or wrong (a raw member/snap/db copy), "
+        "as etcdutl snapshot restore --skip-hash-check does. Without it such a snapshot fails (exit 3).",
+    ),
+]
 
 AwsKmsOpt = Annotated[
     list[str] | None,

@@ -25,6 +25,7 @@ from snapshot_tools.cli.options import (
     KeyringOpt,
     KmsOpt,
     PrefixOpt,
+    SkipHashCheckOpt,
     SnapshotArg,
     key_access,
 )
@@ -32,7 +33,9 @@ from snapshot_tools.cli.output import OutputFormat, diagnostic, printable, rende
 from snapshot_tools.errors import Interrupted
 from snapshot_tools.reencrypt import RewriteOptions, RewriteSummary, run_rewrite
 
-OutOpt = Annotated[Path, typer.Option("--output-file", "-o", help="Where to write the new snapshot (mode 0600).")]
+OutArg = Annotated[
+    Path, typer.Argument(metavar="OUT", help="Where to write the new snapshot (mode 0600); never the input.")
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
 LatestOpt = Annotated[
     bool,
@@ -44,7 +47,7 @@ SkipOpt = Annotated[
         "--skip-unreadable", help="Copy values nothing can read unchanged (and list them) instead of stopping."
     ),
 ]
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", help="Summary as table or json.")]
+OutputOpt = Annotated[OutputFormat, typer.Option("--output", "-o", help="The summary as table or json.")]
 
 
 @app.command()
@@ -54,7 +57,7 @@ def reencrypt(
     to: Annotated[
         Path, typer.Option("--to", help="The new EncryptionConfiguration: its write provider/key is the target.")
     ],
-    output_file: OutOpt,
+    output_file: OutArg,
     force: ForceOpt = False,
     latest_only: LatestOpt = False,
     kms: KmsOpt = None,
@@ -71,7 +74,8 @@ def reencrypt(
     ] = False,
     skip_unreadable: SkipOpt = False,
     etcd_prefix: PrefixOpt = "/registry",
-    fmt: FormatOpt = OutputFormat.table,
+    skip_hash_check: SkipHashCheckOpt = False,
+    output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Re-encrypt every stored revision under the write key of --to, offline, into a new snapshot.
 
@@ -92,8 +96,9 @@ def reencrypt(
             decrypt_uncovered=decrypt_uncovered,
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
+            skip_hash_check=skip_hash_check,
         ),
-        fmt,
+        output,
     )
 
 
@@ -101,7 +106,7 @@ def reencrypt(
 def decrypt(
     snapshot: SnapshotArg,
     config: ConfigOpt,
-    output_file: OutOpt,
+    output_file: OutArg,
     force: ForceOpt = False,
     latest_only: LatestOpt = False,
     kms: KmsOpt = None,
@@ -112,7 +117,8 @@ def decrypt(
     aws_encryption_context: AwsContextOpt = "",
     skip_unreadable: SkipOpt = False,
     etcd_prefix: PrefixOpt = "/registry",
-    fmt: FormatOpt = OutputFormat.table,
+    skip_hash_check: SkipHashCheckOpt = False,
+    output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Write a plaintext copy of the snapshot (for a migration): every encrypted value decrypted.
 
@@ -128,8 +134,9 @@ def decrypt(
             access=key_access(config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
+            skip_hash_check=skip_hash_check,
         ),
-        fmt,
+        output,
     )
 
 
@@ -178,7 +185,7 @@ def _run(opts: RewriteOptions, fmt: OutputFormat) -> None:
 
 
 def render_summary(s: RewriteSummary) -> str:
-    rows = [[src, dst, str(n)] for (src, dst), n in sorted(s.transitions.items())]
+    rows = [[src.label(), dst.label(), str(n)] for (src, dst), n in s.edges()]
     lines = [
         (
             f"wrote {s.output}: {s.revisions_rewritten} revisions rewritten of {s.records} records, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -13,6 +14,8 @@ from kms_plugin.cli_runner import printable
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
+    from snapshot_tools.unwrap import KmsProblem
+
 
 class OutputFormat(enum.StrEnum):
     """``--output`` choices."""
@@ -21,7 +24,15 @@ class OutputFormat(enum.StrEnum):
     json = "json"
 
 
-__all__ = ["TRAILER_MISMATCH", "OutputFormat", "diagnostic", "printable", "progress_reporter", "render_table"]
+__all__ = [
+    "TRAILER_MISMATCH",
+    "OutputFormat",
+    "diagnostic",
+    "kms_diagnostics",
+    "printable",
+    "progress_reporter",
+    "render_table",
+]
 
 TRAILER_MISMATCH = "warning: the snapshot's SHA-256 trailer does not match its contents"
 
@@ -29,6 +40,16 @@ TRAILER_MISMATCH = "warning: the snapshot's SHA-256 trailer does not match its c
 def diagnostic(message: str) -> None:
     """One line on stderr, after the program name (data goes to stdout, never this)."""
     print(f"snapshot-tools: {message}", file=sys.stderr)
+
+
+def kms_diagnostics(problems: Sequence[KmsProblem], unavailable: bool, consequence: str) -> None:
+    """One stderr line per KMS endpoint that did not answer, and why; ``K8S_AT_REST_DEBUG=1``
+    adds the gRPC status code and details. The generic line only when no endpoint was named."""
+    debug = bool(os.environ.get("K8S_AT_REST_DEBUG"))
+    for problem in problems:
+        diagnostic(f"warning: {printable(problem.describe(debug))}; {consequence}")
+    if unavailable and not problems:
+        diagnostic(f"warning: a KMS plugin could not be reached; {consequence}")
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

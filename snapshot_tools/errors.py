@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "Error",
     "InputError",
+    "IntegrityError",
     "Interrupted",
     "InvalidCiphertext",
     "KMSUnavailable",
@@ -77,6 +78,13 @@ class SnapshotError(InputError):
             where.append(f"offset {offset}")
         prefix = f"at {', '.join(where)}: " if where else ""
         super().__init__(f"damaged snapshot: {prefix}{reason}")
+
+
+class IntegrityError(InputError):
+    """A snapshot ``etcdutl snapshot restore`` would refuse: SHA-256 trailer missing or wrong.
+
+    Exit 3 like any unusable input; ``--skip-hash-check`` (etcdutl's flag) reads it anyway.
+    """
 
 
 class OutputError(Error):
@@ -141,7 +149,7 @@ EXIT_CODES: dict[type[Exception], int] = {
     UsageError: EXIT_USAGE,
     ConfigError: EXIT_USAGE,
     OutputError: EXIT_USAGE,
-    InputError: EXIT_INPUT,  # SnapshotError too
+    InputError: EXIT_INPUT,  # SnapshotError and IntegrityError too
     KMSUnavailable: EXIT_KMS,
     Error: EXIT_FINDINGS,  # RewriteRefused, InvalidCiphertext, MalformedValue
 }

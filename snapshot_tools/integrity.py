@@ -1,0 +1,60 @@
+"""Snapshot integrity as part of the verdict: would ``etcdutl snapshot restore`` take this file?
+
+etcdutl refuses a snapshot whose SHA-256 trailer is missing (a raw ``member/snap/db`` copy) or
+does not match its contents, unless told ``--skip-hash-check``. A gate that passes a snapshot
+the restore would refuse is worse than none, so ``check`` fails such a snapshot (exit 3, after
+its report) and ``extract``/``reencrypt``/``decrypt`` refuse it before any work: they must not
+write anything from a file etcd would not restore. The same flag lets all four read it anyway.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from snapshot_tools.errors import IntegrityError
+from snapshot_tools.sources import open_source
+
+__all__ = ["SKIP_FLAG", "Integrity", "judge_integrity", "require_integrity"]
+
+SKIP_FLAG = "--skip-hash-check"  # etcdutl snapshot restore's own flag name
+
+# Trailer state (Snapshot.trailer) -> why etcdutl snapshot restore refuses it.
+_REASONS = {
+    "missing": "no SHA-256 trailer (a raw member/snap/db copy?): etcdutl snapshot restore refuses it",
+    "mismatch": "the SHA-256 trailer does not match the contents: etcdutl snapshot restore refuses it",
+}
+
+
+class Integrity(NamedTuple):
+    """``passed``, ``failed`` or ``skipped`` (failed, but ``--skip-hash-check`` was given), and
+    why when not passed."""
+
+    status: str
+    reason: str | None = None
+
+
+def judge_integrity(trailer: str, *, skip: bool) -> Integrity:
+    """The integrity verdict of a snapshot whose trailer state is ``trailer``
+    (``valid``, ``missing`` or ``mismatch``)."""
+    reason = _REASONS.get(trailer)
+    if reason is None:
+        return Integrity("passed")
+    return Integrity("skipped" if skip else "failed", reason)
+
+
+def refusal(path: str, reason: str) -> str:
+    """The one line a command prints when it refuses a snapshot for its integrity."""
+    return f"{path}: {reason}; pass {SKIP_FLAG} to read it anyway"
+
+
+def require_integrity(path: str) -> None:
+    """Hash the snapshot at ``path``; raise unless etcdutl would restore it.
+
+    Raises:
+        IntegrityError: the trailer is missing or mismatched (exit 3).
+        InputError/SnapshotError: a missing, unreadable or damaged snapshot.
+    """
+    with open_source(path) as source:
+        verdict = judge_integrity(source.integrity(), skip=False)
+    if verdict.reason is not None:
+        raise IntegrityError(refusal(path, verdict.reason))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from snapshot_tools import objects
-from snapshot_tools.errors import InvalidCiphertext, KMSUnavailable, MalformedValue
+from snapshot_tools.errors import Error, InvalidCiphertext, KMSUnavailable, MalformedValue
 from snapshot_tools.providers import kmsv1, kmsv2
 from snapshot_tools.providers.registry import ENCRYPTED_PREFIX, FORMATS
 from snapshot_tools.verdict import (
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from snapshot_tools.providers.registry import Format, StaticProvider
     from snapshot_tools.unwrap import Unwrapper
 
-__all__ = ["KeyUse", "KmsReader", "Reader", "Resolution", "StaticReader"]
+__all__ = ["KeyUse", "KmsIds", "KmsReader", "Reader", "Resolution", "StaticReader"]
 
 # Unwrapped KMS v2 sources remembered by the reader (the unwrapper keeps its own cache).
 _SOURCE_CACHE_LIMIT = 1024
@@ -55,6 +55,15 @@ class KeyUse(NamedTuple):
     fingerprint: str
 
 
+class KmsIds(NamedTuple):
+    """The key_ids of a KMS v2 value: the one stored with it, the one the KMS writes with now
+    (None: unknown), and the keyring KEK id behind the stored one (``--keyring`` only)."""
+
+    stored: str
+    current: str | None
+    kek: str | None = None
+
+
 @dataclass(slots=True)
 class Resolution:
     """What one stored value turned out to be."""
@@ -66,6 +75,8 @@ class Resolution:
     reason: str | None = None
     plaintext_flag: bool = False
     plaintext: bytes | None = field(default=None, repr=False)
+    kms_ids: KmsIds | None = None  # KMS v2 values: stored and current key_id
+    decrypts_with: StaticKey | None = None  # unreadable: a key under another name that reads it
 
     @classmethod
     def judged(
@@ -86,7 +97,15 @@ class Resolution:
     def with_plaintext(self, plaintext: bytes) -> Resolution:
         """A copy that carries ``plaintext`` (shared results never do)."""
         return Resolution(
-            self.verdict, self.provider, self.key_name, self.key, self.reason, self.plaintext_flag, plaintext
+            self.verdict,
+            self.provider,
+            self.key_name,
+            self.key,
+            self.reason,
+            self.plaintext_flag,
+            plaintext,
+            self.kms_ids,
+            self.decrypts_with,
         )
 
 
@@ -139,6 +158,9 @@ class StaticReader:
         self._ordered: dict[tuple[str, str], tuple[_Candidate, ...]] = {}
         self._candidates: dict[tuple[str, str], list[_Candidate]] = {}
         self.last: _LastRead | None = None
+        # (provider, stored name) -> keys of other names that read such a value: searched in
+        # full once per stored name, then only these are tried (unreadable values only).
+        self._renamed: dict[tuple[str, str], list[StaticKey]] = {}
 
     def _names_of(self, provider: str) -> list[tuple[bytes, str]]:
         names = self._names.get(provider)
@@ -211,9 +233,52 @@ class StaticReader:
                 return shared.with_plaintext(plaintext) if self.keep_plaintext else shared
         if first is None:
             guess = _name_guess(value[skip:])
-            return Resolution.unreadable("no-such-key" if guess is not None else "corrupt", provider.name, guess)
+            if guess is None:
+                return Resolution.unreadable("corrupt", provider.name, guess)
+            res = Resolution.unreadable("no-such-key", provider.name, guess)
+            body = view[value.index(b":", skip) + 1 :]  # after the stored name, in bytes
+            res.decrypts_with = self._other_name(provider, guess, body, etcd_key)
+            return res
         reason = "corrupt" if tried and malformed == tried else "wrong-key"
-        return Resolution.unreadable(reason, provider.name, first)
+        res = Resolution.unreadable(reason, provider.name, first)
+        if reason == "wrong-key":
+            body = view[skip + len(first.encode()) + 1 :]
+            res.decrypts_with = self._other_name(provider, first, body, etcd_key)
+        return res
+
+    def _other_name(
+        self, provider: StaticProvider, stored: str, body: memoryview, etcd_key: bytes
+    ) -> StaticKey | None:
+        """A key of ``provider`` under a name other than ``stored`` that decrypts ``body`` (a
+        renamed key, K3s-style ``aescbckey`` vs ``aescbckey-<timestamp>``), or None.
+
+        Only for values no key of their stored name reads. Bounded: the first such value of a
+        stored name is tried against every other key once; later ones only against the keys
+        that worked for that name before.
+        """
+        slot = (provider.name, stored)
+        found = self._renamed.get(slot)
+        if found is None:
+            tries = [
+                k
+                for n in self.keyset.static_names(provider.name)
+                if n != stored
+                for k in self.keyset.static_candidates(provider.name, n)
+            ]
+            found = self._renamed[slot] = []
+        else:
+            tries = found
+        for key in tries:
+            try:
+                plaintext = provider.decrypt(key.secret, body, etcd_key)
+            except (InvalidCiphertext, MalformedValue):
+                continue
+            if not provider.authenticated and not objects.is_kubernetes_object(plaintext):
+                continue
+            if key not in found:
+                found.append(key)
+            return key
+        return None
 
 
 class KmsReader:
@@ -228,7 +293,8 @@ class KmsReader:
         self.keep_plaintext = keep_plaintext
         self._name_prefixes: dict[str, list[tuple[bytes, str]]] = {}  # version -> (b"name:", name)
         self._providers: dict[tuple[str, str], tuple[KMSProvider | None, KeyUse]] = {}
-        self._judged: dict[tuple[Coverage, str, str, bool], Resolution] = {}
+        self._judged: dict[tuple[Coverage, str, str, bool, str | None], Resolution] = {}
+        self._ids: dict[tuple[str, str], KmsIds] = {}  # (name, stored key_id)
         self._current_key_ids: dict[str, str | None] = {}
         self._sources: dict[tuple[str, bytes, str, tuple[tuple[str, bytes], ...]], bytes] = {}
 
@@ -276,25 +342,55 @@ class KmsReader:
         unwrapper = self.unwrappers.get(name)
         if unwrapper is None:
             return Resolution.unreadable("kms-unavailable", form, name, provider)
+        key_id: str | None = None
         try:
             if version == "v1":
                 plaintext, stale_form = self._read_v1(unwrapper, payload, etcd_key)
             else:
-                plaintext, stale_form = self._read_v2(unwrapper, name, payload, etcd_key)
+                obj = kmsv2.parse(payload)
+                key_id = obj.key_id
+                plaintext, stale_form = self._read_v2(unwrapper, name, obj, etcd_key)
         except MalformedValue:
             return Resolution.unreadable("corrupt", form, name, provider)
         except InvalidCiphertext:
-            return Resolution.unreadable("wrong-key", form, name, provider)
+            res = Resolution.unreadable("wrong-key", form, name, provider)
+            if key_id is not None:
+                res.kms_ids = self._kms_ids(unwrapper, name, key_id)
+            return res
         except KMSUnavailable:
-            return Resolution.unreadable("kms-unavailable", form, name, provider)
+            res = Resolution.unreadable("kms-unavailable", form, name, provider)
+            if key_id is not None:
+                res.kms_ids = KmsIds(key_id, None)
+            return res
         self.key_use[use] = self.key_use.get(use, 0) + 1
-        slot = (cov, version, name, stale_form)
+        # The stored key_id is part of the slot: it varies only across seeds, so sharing holds.
+        slot = (cov, version, name, stale_form, key_id)
         shared = self._judged.get(slot)
         if shared is None:
             shared = self._judged[slot] = Resolution.judged(
                 judge_kms(cov, version, name, stale_form=stale_form), form, name, provider
             )
+            if key_id is not None:
+                shared.kms_ids = self._kms_ids(unwrapper, name, key_id)
         return shared.with_plaintext(plaintext) if self.keep_plaintext else shared
+
+    def _kms_ids(self, unwrapper: Unwrapper, name: str, key_id: str) -> KmsIds:
+        """Stored and current key_id (and the keyring KEK), once per (provider, stored key_id)."""
+        ids = self._ids.get((name, key_id))
+        if ids is None:
+            try:
+                current = self._current_key_id(unwrapper, name)
+            except Error:
+                current = None
+            find_kek = getattr(unwrapper, "kek_id", None)
+            kek = find_kek(key_id) if find_kek is not None else None
+            ids = self._ids[(name, key_id)] = KmsIds(key_id, current, kek)
+        return ids
+
+    def _current_key_id(self, unwrapper: Unwrapper, name: str) -> str | None:
+        if name not in self._current_key_ids:
+            self._current_key_ids[name] = unwrapper.current_key_id()
+        return self._current_key_ids[name]
 
     def _read_v1(self, unwrapper: Unwrapper, payload: bytes, etcd_key: bytes) -> tuple[bytes, bool]:
         encrypted_dek, data = kmsv1.split(payload)
@@ -304,8 +400,9 @@ class KmsReader:
             raise InvalidCiphertext("not a Kubernetes object")
         return plaintext, mode != "gcm"
 
-    def _read_v2(self, unwrapper: Unwrapper, name: str, payload: bytes, etcd_key: bytes) -> tuple[bytes, bool]:
-        obj = kmsv2.parse(payload)
+    def _read_v2(
+        self, unwrapper: Unwrapper, name: str, obj: kmsv2.EncryptedObject, etcd_key: bytes
+    ) -> tuple[bytes, bool]:
         # Every object of a seed shares its DEK source: remember the unwrapper's answers here
         # too, which saves its locking per object (it still sees each source once).
         annotations = tuple(sorted(obj.annotations.items())) if obj.annotations else ()
@@ -317,9 +414,7 @@ class KmsReader:
                 self._sources.clear()
             self._sources[ident] = source
         plaintext = kmsv2.decrypt(obj, source, etcd_key)
-        if name not in self._current_key_ids:
-            self._current_key_ids[name] = unwrapper.current_key_id()
-        current_id = self._current_key_ids[name]
+        current_id = self._current_key_id(unwrapper, name)
         stale = current_id is None or obj.key_id != current_id or obj.dek_source_type != 1
         return plaintext, stale
 

@@ -1,6 +1,7 @@
 """Ground truth on disk: the real-apiserver fixtures, the shipped example and the golden vectors.
 
-Fixtures: ``../shared/fixtures/apiserver-v1.36/<case>/`` written by kube-apiserver v1.36.2 against
+Fixtures: ``tests/fixtures/apiserver-v1.36/<case>/`` (a copy of ``../shared/fixtures``, so that a
+clone tests on its own) written by kube-apiserver v1.36.2 against
 etcd 3.5.1, one case per provider (see its README): ``etcd-snapshot.db``,
 ``encryption-config.yaml``, ``manifest.json`` (inventory, keys, objects as written) and, for
 ``g-kmsv2``, the test plugin's KEK. The helpers below compare what ``extract`` writes with a
@@ -15,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "apiserver-v1.36"
+FIXTURES = ROOT / "tests" / "fixtures" / "apiserver-v1.36"
 FIXTURE_CASES = sorted(p.name for p in FIXTURES.iterdir() if p.is_dir()) if FIXTURES.is_dir() else []
 KMS_CASE = "g-kmsv2"  # the one case read through a KMS plugin (name "testkms" in its config)
 

@@ -36,8 +36,10 @@ def _run(cmd: str) -> subprocess.CompletedProcess[str]:
 def test_quick_start_has_exactly_two_commands_and_the_first_works() -> None:
     cmds = _commands(_block_after("## Quick start"))
     assert len(cmds) == 2
-    install, main_job = cmds[0].split(" && ")
-    assert install.startswith("pip install .")
+    venv, activate, install, main_job = cmds[0].split(" && ")
+    assert venv == "python3 -m venv .venv" and activate == ". .venv/bin/activate"
+    assert install == "pip install ."
+    assert cmds[1].startswith(f"{venv} && {activate} && pip install '.[test]'")
     proc = _run(main_job)
     assert proc.returncode == 0, proc.stderr
     assert "trailer     valid" in proc.stdout

@@ -64,9 +64,13 @@ class KmsIds(NamedTuple):
     kek: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Resolution:
-    """What one stored value turned out to be."""
+    """What one stored value turned out to be.
+
+    Compared and hashed by identity: equal judgements are shared objects, and the report counts
+    and renders each shared object once.
+    """
 
     verdict: str
     provider: str

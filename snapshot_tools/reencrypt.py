@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from snapshot_tools.config import EncryptionConfig, ProviderEntry, StaticKey
+    from snapshot_tools.config_model import KMSProvider
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.providers import StaticProvider
     from snapshot_tools.readers import Resolution
@@ -271,10 +272,10 @@ class _Labels:
     """Summary labels of source keys, built once per key (fingerprints are SHA-256s)."""
 
     def __init__(self) -> None:
-        self._labels: dict[tuple[str, str | None, int], KeyRef] = {}
+        self._labels: dict[tuple[str, str | None, StaticKey | KMSProvider | None], KeyRef] = {}
 
     def __call__(self, res: Resolution) -> KeyRef:
-        slot = (res.provider, res.key_name, id(res.key))
+        slot = (res.provider, res.key_name, res.key)
         label = self._labels.get(slot)
         if label is None:
             label = self._labels[slot] = _source_label(res)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from snapshot_tools.integrity import judge_integrity
 from snapshot_tools.keysets import load_keyset
 from snapshot_tools.readers import Reader
 from snapshot_tools.report import CheckReport, Row
@@ -32,6 +33,7 @@ class CheckOptions:
     all_revisions: bool = False
     resources: Sequence[str] = ()
     etcd_prefix: str = "/registry"
+    skip_hash_check: bool = False  # etcdutl's flag: a missing/mismatched trailer does not fail
 
 
 def run_check(
@@ -58,7 +60,7 @@ def _check(
     with open_source(opts.snapshot) as source:
         source.start_integrity()
         done = 0
-        for rec, latest in judged_records(source, all_revisions=opts.all_revisions):
+        for rec, latest, deleted in judged_records(source, all_revisions=opts.all_revisions):
             done += 1
             if progress is not None and done % 4096 == 0:
                 progress(done)
@@ -70,6 +72,16 @@ def _check(
                 report.uncovered_plaintext += 1
                 continue
             add(new_row(Row, (key, base, name, rec.mod_revision, resolve(key, value, gr), latest)))
-        report.snapshot = {"path": source.name, "revision": source.revision, "trailer": source.integrity()}
+            if deleted:
+                report.deleted.add(key)
+        trailer = source.integrity()
+        integrity = judge_integrity(trailer, skip=opts.skip_hash_check)
+        report.snapshot = {
+            "path": source.name,
+            "revision": source.revision,
+            "trailer": trailer,
+            "integrity": integrity.status,
+            "integrity_reason": integrity.reason,
+        }
     report.finish(reader)
     return report

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from snapshot_tools.errors import EXIT_FINDINGS, EXIT_KMS, EXIT_OK, UsageError
+from snapshot_tools.errors import EXIT_FINDINGS, EXIT_INPUT, EXIT_KMS, EXIT_OK, UsageError
 from snapshot_tools.readers import KeyUse
-from snapshot_tools.verdict import VERDICTS
+from snapshot_tools.verdict import VERDICTS, plaintext_writes
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterator
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from snapshot_tools.readers import Reader, Resolution
     from snapshot_tools.resources import ObjectBase
 
-FAIL_ON_CHOICES = ("unreadable", "retired", "stale", "plaintext")
+FAIL_ON_CHOICES = ("unreadable", "retired", "stale", "plaintext", "unencrypted")
 DEFAULT_FAIL_ON = "unreadable,retired"
 
 
@@ -71,9 +71,10 @@ class ObjectResult:
     reason: str | None
     plaintext: bool
     latest: bool | None = None
+    deleted: bool | None = None  # only with --all-revisions: the key's newest revision is a tombstone
 
     @classmethod
-    def from_row(cls, row: Row) -> ObjectResult:
+    def from_row(cls, row: Row, deleted: bool | None = None) -> ObjectResult:
         ekey, base, name, revision, res, latest = row
         key = res.key
         resource, group, namespace = base if base is not None else (None, None, None)
@@ -92,6 +93,7 @@ class ObjectResult:
             reason=res.reason,
             plaintext=res.plaintext_flag,
             latest=latest,
+            deleted=deleted,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -112,6 +114,8 @@ class ObjectResult:
         }
         if self.latest is not None:
             out["latest"] = self.latest
+        if self.deleted is not None:
+            out["deleted"] = self.deleted
         return out
 
 
@@ -123,6 +127,7 @@ class _Tally(NamedTuple):
     counts: dict[str, int]  # per verdict
     reasons: dict[str, int]  # unreadable per reason
     plaintext: int
+    unencrypted: int  # stored without encryption (identity), whatever the configs say
 
 
 @dataclass
@@ -138,12 +143,19 @@ class CheckReport:
     keys: list[dict[str, Any]] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     uncovered_plaintext: int = 0
+    deleted: set[bytes] = field(default_factory=set)  # --all-revisions: keys whose newest revision is a tombstone
+    # Resource selectors of the current config whose write provider is identity.
+    plaintext_writes: list[str] = field(default_factory=list)
     _keyset: KeySet | None = None
     _tally: _Tally | None = field(default=None, repr=False)
 
     @classmethod
     def begin(cls, keyset: KeySet) -> CheckReport:
-        return cls(configs=[{"path": c.path} for c in keyset.configs], _keyset=keyset)
+        return cls(
+            configs=[{"path": c.path} for c in keyset.configs],
+            plaintext_writes=plaintext_writes(keyset.configs[0]) if keyset.configs else [],
+            _keyset=keyset,
+        )
 
     def _counted(self) -> _Tally:
         # Counted from the rows when asked, not per add: many rows share one Resolution.
@@ -154,7 +166,7 @@ class CheckReport:
             shared = {id(res): res for res in results}
             counts = dict.fromkeys(VERDICTS, 0)
             reasons: dict[str, int] = {}
-            plaintext = 0
+            plaintext = unencrypted = 0
             for rid, n in per_result.items():
                 res = shared[rid]
                 counts[res.verdict] += n
@@ -162,7 +174,9 @@ class CheckReport:
                     reasons[res.reason] = reasons.get(res.reason, 0) + n
                 if res.plaintext_flag:
                     plaintext += n
-            tally = self._tally = _Tally(len(self.rows), counts, reasons, plaintext)
+                if res.provider == "identity":
+                    unencrypted += n
+            tally = self._tally = _Tally(len(self.rows), counts, reasons, plaintext, unencrypted)
         return tally
 
     @property
@@ -181,14 +195,24 @@ class CheckReport:
         return self._counted().plaintext
 
     @property
+    def unencrypted(self) -> int:
+        """Values stored without encryption, judged or only counted (``--fail-on unencrypted``)."""
+        return self._counted().unencrypted + self.uncovered_plaintext
+
+    @property
     def objects(self) -> list[ObjectResult]:
         """Every judged value as an :class:`ObjectResult` (built on each access)."""
-        return [ObjectResult.from_row(r) for r in self.rows]
+        return [ObjectResult.from_row(r, self.is_deleted(r)) for r in self.rows]
+
+    def is_deleted(self, row: Row) -> bool | None:
+        """Whether ``row``'s key is deleted (``None`` without --all-revisions)."""
+        latest = row.latest
+        return None if latest is None else (not latest and row.key in self.deleted)
 
     def objects_where(self, verdicts: Collection[str], plaintext: bool = False) -> list[ObjectResult]:
         """The objects with one of ``verdicts`` (and, with ``plaintext``, the plaintext ones)."""
         return [
-            ObjectResult.from_row(r)
+            ObjectResult.from_row(r, self.is_deleted(r))
             for r in self.rows
             if r.result.verdict in verdicts or (plaintext and r.result.plaintext_flag)
         ]
@@ -209,16 +233,31 @@ class CheckReport:
             "plaintext": self.plaintext,
             "reasons": dict(sorted(self.reasons.items())),
             "uncovered_plaintext": self.uncovered_plaintext,
+            "unencrypted": self.unencrypted,
         }
 
+    @property
+    def integrity_failed(self) -> bool:
+        """The snapshot would not restore (trailer missing or wrong, no --skip-hash-check)."""
+        return self.snapshot.get("integrity") == "failed"
+
     def exit_code(self, fail_on: frozenset[str]) -> int:
-        """4 when a KMS needed for the verdicts was unreachable (they are incomplete), else 1/0."""
+        """3 when the snapshot would not restore, 4 when a KMS needed for the verdicts was
+        unreachable (they are incomplete), else 1/0.
+
+        Integrity first: a snapshot etcdutl refuses fails whatever its values say, and it is the
+        code extract/reencrypt/decrypt give the same file (they refuse it before asking a KMS).
+        """
+        if self.integrity_failed:
+            return EXIT_INPUT
         if self.kms_unavailable:
             return EXIT_KMS
         for verdict in ("unreadable", "retired", "stale"):
             if verdict in fail_on and self.counts[verdict]:
                 return EXIT_FINDINGS
         if "plaintext" in fail_on and self.plaintext:
+            return EXIT_FINDINGS
+        if "unencrypted" in fail_on and self.unencrypted:
             return EXIT_FINDINGS
         return EXIT_OK
 
@@ -227,6 +266,7 @@ class CheckReport:
             "snapshot": self.snapshot,
             "configs": self.configs,
             "keys": self.keys,
+            "plaintext_writes": self.plaintext_writes,
             "summary": self.summary(),
             "objects": [o.to_json() for o in self.objects],
         }
@@ -248,16 +288,18 @@ class CheckReport:
         yield head[: -len(tail)] + '"objects": [\n'
         enc = _ENCODE_STR
         bases: dict[int, str] = {}
-        outcomes: dict[tuple[int, object], str] = {}
+        outcomes: dict[tuple[int, object, object], str] = {}
         lines: list[str] = []
         n = len(self.rows)
+        deleted_keys = self.deleted
         for i, (ekey, base, name, revision, res, latest) in enumerate(self.rows, 1):
             b = bases.get(id(base))  # ids are stable: the rows keep every base alive
             if b is None:
                 b = bases[id(base)] = _base_fragment(base)
-            o = outcomes.get((id(res), latest))
+            deleted = None if latest is None else (not latest and ekey in deleted_keys)
+            o = outcomes.get((id(res), latest, deleted))
             if o is None:
-                o = outcomes[(id(res), latest)] = _outcome_fragment(res, latest)
+                o = outcomes[(id(res), latest, deleted)] = _outcome_fragment(res, latest, deleted)
             key_json = enc(ekey.decode("utf-8", "backslashreplace"))
             name_json = "null" if name is None else enc(name)
             lines.append(f'    {{"key": {key_json}, {b}, "name": {name_json}, "revision": {revision:d}, {o}}}')
@@ -272,6 +314,7 @@ class CheckReport:
             "snapshot": self.snapshot,
             "configs": self.configs,
             "keys": self.keys,
+            "plaintext_writes": self.plaintext_writes,
             "summary": self.summary(),
         }
 
@@ -286,7 +329,7 @@ def _base_fragment(base: ObjectBase | None) -> str:
     return f'"resource": {json.dumps(resource)}, "group": {json.dumps(group)}, "namespace": {json.dumps(namespace)}'
 
 
-def _outcome_fragment(res: Resolution, latest: bool | None) -> str:
+def _outcome_fragment(res: Resolution, latest: bool | None, deleted: bool | None = None) -> str:
     key = res.key
     fields = {
         "provider": res.provider,
@@ -299,6 +342,8 @@ def _outcome_fragment(res: Resolution, latest: bool | None) -> str:
     }
     if latest is not None:
         fields["latest"] = latest
+    if deleted is not None:
+        fields["deleted"] = deleted
     return json.dumps(fields)[1:-1]
 
 

@@ -60,10 +60,12 @@ class RecordSource(Protocol):
 
 
 class Versioned(NamedTuple):
-    """A record to judge and whether it is its key's live latest (``None``: latest view only)."""
+    """A record to judge, whether it is its key's live latest, and whether its key is deleted
+    (its newest revision a tombstone); both ``None`` in the latest view."""
 
     record: Record
     latest: bool | None
+    deleted: bool | None = None
 
 
 class _Integrity(threading.Thread):
@@ -146,11 +148,11 @@ def open_source(spec: str) -> RecordSource:
 
 def judged_records(source: RecordSource, *, all_revisions: bool, prefix: bytes = b"") -> Iterator[Versioned]:
     """The records ``check`` judges: the latest view, or every live revision of every key with
-    a ``latest`` flag (tombstones are not objects)."""
+    ``latest`` and ``deleted`` flags (tombstones are not objects)."""
     new = tuple.__new__  # a Versioned per record: skip NamedTuple's Python-level __new__
     if not all_revisions:
         for rec in source.latest(prefix):
-            yield new(Versioned, (rec, None))
+            yield new(Versioned, (rec, None, None))
         return
     group: list[Record] = []
     for rec in source.all_revisions(prefix):
@@ -168,7 +170,7 @@ def _flagged(group: list[Record]) -> Iterator[Versioned]:
     live_last = not group[last].tombstone
     for i, rec in enumerate(group):
         if not rec.tombstone:
-            yield Versioned(rec, live_last and i == last)
+            yield Versioned(rec, live_last and i == last, not live_last)
 
 
 def as_of(source: RecordSource, prefix: bytes, revision: int) -> Iterator[Record]:

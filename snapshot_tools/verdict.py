@@ -36,6 +36,7 @@ __all__ = [
     "judge_kms",
     "judge_plaintext",
     "judge_static",
+    "plaintext_writes",
     "unreadable",
 ]
 
@@ -143,3 +144,16 @@ def judge_kms(cov: Coverage, api_version: str, name: str, *, stale_form: bool) -
 def unreadable(reason: str) -> Judgement:
     """Nothing given reads the value; ``reason`` is one of :data:`REASONS`."""
     return Judgement("unreadable", reason)
+
+
+def plaintext_writes(config: EncryptionConfig) -> list[str]:
+    """The resource selectors of ``config`` (as written, in order) whose write provider, the first
+    the apiserver uses for them, is ``identity``: new values of those resources go to etcd in
+    plaintext. Resources no rule covers are written in plaintext too; those are counted apart."""
+    out: list[str] = []
+    for rule in config.rules:
+        for selector, (group, resource) in zip(rule.resources, rule.group_resources, strict=True):
+            first = config.write_provider(group, resource)
+            if first is not None and first.kind == "identity" and selector not in out:
+                out.append(selector)
+    return out

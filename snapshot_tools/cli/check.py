@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
@@ -18,6 +18,7 @@ from snapshot_tools.cli.options import (
     KeyringOpt,
     KmsOpt,
     PrefixOpt,
+    SkipHashCheckOpt,
     SnapshotArg,
     key_access,
 )
@@ -29,9 +30,14 @@ from snapshot_tools.cli.output import (
     progress_reporter,
     render_table,
 )
+from snapshot_tools.integrity import SKIP_FLAG, refusal
 from snapshot_tools.report import DEFAULT_FAIL_ON, CheckReport, parse_fail_on
 
+if TYPE_CHECKING:
+    from snapshot_tools.report import ObjectResult
+
 _LISTED = ("unreadable", "retired", "stale")
+DEFAULT_LIMIT = 50  # rows of the human report; 3,000 findings must not print 3,000 lines
 
 
 @app.command()
@@ -58,14 +64,27 @@ def check(
     fail_on: Annotated[
         str,
         typer.Option(
-            "--fail-on", help="Comma list of unreadable, retired, stale, plaintext: exit 1 when any object matches."
+            "--fail-on",
+            help="Comma list of unreadable, retired, stale, plaintext, unencrypted (any value stored "
+            "without encryption, whatever the configs say): exit 1 when any object matches."
         ),
     ] = DEFAULT_FAIL_ON,
+    skip_hash_check: SkipHashCheckOpt = False,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit",
+            min=0,
+            help="Human report: at most N finding rows (and N groups); 0 shows all. JSON keeps every object.",
+        ),
+    ] = DEFAULT_LIMIT,
 ) -> None:
     """Judge every stored value against the configs given: current, stale, retired or unreadable.
 
     Exit 0 when nothing matches --fail-on, 1 when something does, 2 on a usage or config error,
-    3 on a damaged snapshot, 4 when a KMS needed for the verdicts could not be reached.
+    3 on a damaged snapshot or one etcdutl snapshot restore would refuse (SHA-256 trailer missing
+    or wrong, without --skip-hash-check; the report is printed first), 4 when a KMS needed for the
+    verdicts could not be reached. When several apply: 3, then 4, then 1.
     """
     policy = parse_fail_on(fail_on)
     opts = CheckOptions(
@@ -74,17 +93,20 @@ def check(
         all_revisions=all_revisions,
         resources=resource or (),
         etcd_prefix=etcd_prefix,
+        skip_hash_check=skip_hash_check,
     )
     with progress_reporter("checking") as progress:
         report = run_check(opts, progress)
-    if report.snapshot.get("trailer") == "mismatch":
+    if report.snapshot.get("integrity") == "skipped" and report.snapshot.get("trailer") == "mismatch":
         diagnostic(TRAILER_MISMATCH)
     if output is OutputFormat.json:
         write_json(report, sys.stdout)
     else:
-        sys.stdout.write(render_check(report))
+        sys.stdout.write(render_check(report, limit))
     if report.kms_unavailable:
         diagnostic("warning: a KMS plugin could not be reached; verdicts are incomplete")
+    if report.integrity_failed:  # after the report: the one line that explains exit 3
+        diagnostic(refusal(printable(str(report.snapshot.get("path"))), str(report.snapshot.get("integrity_reason"))))
     raise typer.Exit(report.exit_code(policy))
 
 
@@ -93,18 +115,26 @@ def write_json(report: CheckReport, out: TextIO) -> None:
     out.writelines(report.json_chunks())
 
 
-def render_check(report: CheckReport) -> str:
-    """The human report: summary line, key table, then the objects worth a look."""
+def render_check(report: CheckReport, limit: int = DEFAULT_LIMIT) -> str:
+    """The human report: summary line, key table, then the objects worth a look: grouped per
+    verdict/reason, resource, namespace and key name, at most ``limit`` rows each (0: all)."""
     s = report.summary()
     lines = [
         f"{s['objects']} objects: {s['current']} current, {s['stale']} stale, "
         f"{s['retired']} retired, {s['unreadable']} unreadable"
-        + (f"; {s['plaintext']} stored as plaintext although encrypted now" if s["plaintext"] else ""),
+        + (f"; {s['plaintext']} stored as plaintext although encrypted now" if s["plaintext"] else "")
+        + (
+            f"; {s['uncovered_plaintext']} uncovered plaintext (no config covers their resource)"
+            if s["uncovered_plaintext"]
+            else ""
+        ),
+        *_plaintext_write_lines(report),
         (
             f"snapshot {printable(str(report.snapshot.get('path')))} (revision {report.snapshot.get('revision')}, "
             f"trailer {report.snapshot.get('trailer')}); {len(report.configs)} config(s), current: "
             f"{printable(report.configs[0]['path']) if report.configs else '-'}"
         ),
+        _integrity_line(report),
         "",
     ]
     rows = [
@@ -117,7 +147,9 @@ def render_check(report: CheckReport) -> str:
     listed = report.objects_where(_LISTED, plaintext=True)
     if listed:
         order = {v: i for i, v in enumerate(_LISTED)}
-        listed.sort(key=lambda o: (order.get(o.verdict, 9), o.key, o.revision))
+        listed.sort(key=lambda o: (order.get(o.verdict, 9), *_group_of(o), o.key, o.revision))
+        lines.extend(_group_table(listed, limit))
+        shown, more = (listed, 0) if not limit or len(listed) <= limit else (listed[:limit], len(listed) - limit)
         rows = [
             [
                 o.verdict + (f" ({o.reason})" if o.reason else ""),
@@ -127,12 +159,54 @@ def render_check(report: CheckReport) -> str:
                 "yes" if o.plaintext else "",
                 o.key,  # last: keys can be very long
             ]
-            for o in listed
+            for o in shown
         ]
         lines.append(render_table(["VERDICT", "REVISION", "PROVIDER", "KEY NAME", "PLAINTEXT", "ETCD KEY"], rows))
+        if more:
+            lines.append(f"... {more} more (use --output json)")
         lines.append("")
     lines.extend(_hints(report))
     return "\n".join(lines) + "\n"
+
+
+def _group_of(o: ObjectResult) -> tuple[str, str, str, str]:
+    """What findings are grouped by: verdict (reason), resource, namespace, key name."""
+    verdict = o.verdict + (f" ({o.reason})" if o.reason else "") + (" plaintext" if o.plaintext else "")
+    resource = o.resource if o.group in (None, "") else f"{o.resource}.{o.group}"
+    return verdict, resource or "-", o.namespace or "-", o.key_name or "-"
+
+
+def _group_table(listed: list[ObjectResult], limit: int) -> list[str]:
+    """One row per group of ``listed`` (sorted by group) with its object count; nothing when
+    every group is one object (the object table says it all)."""
+    counts: dict[tuple[str, str, str, str], int] = {}
+    for o in listed:
+        g = _group_of(o)
+        counts[g] = counts.get(g, 0) + 1
+    if len(counts) == len(listed):
+        return []
+    groups = list(counts.items())
+    more = 0
+    if limit and len(groups) > limit:
+        groups, more = groups[:limit], len(groups) - limit
+    out = [render_table(["FINDING", "RESOURCE", "NAMESPACE", "KEY NAME", "OBJECTS"], [[*g, str(n)] for g, n in groups])]
+    if more:
+        out.append(f"... {more} more groups (use --output json)")
+    return [*out, ""]
+
+
+def _plaintext_write_lines(report: CheckReport) -> list[str]:
+    if not report.plaintext_writes:
+        return []
+    names = ", ".join(printable(r) for r in report.plaintext_writes)
+    return [f"warning: the current config writes {names} in plaintext (identity is the first provider)"]
+
+
+def _integrity_line(report: CheckReport) -> str:
+    status, reason = report.snapshot.get("integrity"), report.snapshot.get("integrity_reason")
+    if status == "skipped":
+        return f"integrity: skipped ({SKIP_FLAG}; {reason})"
+    return f"integrity: {status}" + (f" ({reason})" if reason else "")
 
 
 # One actionable line per kind of finding, by unreadable reason, then by verdict; names keys,

@@ -6,7 +6,6 @@ would refuse (SHA-256 trailer missing or wrong) fails ``check`` with exit 3 afte
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
@@ -106,12 +105,7 @@ def test_extract_refuses_before_output(cli: Cli, tmp_path: Path, identity_config
 
 
 def _rewrite_argv(command: str, snap: Path, out: Path, *rest: str | Path) -> list[str | Path]:
-    """reencrypt/decrypt argv in whichever output form the CLI takes (OUT positional or -o FILE)."""
-    help_text = subprocess.run(
-        ["snapshot-tools", command, "--help"], capture_output=True, text=True, check=False
-    ).stdout
-    if "--output-file" in help_text:
-        return [command, snap, *rest, "--output-file", out]
+    """``reencrypt``/``decrypt SNAPSHOT OUT ...``."""
     return [command, snap, out, *rest]
 
 

@@ -6,16 +6,16 @@ the KMS unwrappers and returns a :class:`~snapshot_tools.report.CheckReport`; it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from snapshot_tools.integrity import judge_integrity
 from snapshot_tools.keysets import load_keyset
 from snapshot_tools.readers import Reader
 from snapshot_tools.report import CheckReport, Row
-from snapshot_tools.resources import KeyParser
+from snapshot_tools.resources import KeyParser, resolve_resource
 from snapshot_tools.sources import judged_records, open_source
-from snapshot_tools.unwrap import open_unwrappers
+from snapshot_tools.unwrap import kms_problems, open_unwrappers
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -41,8 +41,12 @@ def run_check(
 ) -> CheckReport:
     """Judge every reported value of the snapshot; see DESIGN.md "Keys and verdicts"."""
     keyset = load_keyset(opts.access.configs)
+    known = keyset.resource_names()
+    opts = replace(opts, resources=[resolve_resource(label, known) for label in opts.resources])  # typos fail here
     with open_unwrappers(keyset, opts.access) as unwrappers:
-        return _check(opts, keyset, unwrappers, progress)
+        report = _check(opts, keyset, unwrappers, progress)
+        report.kms = kms_problems(unwrappers)
+        return report
 
 
 def _check(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from snapshot_tools.errors import EXIT_FINDINGS, EXIT_INPUT, EXIT_KMS, EXIT_OK, UsageError
 from snapshot_tools.readers import KeyUse
+from snapshot_tools.resources import resource_suggestion
 from snapshot_tools.verdict import VERDICTS, plaintext_writes
 
 if TYPE_CHECKING:
@@ -22,14 +23,20 @@ if TYPE_CHECKING:
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.readers import Reader, Resolution
     from snapshot_tools.resources import ObjectBase
+    from snapshot_tools.unwrap import KmsProblem
 
 FAIL_ON_CHOICES = ("unreadable", "retired", "stale", "plaintext", "unencrypted")
 DEFAULT_FAIL_ON = "unreadable,retired"
 
 
 def parse_fail_on(text: str) -> frozenset[str]:
-    """``"unreadable,retired"`` -> a set; unknown words are a usage error."""
+    """``"unreadable,retired"`` -> a set; unknown words are a usage error; ``none``: the
+    empty set (report only, nothing fails)."""
     items = {p.strip() for p in text.split(",") if p.strip()}
+    if items == {"none"}:
+        return frozenset()
+    if "none" in items:
+        raise UsageError("--fail-on: none may not be combined with other classes")
     unknown = items - set(FAIL_ON_CHOICES)
     if unknown:
         raise UsageError(
@@ -71,6 +78,10 @@ class ObjectResult:
     reason: str | None
     plaintext: bool
     latest: bool | None = None
+    kms_key_id: str | None = None
+    kms_current_key_id: str | None = None
+    kek_id: str | None = None
+    decrypts_with: dict[str, str] | None = None
     deleted: bool | None = None  # only with --all-revisions: the key's newest revision is a tombstone
 
     @classmethod
@@ -93,6 +104,7 @@ class ObjectResult:
             reason=res.reason,
             plaintext=res.plaintext_flag,
             latest=latest,
+            **_extra_fields(res),
             deleted=deleted,
         )
 
@@ -111,12 +123,29 @@ class ObjectResult:
             "verdict": self.verdict,
             "reason": self.reason,
             "plaintext": self.plaintext,
+            "kms_key_id": self.kms_key_id,
+            "kms_current_key_id": self.kms_current_key_id,
+            "kek_id": self.kek_id,
+            "decrypts_with": self.decrypts_with,
         }
         if self.latest is not None:
             out["latest"] = self.latest
         if self.deleted is not None:
             out["deleted"] = self.deleted
         return out
+
+
+def _extra_fields(res: Resolution) -> dict[str, Any]:
+    """The key_ids of a KMS v2 value and the renamed key that would read an unreadable one."""
+    ids, other = res.kms_ids, res.decrypts_with
+    return {
+        "kms_key_id": None if ids is None else ids.stored,
+        "kms_current_key_id": None if ids is None else ids.current,
+        "kek_id": None if ids is None else ids.kek,
+        "decrypts_with": None
+        if other is None
+        else {"provider": other.provider, "name": other.name, "fingerprint": other.fingerprint, "config": other.config},
+    }
 
 
 _RESULT = attrgetter("result")
@@ -146,6 +175,8 @@ class CheckReport:
     deleted: set[bytes] = field(default_factory=set)  # --all-revisions: keys whose newest revision is a tombstone
     # Resource selectors of the current config whose write provider is identity.
     plaintext_writes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # config problems that explain verdicts
+    kms: list[KmsProblem] = field(default_factory=list)  # KMS providers that did not answer
     _keyset: KeySet | None = None
     _tally: _Tally | None = field(default=None, repr=False)
 
@@ -154,6 +185,11 @@ class CheckReport:
         return cls(
             configs=[{"path": c.path} for c in keyset.configs],
             plaintext_writes=plaintext_writes(keyset.configs[0]) if keyset.configs else [],
+            warnings=[
+                f"config {path}: resource {name!r} matches no resource, so its rule covers nothing"
+                + resource_suggestion(name, keyset.resource_names())
+                for path, name in keyset.unknown_resources()
+            ],
             _keyset=keyset,
         )
 
@@ -161,14 +197,11 @@ class CheckReport:
         # Counted from the rows when asked, not per add: many rows share one Resolution.
         tally = self._tally
         if tally is None or tally.rows != len(self.rows):
-            results = list(map(_RESULT, self.rows))
-            per_result = Counter(map(id, results))  # C-level counting: rows share results
-            shared = {id(res): res for res in results}
+            per_result = Counter(map(_RESULT, self.rows))  # results hash by identity: rows share them
             counts = dict.fromkeys(VERDICTS, 0)
             reasons: dict[str, int] = {}
             plaintext = unencrypted = 0
-            for rid, n in per_result.items():
-                res = shared[rid]
+            for res, n in per_result.items():
                 counts[res.verdict] += n
                 if res.reason:
                     reasons[res.reason] = reasons.get(res.reason, 0) + n
@@ -268,6 +301,8 @@ class CheckReport:
             "keys": self.keys,
             "plaintext_writes": self.plaintext_writes,
             "summary": self.summary(),
+            "warnings": self.warnings,
+            "kms": [p.to_json() for p in self.kms],
             "objects": [o.to_json() for o in self.objects],
         }
 
@@ -287,19 +322,19 @@ class CheckReport:
             return
         yield head[: -len(tail)] + '"objects": [\n'
         enc = _ENCODE_STR
-        bases: dict[int, str] = {}
-        outcomes: dict[tuple[int, object, object], str] = {}
+        bases: dict[ObjectBase | None, str] = {}
+        outcomes: dict[tuple[Resolution, bool | None, bool | None], str] = {}
         lines: list[str] = []
         n = len(self.rows)
         deleted_keys = self.deleted
         for i, (ekey, base, name, revision, res, latest) in enumerate(self.rows, 1):
-            b = bases.get(id(base))  # ids are stable: the rows keep every base alive
+            b = bases.get(base)
             if b is None:
-                b = bases[id(base)] = _base_fragment(base)
+                b = bases[base] = _base_fragment(base)
             deleted = None if latest is None else (not latest and ekey in deleted_keys)
-            o = outcomes.get((id(res), latest, deleted))
+            o = outcomes.get((res, latest, deleted))
             if o is None:
-                o = outcomes[(id(res), latest, deleted)] = _outcome_fragment(res, latest, deleted)
+                o = outcomes[(res, latest, deleted)] = _outcome_fragment(res, latest, deleted)
             key_json = enc(ekey.decode("utf-8", "backslashreplace"))
             name_json = "null" if name is None else enc(name)
             lines.append(f'    {{"key": {key_json}, {b}, "name": {name_json}, "revision": {revision:d}, {o}}}')
@@ -316,6 +351,8 @@ class CheckReport:
             "keys": self.keys,
             "plaintext_writes": self.plaintext_writes,
             "summary": self.summary(),
+            "warnings": self.warnings,
+            "kms": [p.to_json() for p in self.kms],
         }
 
 
@@ -339,6 +376,7 @@ def _outcome_fragment(res: Resolution, latest: bool | None, deleted: bool | None
         "verdict": res.verdict,
         "reason": res.reason,
         "plaintext": res.plaintext_flag,
+        **_extra_fields(res),
     }
     if latest is not None:
         fields["latest"] = latest

@@ -26,6 +26,7 @@ from snapshot_tools.cli.output import (
     TRAILER_MISMATCH,
     OutputFormat,
     diagnostic,
+    kms_diagnostics,
     printable,
     progress_reporter,
     render_table,
@@ -34,6 +35,9 @@ from snapshot_tools.integrity import SKIP_FLAG, refusal
 from snapshot_tools.report import DEFAULT_FAIL_ON, CheckReport, parse_fail_on
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from snapshot_tools.readers import Resolution
     from snapshot_tools.report import ObjectResult
 
 _LISTED = ("unreadable", "retired", "stale")
@@ -66,7 +70,7 @@ def check(
         typer.Option(
             "--fail-on",
             help="Comma list of unreadable, retired, stale, plaintext, unencrypted (any value stored "
-            "without encryption, whatever the configs say): exit 1 when any object matches."
+            "without encryption, whatever the configs say): exit 1 when any object matches; none: never."
         ),
     ] = DEFAULT_FAIL_ON,
     skip_hash_check: SkipHashCheckOpt = False,
@@ -97,14 +101,15 @@ def check(
     )
     with progress_reporter("checking") as progress:
         report = run_check(opts, progress)
+    for warning in report.warnings:
+        diagnostic(f"warning: {printable(warning)}")
     if report.snapshot.get("integrity") == "skipped" and report.snapshot.get("trailer") == "mismatch":
         diagnostic(TRAILER_MISMATCH)
     if output is OutputFormat.json:
         write_json(report, sys.stdout)
     else:
         sys.stdout.write(render_check(report, limit))
-    if report.kms_unavailable:
-        diagnostic("warning: a KMS plugin could not be reached; verdicts are incomplete")
+    kms_diagnostics(report.kms, report.kms_unavailable, "verdicts are incomplete")
     if report.integrity_failed:  # after the report: the one line that explains exit 3
         diagnostic(refusal(printable(str(report.snapshot.get("path"))), str(report.snapshot.get("integrity_reason"))))
     raise typer.Exit(report.exit_code(policy))
@@ -150,18 +155,21 @@ def render_check(report: CheckReport, limit: int = DEFAULT_LIMIT) -> str:
         listed.sort(key=lambda o: (order.get(o.verdict, 9), *_group_of(o), o.key, o.revision))
         lines.extend(_group_table(listed, limit))
         shown, more = (listed, 0) if not limit or len(listed) <= limit else (listed[:limit], len(listed) - limit)
+        key_ids = any(o.kms_key_id for o in shown)  # a KEY ID column only when KMS v2 rows are listed
         rows = [
             [
                 o.verdict + (f" ({o.reason})" if o.reason else ""),
                 str(o.revision) + ("" if o.latest in (None, True) else " (old)"),
                 o.provider,
                 o.key_name or "-",
+                *([_key_id_cell(o)] if key_ids else []),
                 "yes" if o.plaintext else "",
                 o.key,  # last: keys can be very long
             ]
             for o in shown
         ]
-        lines.append(render_table(["VERDICT", "REVISION", "PROVIDER", "KEY NAME", "PLAINTEXT", "ETCD KEY"], rows))
+        headers = ["VERDICT", "REVISION", "PROVIDER", "KEY NAME", *(["KEY ID"] if key_ids else []), "PLAINTEXT"]
+        lines.append(render_table([*headers, "ETCD KEY"], rows))
         if more:
             lines.append(f"... {more} more (use --output json)")
         lines.append("")
@@ -193,6 +201,16 @@ def _group_table(listed: list[ObjectResult], limit: int) -> list[str]:
     if more:
         out.append(f"... {more} more groups (use --output json)")
     return [*out, ""]
+
+
+def _key_id_cell(o: ObjectResult) -> str:
+    """``stored (kek K); current C``: the KMS v2 key_ids of a row (``-`` for others)."""
+    if not o.kms_key_id:
+        return "-"
+    cell = o.kms_key_id + (f" (kek {o.kek_id})" if o.kek_id else "")
+    if o.kms_current_key_id and o.kms_current_key_id != o.kms_key_id:
+        cell += f"; current {o.kms_current_key_id}"
+    return cell
 
 
 def _plaintext_write_lines(report: CheckReport) -> list[str]:
@@ -235,6 +253,60 @@ _VERDICT_HINTS = {
 
 
 def _hints(report: CheckReport) -> list[str]:
-    found = [(name, text) for name, text in _REASON_HINTS.items() if report.reasons.get(name)]
-    found += [(name, text) for name, text in _VERDICT_HINTS.items() if report.counts.get(name)]
-    return [f"hint: {name} - {text}" for name, text in found]
+    # Judged once per distinct result: rows share them, so this is cheap for any snapshot.
+    results = list({id(r.result): r.result for r in report.rows}.values())
+    kms_lines = _kms_hints(results)
+    # KMS v2 stale/wrong-key rows get their own hints (key_ids and plugins, not key names), and
+    # so do values a renamed key reads.
+    generic = {
+        (res.verdict, res.reason)
+        for res in results
+        if res.decrypts_with is None
+        and (res.kms_ids is None or (res.verdict, res.reason) not in {("stale", None), ("unreadable", "wrong-key")})
+    }
+    found = [(n, t) for n, t in _REASON_HINTS.items() if ("unreadable", n) in generic]
+    found += [(n, t) for n, t in _VERDICT_HINTS.items() if (n, None) in generic]
+    return [f"hint: {name} - {text}" for name, text in found] + kms_lines + _renamed_hints(results)
+
+
+def _kms_hints(results: Sequence[Resolution]) -> list[str]:
+    """Stale and wrong-key KMS v2 values, per provider and stored key_id."""
+    out: dict[str, None] = {}
+    for res in results:
+        ids = res.kms_ids
+        if ids is None:
+            continue
+        current = ids.current or "unknown"
+        where = f"KMS provider {res.key_name}"
+        if res.verdict == "stale" and ids.stored != ids.current:
+            out[
+                f"hint: stale - {where}: stored key_id {ids.stored} is not the plugin's current key_id "
+                f"{current}: stale until the apiserver rewrites it (or reencrypt the snapshot)"
+            ] = None
+        elif res.verdict == "stale":
+            out[
+                f"hint: stale - {where}: key_id {ids.stored} is current, but the current config writes "
+                "with another provider (or the value is not in seed mode)"
+            ] = None
+        elif res.reason == "wrong-key":
+            out[
+                f"hint: wrong-key - {where}: the plugin does not know stored key_id {ids.stored} "
+                f"(its current key_id is {current}); reach the plugin or keyring that holds that KEK "
+                "with --kms / --keyring / --aws-kms"
+            ] = None
+    return [printable(line) for line in out]
+
+
+def _renamed_hints(results: Sequence[Resolution]) -> list[str]:
+    """Unreadable values that a key under another name would decrypt (a renamed key)."""
+    out: dict[str, None] = {}
+    for res in results:
+        other = res.decrypts_with
+        if other is None:
+            continue
+        out[
+            f"hint: {res.reason} - values stored under {res.provider} key {res.key_name} decrypt with "
+            f"{other.provider} key {other.name} ({other.fingerprint}, {other.config}): the key was renamed; "
+            f"list it under the name {res.key_name} as well to read them"
+        ] = None
+    return [printable(line) for line in out]

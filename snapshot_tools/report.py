@@ -295,16 +295,7 @@ class CheckReport:
         return EXIT_OK
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "snapshot": self.snapshot,
-            "configs": self.configs,
-            "keys": self.keys,
-            "plaintext_writes": self.plaintext_writes,
-            "summary": self.summary(),
-            "warnings": self.warnings,
-            "kms": [p.to_json() for p in self.kms],
-            "objects": [o.to_json() for o in self.objects],
-        }
+        return {**self.to_json_head(), "objects": [o.to_json() for o in self.objects]}
 
     def json_chunks(self, batch: int = 2048) -> Iterator[str]:
         """:meth:`to_json` as JSON text in pieces: the head indented, one object per line.

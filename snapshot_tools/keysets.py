@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
 from snapshot_tools.config import (
     EncryptionConfig,
     KMSProvider,
@@ -59,6 +61,7 @@ class KeySet:
     """Every config given, first = current, with lookups the resolver needs."""
 
     configs: list[EncryptionConfig]
+    notes: list[str] = field(default_factory=list)  # files skipped in directories, which is current
     _static: dict[tuple[str, str], list[StaticKey]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -224,8 +227,35 @@ def load_keyset(paths: Sequence[str | Path]) -> KeySet:
     if not paths:
         raise ConfigError("no encryption config given")
     configs: list[EncryptionConfig] = []
+    notes: list[str] = []
     for path in paths:
         for file in config_files(path):
             shown = str(path) if file == Path(path) else str(Path(path) / file.name)
-            configs.extend(load_config_file(file, start_index=len(configs), shown=shown))
-    return KeySet(configs)
+            try:
+                loaded = load_config_file(file, start_index=len(configs), shown=shown)
+            except ConfigError:
+                if file == Path(path) or _may_be_config(file):
+                    raise  # named on the command line, or a config that is broken: fatal
+                notes.append(f"{shown}: skipped, not an encryption config")
+                continue
+            if not configs and file != Path(path):
+                notes.append(f"current config: {shown}, the first config file by name in {path}")
+            configs.extend(loaded)
+    return KeySet(configs, notes)
+
+
+_CONFIG_KINDS = ("EncryptionConfiguration", "EncryptionConfig")
+
+
+def _may_be_config(file: Path) -> bool:
+    """Whether a directory's file that failed to load is a broken config (fatal) rather than some
+    other document (a Kubernetes manifest, a kustomization): only a YAML/JSON mapping whose
+    ``kind`` is another kind is skipped; anything unparsable counts as a broken config."""
+    try:
+        data = yaml.safe_load(file.read_text("utf-8-sig"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return True
+    if not isinstance(data, dict):
+        return True
+    kind = data.get("kind")
+    return not isinstance(kind, str) or kind in _CONFIG_KINDS

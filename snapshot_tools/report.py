@@ -186,9 +186,12 @@ class CheckReport:
             configs=[{"path": c.path} for c in keyset.configs],
             plaintext_writes=plaintext_writes(keyset.configs[0]) if keyset.configs else [],
             warnings=[
-                f"config {path}: resource {name!r} matches no resource, so its rule covers nothing"
-                + resource_suggestion(name, keyset.resource_names())
-                for path, name in keyset.unknown_resources()
+                *keyset.notes,
+                *(
+                    f"config {path}: resource {name!r} matches no resource, so its rule covers nothing"
+                    + resource_suggestion(name, keyset.resource_names())
+                    for path, name in keyset.unknown_resources()
+                ),
             ],
             _keyset=keyset,
         )

@@ -18,6 +18,7 @@ same name is listed once (first occurrence).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -229,6 +230,7 @@ def load_keyset(paths: Sequence[str | Path]) -> KeySet:
     configs: list[EncryptionConfig] = []
     notes: list[str] = []
     for path in paths:
+        loaded_files: list[str] = []
         for file in config_files(path):
             shown = str(path) if file == Path(path) else str(Path(path) / file.name)
             try:
@@ -241,7 +243,30 @@ def load_keyset(paths: Sequence[str | Path]) -> KeySet:
             if not configs and file != Path(path):
                 notes.append(f"current config: {shown}, the first config file by name in {path}")
             configs.extend(loaded)
+            loaded_files.append(file.name)
+        _check_history_order(str(path), loaded_files)
     return KeySet(configs, notes)
+
+
+# A directory's configs are history, current first: their order must be in their names.
+_ORDERED_NAME = re.compile(r"^[0-9]+[-_.]")
+
+
+def _check_history_order(directory: str, names: list[str]) -> None:
+    """Refuse a directory of several configs whose names do not say their order.
+
+    Which of two configs is current cannot be known from their contents, and sorting
+    ``new.yaml`` before ``old.yaml`` by accident would judge every object against the wrong
+    config: such a directory needs numbered names (``10-current.yaml``, ``20-previous.yaml``).
+    """
+    if len(names) < 2 or all(_ORDERED_NAME.match(n) for n in names):
+        return
+    unordered = ", ".join(n for n in names if not _ORDERED_NAME.match(n))
+    raise ConfigError(
+        f"{directory}: {len(names)} encryption configs whose order their names do not give ({unordered}); "
+        "name them so that they sort current first (10-current.yaml, 20-previous.yaml, ...) "
+        "or give one --config per file, current first"
+    )
 
 
 _CONFIG_KINDS = ("EncryptionConfiguration", "EncryptionConfig")

@@ -52,3 +52,25 @@ def test_check_notes_them(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     assert code == 0
     assert any("kustomization.yaml" in w for w in report["warnings"])
     assert any("10-current.yaml" in w for w in report["warnings"])
+
+
+def test_a_directory_of_several_configs_needs_numbered_names(tmp_path: Path, cli: Cli) -> None:
+    d = tmp_path / "history"
+    d.mkdir()
+    (d / "new.yaml").write_text(EXAMPLE_CONFIG.read_text())
+    (d / "old.yaml").write_text(EXAMPLE_CONFIG.read_text())
+    # Alphabetical order would make new.yaml current by accident of naming: refused.
+    with pytest.raises(ConfigError, match=r"order their names do not give \(new\.yaml, old\.yaml\)"):
+        load_keyset([d])
+    result = cli("check", str(EXAMPLE_SNAPSHOT), "--config", str(d))
+    assert result.code == 2
+    assert len(result.err.splitlines()) == 1 and "10-current.yaml" in result.err
+    (d / "new.yaml").rename(d / "10-new.yaml")
+    (d / "old.yaml").rename(d / "20-old.yaml")
+    assert [c.path for c in load_keyset([d]).configs] == [str(d / "10-new.yaml"), str(d / "20-old.yaml")]
+    # One config needs no number; skipped documents do not count.
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "encryption-config.yaml").write_text(EXAMPLE_CONFIG.read_text())
+    (single / "notes.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    assert len(load_keyset([single]).configs) == 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -168,8 +169,10 @@ def write_config(path: Path, provider_yaml: str) -> Path:
 
 
 def run_measured(args: list[str], *, keep_stdout: bool = False) -> dict[str, Any]:
-    """One ``snapshot-tools ARGS`` run in a fresh process: wall s, peak RSS (the child's VmHWM),
-    rc, stderr, and stdout when ``keep_stdout`` (else it goes to /dev/null)."""
+    """One ``snapshot-tools ARGS`` run in a fresh process: wall s, CPU s (user + system: steadier
+    than wall time on a shared machine), peak RSS (the child's VmHWM), rc, stderr, and stdout
+    when ``keep_stdout`` (else it goes to /dev/null)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     rfd, wfd = os.pipe()  # the child writes its VmHWM (kB) here at exit
     try:
         with (
@@ -194,7 +197,9 @@ def run_measured(args: list[str], *, keep_stdout: bool = False) -> dict[str, Any
         os.close(rfd)
         if wfd >= 0:
             os.close(wfd)
-    result = {"wall_s": wall, "peak_rss_mb": hwm_kb / 1024, "rc": rc, "stderr": stderr}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": hwm_kb / 1024, "rc": rc, "stderr": stderr}
     if keep_stdout:
         result["stdout"] = stdout
     return result

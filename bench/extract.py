@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-from typing import Any
 
 from bench.check import aescbc_paths, build_aescbc
 from bench.common import SNAPSHOT_TOOLS, machine, run_measured, shown, verdict
@@ -45,15 +43,6 @@ def _count_items(args: list[str], fmt: str) -> int:
         return sum(1 for line in out if line.startswith(b"- apiVersion: "))
 
 
-def _run_with_cpu(args: list[str]) -> dict[str, Any]:
-    """``run_measured`` plus the child's CPU time (user + system, from the children's rusage)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = run_measured(args)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return r
-
-
 def bench_format(fmt: str, n: int, repeat: int) -> None:
     snap, cfg = aescbc_paths(n)
     args = ["extract", str(snap), "--config", str(cfg), "-o", fmt]
@@ -62,7 +51,7 @@ def bench_format(fmt: str, n: int, repeat: int) -> None:
     print(f"\n{fmt}: {shown(snap)}, {n:,} Secrets, all {items:,} written (verified); {machine()}")
     runs = []
     for i in range(repeat):
-        r = _run_with_cpu(args)
+        r = run_measured(args)
         if r["rc"] != 0:
             raise SystemExit(f"extract exited {r['rc']}: {r['stderr']}")
         runs.append(r)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from snapshot_tools.integrity import judge_integrity
-from snapshot_tools.keysets import load_keyset
+from snapshot_tools.k3s_bootstrap import keyset_for
 from snapshot_tools.readers import Reader
 from snapshot_tools.report import CheckReport, Row
 from snapshot_tools.resources import KeyParser, resolve_resource
@@ -40,7 +40,7 @@ def run_check(
     opts: CheckOptions, progress: Callable[[int], None] | None = None
 ) -> CheckReport:
     """Judge every reported value of the snapshot; see DESIGN.md "Keys and verdicts"."""
-    keyset = load_keyset(opts.access.configs)
+    keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access)
     known = keyset.resource_names()
     opts = replace(opts, resources=[resolve_resource(label, known) for label in opts.resources])  # typos fail here
     with open_unwrappers(keyset, opts.access) as unwrappers:

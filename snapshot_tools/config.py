@@ -1030,3 +1030,22 @@ def load_config_file(
         return [parse_config_data(data, shown, start_index, shown, lines)]
     except RecursionError:  # not expected past the depth bounds; still a bad file, not a crash
         raise config_error(shown, None, _TOO_DEEP) from None
+
+
+def load_config_bytes(data: bytes, origin: str, index: int = 0) -> EncryptionConfig:
+    """One config that is not a file (K3s/RKE2 keep one inside every snapshot): ``origin`` names
+    it in labels and errors (``<snapshot>#/bootstrap/<hash>``). Same bounds as a file.
+
+    Raises:
+        ConfigFileError: not UTF-8, too large, or not a valid config.
+    """
+    if len(data) > MAX_CONFIG_BYTES:
+        raise config_error(origin, None, f"too large for an encryption config ({_limit(MAX_CONFIG_BYTES)})")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise config_error(origin, None, "not a text file (invalid UTF-8)") from None
+    try:
+        return parse_config_text(text, origin, index, origin)
+    except RecursionError:
+        raise config_error(origin, None, _TOO_DEEP) from None

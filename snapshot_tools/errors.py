@@ -143,6 +143,18 @@ class Interrupted(Error):
         self.signum = signum
 
 
+
+class TokenError(ConfigError):
+    """A K3s/RKE2 server token that is malformed or does not open the snapshot's bootstrap data.
+
+    Exit 2 like any wrong key. The message may name token *hashes* (the 12 hex characters K3s
+    itself shows in ``/bootstrap/<hash>`` and S3 metadata), never the token.
+    """
+
+
+class BootstrapError(InputError):
+    """The snapshot's K3s/RKE2 bootstrap data is missing, only a lock, or damaged (exit 3)."""
+
 # Most specific first: the first class an error is an instance of decides. Interrupted is not
 # here: it exits 128 + N for its signal (``kms_plugin.cli_runner.signal_exit_code``).
 EXIT_CODES: dict[type[Exception], int] = {

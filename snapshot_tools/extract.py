@@ -37,7 +37,7 @@ from snapshot_tools import objects
 from snapshot_tools.atomic_file import AtomicFile
 from snapshot_tools.errors import EXIT_FINDINGS, EXIT_KMS, EXIT_OK, MalformedValue, OutputError, UsageError
 from snapshot_tools.integrity import require_integrity
-from snapshot_tools.keysets import load_keyset
+from snapshot_tools.k3s_bootstrap import keyset_for
 from snapshot_tools.readers import Reader
 from snapshot_tools.resources import (
     BUILTIN_PREFIXES,
@@ -327,7 +327,7 @@ def iter_extract(
     """
     if opts.show_managed_fields and opts.strip_server_fields:
         raise UsageError("--show-managed-fields and --strip-server-fields may not be used together")
-    keyset = load_keyset(opts.access.configs)
+    keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access)
     _labels(opts.resources, keyset.resource_names())  # unknown resources fail before any work
     if not opts.skip_hash_check:
         require_integrity(opts.snapshot)  # nothing is written from a snapshot etcd would refuse

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import yaml
 
@@ -32,6 +32,7 @@ from snapshot_tools.config import (
     Rule,
     StaticKey,
     config_error,
+    load_config_bytes,
     load_config_file,
 )
 from snapshot_tools.errors import ConfigError
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONFIG_SUFFIXES",
+    "ConfigBytes",
     "EncryptionConfig",
     "KMSProvider",
     "KeySet",
@@ -55,6 +57,14 @@ __all__ = [
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".rkestate")
 _SKIPPED_IN_DIRS = {"encryption-state.json"}  # K3s/RKE2 stage marker, "<stage>-<sha256>"
+
+
+class ConfigBytes(NamedTuple):
+    """A config that is not a file: its bytes, and the origin that names it in reports (the one
+    K3s/RKE2 keep inside a snapshot: ``<snapshot>#/bootstrap/<hash>``)."""
+
+    origin: str
+    data: bytes
 
 
 @dataclass(eq=False)
@@ -220,15 +230,20 @@ def config_files(path: str | Path) -> list[Path]:
     return files
 
 
-def load_keyset(paths: Sequence[str | Path]) -> KeySet:
+def load_keyset(
+    paths: Sequence[str | Path], embedded: Sequence[ConfigBytes] = (), extra_notes: Sequence[str] = ()
+) -> KeySet:
     """Load every config under ``paths`` (files or directories, in order); first = current.
+
+    ``embedded`` configs (from bytes, e.g. a K3s snapshot's own) come after the paths' configs:
+    history when paths are given, the current config when not. ``extra_notes`` join the notes.
 
     Raises ConfigError (exit code 2) for a missing path, an unreadable or invalid file.
     """
-    if not paths:
+    if not paths and not embedded:
         raise ConfigError("no encryption config given")
     configs: list[EncryptionConfig] = []
-    notes: list[str] = []
+    notes = list(extra_notes)
     for path in paths:
         loaded_files: list[str] = []
         for file in config_files(path):
@@ -245,6 +260,7 @@ def load_keyset(paths: Sequence[str | Path]) -> KeySet:
             configs.extend(loaded)
             loaded_files.append(file.name)
         _check_history_order(str(path), loaded_files)
+    configs.extend(load_config_bytes(item.data, item.origin, len(configs)) for item in embedded)
     return KeySet(configs, notes)
 
 

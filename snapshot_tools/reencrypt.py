@@ -33,7 +33,8 @@ from snapshot_tools.errors import (
     UsageError,
 )
 from snapshot_tools.integrity import require_integrity
-from snapshot_tools.keysets import config_files, load_keyset
+from snapshot_tools.k3s_bootstrap import keyset_for
+from snapshot_tools.keysets import config_files
 from snapshot_tools.providers import (
     ENCRYPTED_PREFIX,
     kms_prefix,
@@ -334,7 +335,7 @@ def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
     """
     started = time.monotonic()
     paths = ([opts.to] if opts.to else []) + list(opts.access.configs)
-    keyset = load_keyset(paths)
+    keyset = keyset_for(paths, opts.snapshot, opts.access)
     inputs = input_files(opts)
     check_target(opts.output, force=opts.force, inputs=inputs)  # before a KMS is asked anything
     if not opts.skip_hash_check:

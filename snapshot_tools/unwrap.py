@@ -58,6 +58,8 @@ class KeyAccess:
         keyrings: provider name -> ``kms-plugin`` keyring file (``--keyring``).
         aws_kms: provider name -> AWS key (ARN, key id or alias) or None (``--aws-kms``).
         aws: the AWS settings every ``aws_kms`` provider shares (key unset); None without one.
+        k3s_token: a K3s/RKE2 server token (``--k3s-token``) that opens the encryption config
+            the snapshot itself carries; never shown in ``repr``.
     """
 
     configs: tuple[str, ...] = ()
@@ -65,6 +67,7 @@ class KeyAccess:
     keyrings: Mapping[str, str] = field(default_factory=dict)
     aws_kms: Mapping[str, str | None] = field(default_factory=dict)
     aws: AwsSettings | None = None
+    k3s_token: str | None = field(default=None, repr=False)
 
 
 class Unwrapper(Protocol):

@@ -15,6 +15,7 @@ from snapshot_tools.cli.options import (
     AwsKmsOpt,
     AwsRegionOpt,
     ConfigOpt,
+    K3sTokenOpt,
     KeyringOpt,
     KmsOpt,
     PrefixOpt,
@@ -47,13 +48,14 @@ DEFAULT_LIMIT = 50  # rows of the human report; 3,000 findings must not print 3,
 @app.command()
 def check(
     snapshot: SnapshotArg,
-    config: ConfigOpt,
+    config: ConfigOpt = None,
     kms: KmsOpt = None,
     keyring: KeyringOpt = None,
     aws_kms: AwsKmsOpt = None,
     aws_region: AwsRegionOpt = None,
     aws_endpoint_url: AwsEndpointOpt = None,
     aws_encryption_context: AwsContextOpt = "",
+    k3s_token: K3sTokenOpt = None,
     all_revisions: Annotated[
         bool, typer.Option("--all-revisions", help="Judge every stored revision, deleted keys included.")
     ] = False,
@@ -93,7 +95,9 @@ def check(
     policy = parse_fail_on(fail_on)
     opts = CheckOptions(
         snapshot=str(snapshot),
-        access=key_access(config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
+        access=key_access(
+            config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token
+        ),
         all_revisions=all_revisions,
         resources=resource or (),
         etcd_prefix=etcd_prefix,

@@ -15,6 +15,7 @@ from snapshot_tools.cli.options import (
     AwsKmsOpt,
     AwsRegionOpt,
     ConfigOpt,
+    K3sTokenOpt,
     KeyringOpt,
     KmsOpt,
     PrefixOpt,
@@ -49,13 +50,14 @@ class ManifestFormat(enum.StrEnum):
 @app.command()
 def extract(
     snapshot: SnapshotArg,
-    config: ConfigOpt,
+    config: ConfigOpt = None,
     kms: KmsOpt = None,
     keyring: KeyringOpt = None,
     aws_kms: AwsKmsOpt = None,
     aws_region: AwsRegionOpt = None,
     aws_endpoint_url: AwsEndpointOpt = None,
     aws_encryption_context: AwsContextOpt = "",
+    k3s_token: K3sTokenOpt = None,
     resource: Annotated[
         list[str] | None,
         typer.Option(
@@ -121,7 +123,9 @@ def extract(
     """
     opts = ExtractOptions(
         snapshot=str(snapshot),
-        access=key_access(config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
+        access=key_access(
+            config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token
+        ),
         resources=resource or ("secrets",),
         namespace=namespace,
         name=name,

@@ -10,6 +10,7 @@ import typer
 
 from kms_plugin import api as plugin
 from snapshot_tools.errors import ConfigError, UsageError
+from snapshot_tools.k3s_bootstrap import read_token
 from snapshot_tools.unwrap import KeyAccess
 
 if TYPE_CHECKING:
@@ -24,11 +25,12 @@ SnapshotArg = Annotated[
     ),
 ]
 ConfigOpt = Annotated[
-    list[str],
+    list[str] | None,
     typer.Option(
         "--config",
         "-c",
-        help="EncryptionConfiguration file or directory; repeat for history. The first is the current one.",
+        help="EncryptionConfiguration file or directory; repeat for history. The first is the current one. "
+        "Required unless --k3s-token gives the config the snapshot carries.",
     ),
 ]
 KmsOpt = Annotated[
@@ -46,6 +48,18 @@ SkipHashCheckOpt = Annotated[
         "--skip-hash-check",
         help="Read a snapshot whose SHA-256 trailer is missing or wrong (a raw member/snap/db copy), "
         "as etcdutl snapshot restore --skip-hash-check does. Without it such a snapshot fails (exit 3).",
+    ),
+]
+
+K3sTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--k3s-token",
+        envvar=["K3S_TOKEN", "RKE2_TOKEN"],
+        show_default=False,
+        help="K3s/RKE2 server token, or @FILE (e.g. @/var/lib/rancher/k3s/server/token): adds the encryption "
+        "config K3s keeps in the snapshot's /bootstrap record (the current config when no --config is given, "
+        "else history after them). Never printed.",
     ),
 ]
 
@@ -109,8 +123,12 @@ def key_access(
     aws_region: str | None,
     aws_endpoint_url: str | None,
     aws_encryption_context: str,
+    k3s_token: str | None = None,
 ) -> KeyAccess:
-    """The one key-access value of a command, from the shared --config/KMS flags."""
+    """The one key-access value of a command, from the shared --config/KMS flags and --k3s-token
+    (``@FILE`` read here, whitespace-trimmed)."""
+    if not configs and k3s_token is None:
+        raise UsageError("give --config (an EncryptionConfiguration), or --k3s-token for a K3s/RKE2 snapshot")
     names = parse_aws_kms(aws_kms or [])
     return KeyAccess(
         configs=tuple(configs),
@@ -118,4 +136,5 @@ def key_access(
         keyrings=parse_assignments(keyring or [], "--keyring"),
         aws_kms=names,
         aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if names else None,
+        k3s_token=read_token(k3s_token) if k3s_token is not None else None,
     )

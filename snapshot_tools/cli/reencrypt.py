@@ -22,6 +22,7 @@ from snapshot_tools.cli.options import (
     AwsKmsOpt,
     AwsRegionOpt,
     ConfigOpt,
+    K3sTokenOpt,
     KeyringOpt,
     KmsOpt,
     PrefixOpt,
@@ -53,11 +54,11 @@ OutputOpt = Annotated[OutputFormat, typer.Option("--output", "-o", help="The sum
 @app.command()
 def reencrypt(
     snapshot: SnapshotArg,
-    config: ConfigOpt,
     to: Annotated[
         Path, typer.Option("--to", help="The new EncryptionConfiguration: its write provider/key is the target.")
     ],
     output_file: OutArg,
+    config: ConfigOpt = None,
     force: ForceOpt = False,
     latest_only: LatestOpt = False,
     kms: KmsOpt = None,
@@ -66,6 +67,7 @@ def reencrypt(
     aws_region: AwsRegionOpt = None,
     aws_endpoint_url: AwsEndpointOpt = None,
     aws_encryption_context: AwsContextOpt = "",
+    k3s_token: K3sTokenOpt = None,
     decrypt_uncovered: Annotated[
         bool,
         typer.Option(
@@ -92,7 +94,9 @@ def reencrypt(
             to=str(to),
             force=force,
             latest_only=latest_only,
-            access=key_access(config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
+            access=key_access(
+                config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token
+            ),
             decrypt_uncovered=decrypt_uncovered,
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
@@ -105,8 +109,8 @@ def reencrypt(
 @app.command()
 def decrypt(
     snapshot: SnapshotArg,
-    config: ConfigOpt,
     output_file: OutArg,
+    config: ConfigOpt = None,
     force: ForceOpt = False,
     latest_only: LatestOpt = False,
     kms: KmsOpt = None,
@@ -115,6 +119,7 @@ def decrypt(
     aws_region: AwsRegionOpt = None,
     aws_endpoint_url: AwsEndpointOpt = None,
     aws_encryption_context: AwsContextOpt = "",
+    k3s_token: K3sTokenOpt = None,
     skip_unreadable: SkipOpt = False,
     etcd_prefix: PrefixOpt = "/registry",
     skip_hash_check: SkipHashCheckOpt = False,
@@ -131,7 +136,9 @@ def decrypt(
             output=str(output_file),
             force=force,
             latest_only=latest_only,
-            access=key_access(config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
+            access=key_access(
+                config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token
+            ),
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
             skip_hash_check=skip_hash_check,

@@ -18,6 +18,7 @@ import google_crc32c
 
 from snapshot_tools.bbolt.layout import BUCKET_LEAF_FLAG
 from snapshot_tools.errors import SnapshotError
+from snapshot_tools.k3s_bootstrap import list_bootstrap
 from snapshot_tools.providers import storage_form
 from snapshot_tools.resources import normalize_prefix
 from snapshot_tools.snapshot import Snapshot
@@ -33,6 +34,8 @@ class SnapshotStatus:
     """Everything ``status`` reports. ``hash`` is an int, as ``etcdutl -w json`` prints it.
 
     ``resources`` maps a resource label (``/registry/secrets``) to its live key count.
+    ``bootstrap`` lists K3s/RKE2 ``/bootstrap/*`` records (``token_hash``: the 12-hex hash of the
+    server token that opens it; ``kind``: ``lock`` for a zero-length value, else ``data``).
     ``storage_forms`` lists ``{resource, form, name, count}`` for live values under the prefix:
     ``form`` from :func:`snapshot_tools.providers.storage_form`, ``name`` the key or KMS provider
     name (``None`` for identity). ``free_pages`` counts pages below the high-water mark that no
@@ -52,6 +55,8 @@ class SnapshotStatus:
     free_pages: int = 0
     resources: dict[str, int] = field(default_factory=dict)
     storage_forms: list[dict[str, Any]] = field(default_factory=list)
+    # K3s/RKE2 /bootstrap/* records: {key, token_hash, size, revision, kind: lock|data}
+    bootstrap: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,4 +135,5 @@ def snapshot_status(path: str | os.PathLike[str], etcd_prefix: str = "/registry"
                 {"resource": r, "form": f, "name": n, "count": c}
                 for (r, f, n), c in sorted(forms.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or ""))
             ],
+            bootstrap=[r.to_json() for r in list_bootstrap(snap)],
         )

@@ -36,8 +36,10 @@ def status(
     (`/registry/secrets`, or `/registry/<group>/<plural>` for dotted API groups). storage_forms is a
     list of {resource, form, name, count}: live values under the prefix per storage form
     (identity, aescbc, aesgcm, secretbox, kms-v1, kms-v2, unknown) and key or KMS provider name
-    (null for identity). The file is only read. Exit 0 ok, 2 usage, 3 unreadable or damaged
-    file; a trailer mismatch is a warning on stderr, not an error.
+    (null for identity). bootstrap lists K3s/RKE2 /bootstrap/* records: key, token_hash (which
+    server token opens it), size, revision, kind (lock: an empty value; data). The file is only read.
+    Exit 0 ok, 2 usage, 3 unreadable or damaged file; a trailer mismatch is a warning on stderr, not an
+    error.
     """
     result = snapshot_status(snapshot, etcd_prefix)
     if result.trailer == "mismatch":
@@ -67,6 +69,11 @@ def _render(s: SnapshotStatus) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {printable(v)}" for k, v in rows]
     lines.append("")
+    if s.bootstrap:
+        lines.append("K3s/RKE2 bootstrap data (open it with snapshot-tools keys --k3s-token):")
+        boot_rows = [(b["key"], b["token_hash"], str(b["size"]), b["kind"]) for b in s.bootstrap]
+        lines.append(render_table(["BOOTSTRAP KEY", "TOKEN HASH", "SIZE", "KIND"], boot_rows))
+        lines.append("")
     lines.append(f"live keys under {printable(s.etcd_prefix)}: {sum(s.resources.values())}")
     if s.resources:
         lines.append(render_table(["RESOURCE", "KEYS"], [(r, str(n)) for r, n in s.resources.items()]))

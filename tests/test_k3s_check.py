@@ -225,3 +225,23 @@ def test_extract_and_decrypt_with_the_token(cluster: Cluster, cli: Cli, tmp_path
     code, report = cli.check_json(out, "--k3s-token", TOKEN)  # the bootstrap record is copied as is
     assert code == 1  # the lost secret was copied unchanged (--skip-unreadable)
     assert verdicts(report)[S + "stale"] == ("stale", None)  # plaintext now, identity listed
+
+
+def test_reencrypt_reads_old_values_with_the_embedded_history(cluster: Cluster, cli: Cli, tmp_path: Path) -> None:
+    snap = cluster.snapshot("reencrypt", record(PASSWORD))
+    new = tmp_path / "after-rotate.json"
+    new.write_bytes(AFTER)
+    out = tmp_path / "rekeyed.db"
+    # Without the token the old key is nowhere: the rewrite refuses (and --config is still required).
+    assert cli("reencrypt", snap, out, "--to", new).code == 2
+    assert cli("reencrypt", snap, out, "--to", new, "-c", new).code == 1
+    assert not out.exists()
+    result = cli("reencrypt", snap, out, "--to", new, "--k3s-token", TOKEN, "--skip-unreadable")
+    assert result.code == 0, result.err
+    assert_no_token(result.out, result.err)
+    code, report = cli.check_json(out, "-c", new)
+    got = verdicts(report)
+    assert got[S + "stale"] == ("current", None)  # read with the snapshot's own old key, written with --to
+    assert got[S + "current"] == ("current", None)
+    assert got[S + "lost"] == ("unreadable", "no-such-key")  # copied unchanged
+    assert code == 1

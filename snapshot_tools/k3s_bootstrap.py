@@ -387,6 +387,8 @@ class BootstrapData:
         if self.variant != "token":
             out.append(f"{self.origin}: opened with the {self.variant} key of an older K3s release")
         for rec in self.others:
+            if any(rec.key in d for d in self.damaged):
+                continue  # said below, with the reason
             what = "a lock (empty value)" if rec.lock else f"data for the token whose hash is {rec.token_hash}"
             out.append(f"the snapshot also holds {rec.key}: {what}; not used")
         out.extend(self.damaged)

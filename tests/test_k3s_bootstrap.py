@@ -262,3 +262,14 @@ def test_keyset_from_bytes_is_current_without_paths_and_history_with(tmp_path: P
     other.write_bytes(k3s_config(aescbc(("aescbckey-2024-01-01T00:00:00Z", bytes(32)))))
     both = load_keyset([str(other)], [ConfigBytes(origin, CONFIG)])
     assert [c.path for c in both.configs] == [str(other), origin]
+
+
+def test_damaged_candidate_is_noted_when_another_opens() -> None:
+    mine = bootstrap_record("pw", bootstrap_files(CONFIG))
+    empty = bootstrap_record("", bootstrap_files(CONFIG))
+    records = sorted([rec(mine[0], b"garbage"), rec(*empty)], key=lambda r: r.key)
+    data = find_bootstrap(records, "pw", "snap.db")
+    assert data.variant == "empty-token"
+    notes = data.notes()
+    assert sum(mine[0] in n for n in notes) == 1
+    assert any("damaged" in n for n in notes)

@@ -133,7 +133,8 @@ class PluginMetrics:
             ["key_id_hash"],
             registry=r,
         )
-        self._key_id_labels: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # (kind, key_id) -> its (counter, gauge) children, least recently used first.
+        self._key_id_labels: OrderedDict[tuple[str, str], tuple[Counter | None, Gauge]] = OrderedDict()
         self._key_id_lock = threading.Lock()
         self._latency_children: dict[tuple[str, str, str], Histogram] = {}
         self._children: dict[tuple[str, str, str], tuple[Counter, Histogram, Counter | None]] = {}
@@ -160,25 +161,29 @@ class PluginMetrics:
             self._key_id_used(method, key_id)
 
     def _key_id_used(self, method: str, key_id: str) -> None:
-        hashed = key_id_hash(key_id)
         kind = TRANSFORMATION.get(method, "status" if method == "Status" else "")
         if not kind:
             return
-        labels = (kind, hashed)
+        labels = (kind, key_id)
         now = time.time()
         with self._key_id_lock:  # the LRU and its series change together
-            if labels in self._key_id_labels:
+            children = self._key_id_labels.get(labels)
+            if children is not None:
                 self._key_id_labels.move_to_end(labels)
             else:
-                self._key_id_labels[labels] = None
+                hashed = key_id_hash(key_id)
+                if kind == "status":
+                    children = (None, self.key_id_hash_status_last.labels(hashed))
+                else:
+                    children = (self.key_id_hash_total.labels(kind, hashed), self.key_id_hash_last.labels(kind, hashed))
+                self._key_id_labels[labels] = children
                 if len(self._key_id_labels) > KEY_ID_LABEL_SETS * 3:  # Status, Encrypt, Decrypt
-                    old_kind, old_hash = self._key_id_labels.popitem(last=False)[0]
-                    self._forget(old_kind, old_hash)
-            if kind == "status":
-                self.key_id_hash_status_last.labels(hashed).set(now)
-                return
-            self.key_id_hash_total.labels(kind, hashed).inc()
-            self.key_id_hash_last.labels(kind, hashed).set(now)
+                    old_kind, old_key_id = self._key_id_labels.popitem(last=False)[0]
+                    self._forget(old_kind, key_id_hash(old_key_id))
+            total, last = children
+            if total is not None:
+                total.inc()
+            last.set(now)
 
     def _forget(self, kind: str, hashed: str) -> None:
         try:

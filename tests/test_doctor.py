@@ -410,3 +410,47 @@ def test_doctor_module_does_not_load_snapshot_tools_until_it_reads_a_config() ->
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stderr
+
+
+def test_socket_is_probed_at_its_host_path_through_the_manifest(capsys: pytest.CaptureFixture[str]) -> None:
+    """The config names the path inside the apiserver container; the hostPath volume says where
+    that is on the host, and the doctor calls the plugin there."""
+    with short_dir() as d, served(d):
+        config = write_config(d, "unix:///var/run/kms-plugin/p.sock")
+        manifest = write_manifest(d)
+        doc = json.loads(manifest.read_text())
+        doc["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] = "/var/run/kms-plugin"
+        # The config keeps its own mount of the same host directory at the same path.
+        doc["spec"]["containers"][0]["volumeMounts"].append({"name": "kms-socket", "mountPath": str(d)})
+        manifest.write_text(json.dumps(doc))
+        code, report, _ = doctor(capsys, config, "--apiserver-manifest", str(manifest))
+        assert code == 0, report
+        assert the(report, "socket")["detail"] == f"{d}/p.sock is a socket"
+        assert f"is host {d}/p.sock" in the(report, "manifest-socket-mount")["detail"]
+        # Without the manifest the same config points at a path where nothing listens.
+        code, report, _ = doctor(capsys, config)
+        assert code == 1 and statuses(report)["socket"] == "fail"
+
+
+def test_abstract_endpoint_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    with short_dir() as d:
+        code, report, _ = doctor(capsys, write_config(d, "unix:///@kms-plugin"))
+        assert code == 1
+        check = only_failure(report, "kms-endpoint")
+        assert "abstract socket" in check["detail"] and "socket file" in check["fix"]
+        assert statuses(report)["plugin-status"] == "skip"
+
+
+def test_a_listener_that_never_answers_is_bounded_by_the_provider_timeout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Connected but silent (accepts nothing, says nothing): Status fails after the config's
+    timeout instead of hanging the preflight."""
+    with short_dir() as d, socket.socket(socket.AF_UNIX) as mute:
+        mute.bind(str(d / "p.sock"))
+        mute.listen(16)
+        os.chmod(d / "p.sock", 0o600)
+        code, report, _ = doctor(capsys, write_config(d, timeout="1s"))
+        assert code == 1
+        check = only_failure(report, "plugin-status")
+        assert "no answer" in check["detail"]

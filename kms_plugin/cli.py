@@ -228,8 +228,7 @@ def doctor(
 ) -> None:
     """Preflight before restarting kube-apiserver: config, socket, plugin, manifest.
 
-    One line per check with the fix; exit 0 only when every check passes, 1 when one fails,
-    2 for an unreadable or invalid config or manifest.
+    One line per check with its fix. Exit 0 only when every check passes, 1 when one fails, 2 for a bad input file.
     """
     from kms_plugin.doctor import DoctorOptions, render_table, run_doctor
 

@@ -58,6 +58,9 @@ if TYPE_CHECKING:
     from kms_plugin.apiserver_manifest import ApiserverPod
     from kms_plugin.client import KMSv2Client, StatusResult
 
+    # Types only: nothing of snapshot_tools loads until load_encryption_config runs.
+    from snapshot_tools.config_model import EncryptionConfig, KMSProvider
+
 
 
 class CheckStatus(StrEnum):
@@ -201,7 +204,7 @@ def _owner(st: os.stat_result) -> str:
 # -- the config -------------------------------------------------------------------------------
 
 
-def load_encryption_config(path: Path) -> Any:
+def load_encryption_config(path: Path) -> EncryptionConfig:
     """The config as kube-apiserver would load it (a ``snapshot_tools`` ``EncryptionConfig``).
 
     Raises:
@@ -223,9 +226,9 @@ def load_encryption_config(path: Path) -> Any:
     return configs[0]
 
 
-def _kms_providers(config: Any) -> list[tuple[Any, list[str]]]:
+def _kms_providers(config: EncryptionConfig) -> list[tuple[KMSProvider, list[str]]]:
     """Each distinct kms provider with the resources it writes (first provider of their rule)."""
-    found: dict[tuple[str, str, str], tuple[Any, list[str]]] = {}
+    found: dict[tuple[str, str, str], tuple[KMSProvider, list[str]]] = {}
     for rule in config.rules:
         for i, entry in enumerate(rule.providers):
             if entry.kms is None:
@@ -315,9 +318,8 @@ def run_doctor(options: DoctorOptions) -> DoctorReport:
     return DoctorReport(str(options.config), who.label, tuple(report.checks))
 
 
-def _provider_checks(report: _Report, kms: Any, pod: ApiserverPod | None, who: Principal) -> None:
+def _provider_checks(report: _Report, kms: KMSProvider, pod: ApiserverPod | None, who: Principal) -> None:
     name = kms.name
-    shown = name
     v2 = kms.api_version == "v2"
     report.add(
         "kms-api-version",
@@ -332,7 +334,7 @@ def _provider_checks(report: _Report, kms: Any, pod: ApiserverPod | None, who: P
     report.add(
         "kms-name",
         sane_name,
-        f"{shown}: stored values will start with k8s:enc:kms:{kms.api_version}:{shown}:",
+        f"{name}: stored values will start with k8s:enc:kms:{kms.api_version}:{name}:",
         "use a name of printable characters without spaces (it is written into every stored "
         "value; never rename it while data written under it remains)",
         name,
@@ -397,29 +399,28 @@ def _provider_checks(report: _Report, kms: Any, pod: ApiserverPod | None, who: P
 
 
 def _socket_checks(report: _Report, name: str, path: str, who: Principal) -> bool:
-    shown = path
-    start = f"start the plugin: kms-plugin serve --listen unix://{shown} ..."
+    start = f"start the plugin: kms-plugin serve --listen unix://{path} ..."
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        report.add("socket", False, f"{shown} does not exist", f"{start} (or fix the endpoint)", name)
+        report.add("socket", False, f"{path} does not exist", f"{start} (or fix the endpoint)", name)
         report.skip("socket-permissions", "no socket", name)
         return False
     except OSError as exc:
         report.add(
-            "socket", False, f"{shown}: {exc.strerror}",
+            "socket", False, f"{path}: {exc.strerror}",
             "make the socket's directories searchable by the user running the doctor", name,
         )
         report.skip("socket-permissions", "no socket", name)
         return False
     if not stat.S_ISSOCK(st.st_mode):
         report.add(
-            "socket", False, f"{shown} exists but is not a socket",
+            "socket", False, f"{path} exists but is not a socket",
             f"remove or move the file, then {start}", name,
         )
         report.skip("socket-permissions", "no socket", name)
         return False
-    report.add("socket", True, f"{shown} is a socket", provider=name)
+    report.add("socket", True, f"{path} is a socket", provider=name)
     ok, detail, fix = _permission_verdict(path, st, who)
     report.add("socket-permissions", ok, detail, fix, name)
     return True
@@ -433,8 +434,7 @@ class _Verdict(NamedTuple):
 
 def _permission_verdict(path: str, st: os.stat_result, who: Principal) -> _Verdict:
     mode = stat.S_IMODE(st.st_mode)
-    shown = path
-    facts = f"{shown} mode {mode:04o} {_owner(st)}; apiserver runs as {who.label}"
+    facts = f"{path} mode {mode:04o} {_owner(st)}; apiserver runs as {who.label}"
     fix_mode = (
         "serve with --socket-mode 0600 as the apiserver's user (root by default), or 0660 with "
         "the socket's group among the apiserver's groups"
@@ -556,7 +556,7 @@ def _roundtrip_check(report: _Report, name: str, client: KMSv2Client, key_id: st
     )
 
 
-def _identity_check(report: _Report, config: Any) -> None:
+def _identity_check(report: _Report, config: EncryptionConfig) -> None:
     first: list[str] = []
     middle: list[str] = []
     for rule in config.rules:
@@ -589,7 +589,7 @@ def _identity_check(report: _Report, config: Any) -> None:
     report.add("identity-position", True, detail)
 
 
-def _socket_mount_check(report: _Report, kms: Any, pod: ApiserverPod) -> None:
+def _socket_mount_check(report: _Report, kms: KMSProvider, pod: ApiserverPod) -> None:
     name = kms.name
     try:
         ep = parse_unix_endpoint(kms.endpoint)
@@ -652,7 +652,6 @@ def _config_flag_check(report: _Report, pod: ApiserverPod, config_path: Path) ->
             "hostPath volume and volumeMount for that directory",
         )
         return
-    shown = value
     mount = pod.mount_for(value) if value.startswith("/") else None
     mount_fix = (
         f"add a hostPath volume and a volumeMount covering {os.path.dirname(value)} "
@@ -662,7 +661,7 @@ def _config_flag_check(report: _Report, pod: ApiserverPod, config_path: Path) ->
         why = "no volumeMount covers it" if mount is None else f"volume {mount.name} is not a hostPath"
         report.add(
             "manifest-config-flag", False,
-            f"{CONFIG_FLAG}={shown}: {why}, so the apiserver cannot read it and will not start",
+            f"{CONFIG_FLAG}={value}: {why}, so the apiserver cannot read it and will not start",
             mount_fix,
         )
         return
@@ -670,14 +669,14 @@ def _config_flag_check(report: _Report, pod: ApiserverPod, config_path: Path) ->
     if os.path.realpath(host) != os.path.realpath(config_path):
         report.add(
             "manifest-config-flag", False,
-            f"{CONFIG_FLAG}={shown} is host file {host}, not the "
+            f"{CONFIG_FLAG}={value} is host file {host}, not the "
             f"{config_path!s} checked here",
             f"run the doctor with --encryption-config {host}, or point the flag at the checked file",
         )
         return
     report.add(
         "manifest-config-flag", True,
-        f"{CONFIG_FLAG}={shown} is host file {host} (volume {mount.name})",
+        f"{CONFIG_FLAG}={value} is host file {host} (volume {mount.name})",
     )
 
 

@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 
-_EXTRA = ("uid", "api", "method", "code", "latency_ms", "key_id_hash", "request_id")
+_EXTRA = ("api", "method", "code", "latency_ms", "key_id_hash", "request_id")
 CALLS_LOGGER = "kms_plugin.service.calls"
 
 _HASHES: dict[str, str] = {}

@@ -266,7 +266,10 @@ def run_doctor(options: DoctorOptions) -> DoctorReport:
     """Run every check. Raises :class:`ConfigError` (exit 2) for a config or manifest that
     cannot be read or parsed, a bad ``--endpoint`` or ``--apiserver-user``."""
     if options.endpoint is not None:
-        parse_unix_endpoint(options.endpoint)
+        try:
+            parse_unix_endpoint(options.endpoint)
+        except ConfigError as exc:
+            raise ConfigError(f"--endpoint: {exc}") from None
     pod = load_apiserver_manifest(options.manifest) if options.manifest is not None else None
     who: Principal | None = None
     if options.apiserver_user is not None:

@@ -395,7 +395,7 @@ def test_bad_manifest_and_usage_are_exit_2(capsys: pytest.CaptureFixture[str]) -
         for extra, words in (
             (["--apiserver-manifest", str(d / "m.yaml")], "expected Pod"),
             (["--apiserver-manifest", str(d / "none.yaml")], "no such file"),
-            (["--endpoint", "tcp://127.0.0.1:1"], "unix scheme"),
+            (["--endpoint", "tcp://127.0.0.1:1"], "--endpoint: KMS endpoint 'tcp://127.0.0.1:1' must use the unix"),
         ):
             code, _, err = doctor(capsys, config, *extra)
             assert code == 2, (extra, err)

@@ -212,6 +212,37 @@ def _roundtrip(client: KMSv2Client, key_id: str, problems: list[str]) -> str:
     return "ok"
 
 
+@app.command()
+def doctor(
+    encryption_config: Path = typer.Option(..., help="The file given to --encryption-provider-config."),
+    endpoint: str | None = typer.Option(
+        None, help="unix:///path the plugin listens on (default: every kms endpoint in the config)."
+    ),
+    apiserver_manifest: Path | None = typer.Option(
+        None, help="kube-apiserver static pod manifest: check it mounts the socket and the config."
+    ),
+    apiserver_user: str | None = typer.Option(
+        None, help="NAME, UID or UID:GID the apiserver runs as (default: the manifest's runAsUser, else root)."
+    ),
+    output: Output = typer.Option(Output.table, "--output", "-o", help="table or json."),
+) -> None:
+    """Preflight before restarting kube-apiserver: config, socket, plugin, manifest.
+
+    One line per check with its fix. Exit 0 only when every check passes, 1 when one fails, 2 for a bad input file.
+    """
+    from kms_plugin.doctor import DoctorOptions, render_table, run_doctor
+
+    report = run_doctor(DoctorOptions(encryption_config, endpoint, apiserver_manifest, apiserver_user))
+    if output is Output.json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        typer.echo(render_table(report))
+    if not report.ok:
+        failed = ", ".join(dict.fromkeys(c.name for c in report.failed))
+        typer.echo(f"kms-plugin: doctor: {len(report.failed)} check(s) failed: {failed}", err=True)
+        raise typer.Exit(EXIT_FINDINGS)
+
+
 @keyring_app.command("init")
 def keyring_init(
     file: Path = typer.Argument(..., help="Keyring file to create (mode 0600)."),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -31,6 +32,7 @@ from kms_plugin.errors import (
     RpcFailure,
     UnknownKeyId,
 )
+from kms_plugin.logs import CALLS_LOGGER, key_id_hash
 from kms_plugin.proto import kms_v1beta1_pb2, kms_v2_pb2
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from kms_plugin.metrics import PluginMetrics
 
 log = logging.getLogger("kms_plugin.service")
+calls_log = logging.getLogger(CALLS_LOGGER)
 
 API_VERSION = "v2"
 V1_API_VERSION = "v1beta1"
@@ -202,25 +205,47 @@ class KMSService:
         try:
             response = fn(request)
         except RpcFailure as failure:
-            self._failed(api, method, start, failure, request)
+            self._done(api, method, start, request, None, failure)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure must become a status
             mapped = _to_failure(exc)
-            self._failed(api, method, start, mapped, request)
+            self._done(api, method, start, request, None, mapped)
             raise mapped from None
-        self.metrics.observe(api, method, "OK", time.perf_counter() - start)
+        self._done(api, method, start, request, response, None)
         return response
 
-    def _failed(self, api: str, method: str, start: float, failure: RpcFailure, request: Any) -> None:
-        self.metrics.observe(api, method, failure.code.name, time.perf_counter() - start)
-        log.warning(
-            "%s %s failed: %s: %s",
-            api,
-            method,
-            failure.code.name,
-            failure.message,
-            extra={"uid": getattr(request, "uid", ""), "code": failure.code.name},
-        )
+    def _done(
+        self,
+        api: str,
+        method: str,
+        start: float,
+        request: Any,
+        response: Any,
+        failure: RpcFailure | None,
+    ) -> None:
+        """Metrics and the one log line of a call. The key_id is the answer's (Status, Encrypt)
+        or the request's (Decrypt); only its hash is logged, and only answered calls count it
+        in metrics, so a caller cannot grow the label set with made-up key_ids."""
+        seconds = time.perf_counter() - start
+        code = "OK" if failure is None else failure.code.name
+        key_id = str(getattr(response, "key_id", "") or getattr(request, "key_id", "") or "")
+        self.metrics.observe(api, method, code, seconds, key_id if failure is None else "")
+        level = logging.INFO if failure is None else logging.WARNING
+        if not calls_log.isEnabledFor(level):
+            return
+        extra = {
+            "api": api,
+            "method": method,
+            "code": code,
+            "latency_ms": round(seconds * 1000, 3),
+            "key_id_hash": key_id_hash(key_id) if key_id else None,
+            # The apiserver sends a fresh UUID per Encrypt/Decrypt; Status carries none.
+            "request_id": getattr(request, "uid", "") or f"gen-{uuid.uuid4()}",
+        }
+        if failure is None:
+            calls_log.info("%s %s OK", api, method, extra=extra)
+        else:
+            calls_log.warning("%s %s failed: %s: %s", api, method, code, failure.message, extra=extra)
 
 
 def _sync_handler(

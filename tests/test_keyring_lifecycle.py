@@ -10,7 +10,6 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kms_plugin.keks import format as wire
@@ -24,6 +23,8 @@ from tests.support.snapshots import write_snapshot
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
 # The real CLI, started only once the gate file exists (as in test_keyring_concurrency).
 _GATED = (
@@ -191,7 +192,7 @@ def test_retire_waits_for_the_lock(tmp_path: Path, capsys: pytest.CaptureFixture
             time.sleep(3)  # the proof is done well before; the change must wait for the lock
             assert proc.poll() is None
             assert a.id in {k.id for k in Keyring.load(path).keks}
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert a.id not in {k.id for k in Keyring.load(path).keks}
 
@@ -205,11 +206,8 @@ def test_concurrent_retire_and_rotations_lose_no_change(tmp_path: Path, capsys: 
         argvs = [["keyring", "retire", str(path), a.id, "--proof", str(snap)],
                  ["keyring", "retire", str(path), b.id, "--proof", str(snap)]]  # fmt: skip
         argvs += [["keyring", "rotate", str(path)]] * 4
-        procs = [
-            subprocess.Popen([sys.executable, "-c", _GATED, str(gate), *argv],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-            for argv in argvs
-        ]
+        cmd = [sys.executable, "-c", _GATED, str(gate)]
+        procs = [subprocess.Popen([*cmd, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE) for argv in argvs]
         time.sleep(1.5)
         gate.touch()
         for proc in procs:

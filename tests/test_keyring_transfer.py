@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 
 from kms_plugin.keks.audit import read_audit
-from kms_plugin.keks.local import ACTIVE, DECRYPT_ONLY, Keyring
+from kms_plugin.keks.local import DECRYPT_ONLY, Keyring
 from kms_plugin.keks.transfer import PASSPHRASE_ENV
 from tests.support.cli import KMS_PLUGIN
 from tests.support.kms import file_mode
 from tests.support.lifecycle import assert_no_material, run_plugin
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 PHRASE = "correct horse battery staple"
 
@@ -79,13 +76,12 @@ def test_import_activate_creates_a_replica_keyring(
 ) -> None:
     src = _three(capsys, tmp_path / "a.json")
     out = tmp_path / "all.export"
-    assert run_plugin(capsys, "keyring", "export", tmp_path / "a.json", "--to", out, "--passphrase-file", phrase_file).code == 0
+    phrase = ("--passphrase-file", phrase_file)
+    assert run_plugin(capsys, "keyring", "export", tmp_path / "a.json", "--to", out, *phrase).code == 0
     replica = tmp_path / "replica.json"
     res = run_plugin(capsys, "keyring", "import", replica, "--from", out, "--passphrase-file", phrase_file)
     assert res.code == 2 and "does not exist" in res.err  # no keyring and no --activate
-    res = run_plugin(
-        capsys, "keyring", "import", replica, "--from", out, "--passphrase-file", phrase_file, "--activate", src.active.id
-    )
+    res = run_plugin(capsys, "keyring", "import", replica, "--from", out, *phrase, "--activate", src.active.id)
     assert res.code == 0, res.err
     copy = Keyring.load(replica)
     assert copy.active_key_id == src.active_key_id  # both hosts report the same key_id
@@ -98,9 +94,8 @@ def test_selected_keks_and_conflicting_ids(
     src = _three(capsys, tmp_path / "a.json")
     first = src.keks[0]
     out = tmp_path / "one.export"
-    res = run_plugin(
-        capsys, "keyring", "export", tmp_path / "a.json", "--to", out, "--kek", first.id, "--passphrase-file", phrase_file
-    )
+    phrase = ("--passphrase-file", phrase_file)
+    res = run_plugin(capsys, "keyring", "export", tmp_path / "a.json", "--to", out, "--kek", first.id, *phrase)
     assert res.code == 0 and first.id in res.out
     res = run_plugin(capsys, "keyring", "export", tmp_path / "a.json", "--to", tmp_path / "x", "--kek", "nope",
                      "--passphrase-file", phrase_file)  # fmt: skip
@@ -185,7 +180,7 @@ def test_passphrase_never_on_the_command_line(tmp_path: Path, capsys: pytest.Cap
         [*KMS_PLUGIN, "keyring", "export", str(tmp_path / "a.json"), "--to", str(tmp_path / "p.export")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    cmdline = open(f"/proc/{proc.pid}/cmdline", "rb").read()  # noqa: SIM115, PTH123 - read while it runs
+    cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()  # what ps shows, read while it runs
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert PHRASE.encode() not in cmdline + out + err

@@ -8,7 +8,6 @@ import base64
 import os
 from typing import TYPE_CHECKING
 
-import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kms_plugin.keks import format as wire
@@ -18,6 +17,8 @@ from tests.support.k8s_objects import json_object
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
     from kms_plugin.keks.local import Kek
 

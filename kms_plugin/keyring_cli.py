@@ -148,7 +148,7 @@ def keyring_archive(
     output: _Output = typer.Option(_Output.table, "--output", "-o", help="table or json."),
 ) -> None:
     """List the retired KEKs kept beside the keyring (ids and times only)."""
-    from kms_plugin.keks.lifecycle import read_archive
+    from kms_plugin.keks.archive import read_archive
     from kms_plugin.keks.local import _resolve
 
     rows = [

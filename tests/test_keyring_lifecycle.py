@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kms_plugin.keks import format as wire
+from kms_plugin.keks.archive import archive_path
 from kms_plugin.keks.audit import audit_path, read_audit
-from kms_plugin.keks.lifecycle import archive_path
 from kms_plugin.keks.local import ACTIVE, Keyring, keyring_lock
 from snapshot_tools.providers import kms_prefix, kmsv1
 from tests.support.kms import file_mode, short_dir

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from kms_plugin.client import KMSv2Client
+from kms_plugin.keks.archive import archive_path
 from kms_plugin.keks.audit import read_audit
-from kms_plugin.keks.lifecycle import archive_path
 from kms_plugin.keks.local import ACTIVE, Keyring
 from snapshot_tools.providers import kms_prefix, kmsv2
 from tests.support.configs import kms, rule, write_config

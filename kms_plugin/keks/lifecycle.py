@@ -4,14 +4,10 @@ Every change holds the keyring's writer lock (:func:`~kms_plugin.keks.local.keyr
 the read to the atomic rename, opens the audit log (:mod:`.audit`) before it changes anything and
 appends its line before it lets the lock go.
 
-Retired KEKs are kept in ``<keyring>.retired`` (0600, beside the symlink-resolved keyring) until
-purged. Each entry is the KEK's keyring entry sealed in the keyring's wrapped format under the
-**active KEK** of the keyring (AES-256-GCM; the header names the sealing KEK). Why not a
-passphrase: retiring is routine and runs where the keyring is; the archive is exactly as safe as
-the keyring file beside it, and worthless without it; off-host copies are what ``keyring export``
-(passphrase) is for. Every retire re-seals the whole archive under the current active KEK, so
-the archive never depends on a KEK that is being retired; an entry that no KEK of the keyring
-opens stops the change.
+Retired KEKs are kept in the archive (:mod:`.archive`, sealed under the active KEK) until purged.
+Every retire re-seals the whole archive under the current active KEK, so the archive never
+depends on a KEK that is being retired; an entry that no KEK of the keyring opens stops the
+change.
 
 The proof that a KEK is unused is not made here (``kms_plugin`` does not read snapshots): the
 caller proves it with ``snapshot_tools.kek_usage`` against the keyring it read, and
@@ -20,16 +16,12 @@ caller proves it with ``snapshot_tools.kek_usage`` against the keyring it read, 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import os
-import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kms_plugin.errors import ConfigError, Error, InputError, InvalidCiphertext, UnknownKeyId
+from kms_plugin.errors import ConfigError, Error
+from kms_plugin.keks.archive import Archived, archive_path, open_entry, read_archive, seal, write_archive
 from kms_plugin.keks.audit import AuditLog
 from kms_plugin.keks.local import (
     ACTIVE,
@@ -37,46 +29,18 @@ from kms_plugin.keks.local import (
     Kek,
     Keyring,
     _canonical_time,
-    _parse_kek,
     _write_keyring,
     keyring_lock,
 )
-from kms_plugin.keks.private_file import write_private
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Iterable, Mapping, Sequence
-
-ARCHIVE_SUFFIX = ".retired"
-ARCHIVE_FORMAT = "kms-plugin-retired-keks"
-ARCHIVE_VERSION = 1
-MAX_ARCHIVE_BYTES = 4 << 20
-
-
-def archive_path(keyring_file: Path) -> Path:
-    """The retired-KEK archive of the (symlink-resolved) keyring file ``keyring_file``."""
-    return keyring_file.with_name(keyring_file.name + ARCHIVE_SUFFIX)
-
-
-class Archived(NamedTuple):
-    """One archive entry as stored: ids and times in the clear, the KEK sealed."""
-
-    id: str
-    created: str
-    retired: str
-    sealed_by: str
-    sealed: bytes
-
-    def to_json(self) -> dict[str, str]:
-        return {
-            "id": self.id,
-            "created": self.created,
-            "retired": self.retired,
-            "sealed_by": self.sealed_by,
-            "sealed": base64.b64encode(self.sealed).decode(),
-        }
 
 
 class ImportResult(NamedTuple):
+    """What an import did: ids added and skipped (already held), the KEK made active, the result."""
+
     added: list[str]
     skipped: list[str]
     activated: str | None
@@ -115,87 +79,6 @@ def rotate(path: str | os.PathLike[str]) -> tuple[Keyring, Keyring]:
         _write_keyring(target, new, replace=True)
         audit.append("rotate", [new.active.id, old.active.id], active=new.active.id, demoted=old.active.id)
     return old, new
-
-
-# -- the archive -------------------------------------------------------------------------------
-
-
-def _archive_error(path: Path, why: str) -> InputError:
-    return InputError(f"retired-KEK archive {path}: {why}")
-
-
-def read_archive(keyring_file: Path) -> list[Archived]:
-    """The entries of the archive beside ``keyring_file`` ([] when there is none); not opened.
-
-    Raises:
-        InputError: unreadable, unsafe mode, or damaged.
-    """
-    path = archive_path(keyring_file)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise _archive_error(path, f"cannot open: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _archive_error(path, "not a regular file")
-        if st.st_mode & 0o077:
-            mode = stat.S_IMODE(st.st_mode)
-            raise _archive_error(path, f"mode {mode:04o} lets group or others read it; run chmod 600")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(MAX_ARCHIVE_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_ARCHIVE_BYTES:
-        raise _archive_error(path, f"larger than {MAX_ARCHIVE_BYTES} bytes")
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
-        raise _archive_error(path, "malformed JSON") from None
-    if not isinstance(doc, dict) or doc.get("format") != ARCHIVE_FORMAT or doc.get("version") != ARCHIVE_VERSION:
-        raise _archive_error(path, "not a retired-KEK archive of this version")
-    entries = doc.get("keks")
-    if not isinstance(entries, list):
-        raise _archive_error(path, "'keks' must be a list")
-    out = []
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict) or not all(isinstance(e.get(f), str) for f in Archived._fields):
-            raise _archive_error(path, f"keks[{i}] is malformed")
-        try:
-            sealed = base64.b64decode(e["sealed"], validate=True)
-        except (binascii.Error, ValueError):
-            raise _archive_error(path, f"keks[{i}]: sealed is not base64") from None
-        out.append(Archived(e["id"], e["created"], e["retired"], e["sealed_by"], sealed))
-    return out
-
-
-def _open_entry(entry: Archived, keyring: Keyring, path: Path) -> Kek:
-    """The KEK sealed in ``entry``; its id and creation must match the clear fields."""
-    try:
-        plain = keyring.unwrap(entry.sealed)
-    except (UnknownKeyId, InvalidCiphertext) as exc:
-        raise _archive_error(path, f"KEK {entry.id} does not open with this keyring ({exc})") from None
-    try:
-        kek = _parse_kek(json.loads(plain), 0, str(path))
-    except (ValueError, ConfigError):
-        raise _archive_error(path, f"KEK {entry.id} is damaged") from None
-    if kek.id != entry.id or _canonical_time(kek.created) != entry.created:
-        raise _archive_error(path, f"KEK {entry.id}: sealed identity differs from the listed one")
-    return kek
-
-
-def _seal(kek: Kek, keyring: Keyring, retired: str) -> Archived:
-    wrapped = keyring.wrap(json.dumps(kek.to_json()).encode())
-    return Archived(kek.id, _canonical_time(kek.created), retired, keyring.active.id, wrapped.ciphertext)
-
-
-def _write_archive(keyring_file: Path, entries: Sequence[Archived]) -> None:
-    doc = {"format": ARCHIVE_FORMAT, "version": ARCHIVE_VERSION, "keks": [e.to_json() for e in entries]}
-    write_private(
-        archive_path(keyring_file), (json.dumps(doc, indent=2) + "\n").encode(), replace=True, what="archive"
-    )
 
 
 def _kek(keyring: Keyring, kek_id: str) -> Kek:
@@ -243,12 +126,12 @@ def retire(
         entries = read_archive(target)
         if any(e.id == kek_id for e in entries):
             raise ConfigError(f"KEK {kek_id} is already in the archive {archive_path(target)}")
-        kept = [_open_entry(e, keyring, archive_path(target)) for e in entries]
+        kept = [open_entry(e, keyring, archive_path(target)) for e in entries]
         trimmed = Keyring([k for k in keyring.keks if k.id != kek_id], keyring.source)
         now = _now()
-        resealed = [_seal(k, trimmed, e.retired) for k, e in zip(kept, entries, strict=True)]
+        resealed = [seal(k, trimmed, e.retired) for k, e in zip(kept, entries, strict=True)]
         # Archive first: a failure between the two writes leaves the KEK in both, never in neither.
-        _write_archive(target, [*resealed, _seal(kek, trimmed, now)])
+        write_archive(target, [*resealed, seal(kek, trimmed, now)])
         _write_keyring(target, trimmed, replace=True)
         audit.append("retire", [kek_id], active=trimmed.active.id, archive=str(archive_path(target)), proof=proof)
     return trimmed
@@ -269,10 +152,10 @@ def restore(path: str | os.PathLike[str], kek_id: str) -> Keyring:
             raise ConfigError(f"archive {archive_path(target)} holds no KEK {kek_id!r}{_listing(entries)}")
         if any(k.id == kek_id for k in keyring.keks):
             raise ConfigError(f"keyring {target} already holds a KEK {kek_id!r}")
-        kek = _open_entry(entry, keyring, archive_path(target))
+        kek = open_entry(entry, keyring, archive_path(target))
         restored = Keyring([*keyring.keks, Kek(kek.id, kek.created, DECRYPT_ONLY, kek.key)], keyring.source)
         _write_keyring(target, restored, replace=True)
-        _write_archive(target, [e for e in entries if e.id != kek_id])
+        write_archive(target, [e for e in entries if e.id != kek_id])
         audit.append("restore", [kek_id], active=restored.active.id)
     return restored
 
@@ -302,7 +185,7 @@ def purge(path: str | os.PathLike[str], kek_ids: Sequence[str], *, everything: b
             gone = sorted(set(kek_ids))
         if not gone:
             raise ConfigError(f"archive {archive_path(target)}: nothing to purge{_listing(entries)}")
-        _write_archive(target, [e for e in entries if e.id not in gone])
+        write_archive(target, [e for e in entries if e.id not in gone])
         audit.append("purge", gone)
     return gone
 

@@ -193,6 +193,33 @@ def purge(path: str | os.PathLike[str], kek_ids: Sequence[str], *, everything: b
 # -- import ------------------------------------------------------------------------------------
 
 
+def _merge(
+    existing: Sequence[Kek], keks: Sequence[Kek], activate: str | None, target: Path
+) -> tuple[list[Kek], list[str], list[str]]:
+    """``existing`` plus the new ``keks`` (decrypt-only; ``activate`` active): (KEKs, added, skipped).
+
+    Raises:
+        ConfigError: an id ``existing`` holds with another creation time or key.
+    """
+    by_id = {k.id: k for k in existing}
+    added, skipped = [], []
+    for kek in keks:
+        have = by_id.get(kek.id)
+        if have is None:
+            added.append(kek.id)
+            by_id[kek.id] = Kek(kek.id, kek.created, DECRYPT_ONLY, kek.key)
+        elif have.key == kek.key and have.created == kek.created:
+            skipped.append(kek.id)
+        else:
+            raise ConfigError(
+                f"KEK id {kek.id} is already in keyring {target} with different material; nothing imported"
+            )
+    merged = list(by_id.values())
+    if activate is not None:
+        merged = [Kek(k.id, k.created, ACTIVE if k.id == activate else DECRYPT_ONLY, k.key) for k in merged]
+    return merged, added, skipped
+
+
 def import_keks(
     path: str | os.PathLike[str], keks: Sequence[Kek], *, activate: str | None, source: str
 ) -> ImportResult:
@@ -215,28 +242,9 @@ def import_keks(
             existing = Keyring.load(target).keks
         elif activate is None:
             raise ConfigError(f"keyring {target} does not exist; run keyring init, or pass --activate ID")
-        by_id = {k.id: k for k in existing}
-        added, skipped = [], []
-        for kek in keks:
-            have = by_id.get(kek.id)
-            if have is None:
-                added.append(kek.id)
-            elif have.key == kek.key and have.created == kek.created:
-                skipped.append(kek.id)
-            else:
-                raise ConfigError(
-                    f"KEK id {kek.id} is already in keyring {target} with different material; nothing imported"
-                )
-        merged = {k.id: k for k in existing}
-        for kek in keks:
-            if kek.id in added:
-                merged[kek.id] = Kek(kek.id, kek.created, DECRYPT_ONLY, kek.key)
-        if activate is not None:
-            merged = {
-                i: Kek(k.id, k.created, ACTIVE if i == activate else DECRYPT_ONLY, k.key) for i, k in merged.items()
-            }
+        merged, added, skipped = _merge(existing, keks, activate, target)
         try:
-            keyring = Keyring(merged.values(), str(target))
+            keyring = Keyring(merged, str(target))
         except Error as exc:
             raise ConfigError(str(exc)) from None
         _write_keyring(target, keyring, replace=True)

@@ -5,6 +5,8 @@ Registered on the ``keyring`` sub-app by :func:`register`; each command is a thi
 case with ``snapshot_tools.kek_usage``, imported inside the command: ``snapshot_tools`` already
 depends on ``kms_plugin`` (through ``kms_plugin.api``), so the plugin's library and serve path
 never import it, and only this command reaches back.
+
+References: Typer ``command`` registration; STYLE.md 8 (thin CLI layers).
 """
 
 from __future__ import annotations

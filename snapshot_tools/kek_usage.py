@@ -24,6 +24,9 @@ unwrap cache.
 
 Sources go through :func:`open_proof_source`, the one place that turns a SOURCE argument into
 records (snapshot files now; S3 objects and live etcd plug in there).
+
+References: ``snapshot_tools/check.py`` (the same sources and record walk), ``kmsv2.parse``
+(``ValidateEncryptedObject``), ``kms_plugin.keks.format`` (the wrapped-key header).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ The file is opened ``O_APPEND`` (never rewritten or truncated), created 0600, re
 a symlink, not a regular file or readable by group/other; each line is one ``write`` followed by
 ``fsync``. Writers open it before they change the keyring (a log that cannot be written stops
 the change) and append while they still hold the keyring lock, so lines are in change order.
+
+References: Linux audit and sudo I/O logs (append-only, one record per action); STYLE.md 9
+(no secrets in logs).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ change.
 The proof that a KEK is unused is not made here (``kms_plugin`` does not read snapshots): the
 caller proves it with ``snapshot_tools.kek_usage`` against the keyring it read, and
 :func:`retire` checks, under the lock, that the KEK is still the one proven and still not active.
+
+References: ``kms_plugin.keks.local`` (``keyring_lock``, ``rotate_keyring``); issue 14 item 2.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ symlink, a FIFO) is already at the path: an output is never clobbered and never 
 a symlink. With ``replace=True`` ``rename()`` replaces the directory entry itself (a symlink at
 the path is replaced, its target is not touched). Either way a reader sees the old file or the
 whole new one, never a part.
+
+References: ``snapshot_tools/atomic_file.py`` (the same publish step for snapshots).
 """
 
 from __future__ import annotations

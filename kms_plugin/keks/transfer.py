@@ -19,6 +19,9 @@ apart, the message says both.
 
 The passphrase comes from ``--passphrase-file FILE`` or the ``KMS_PLUGIN_PASSPHRASE``
 environment variable, never from the command line (``ps`` shows argv to every user).
+
+References: pyca/cryptography ``Scrypt`` and ``AESGCM``; OWASP Password Storage Cheat Sheet
+(scrypt parameters); age/ansible-vault (a versioned header bound to the ciphertext).
 """
 
 from __future__ import annotations

@@ -222,3 +222,19 @@ def test_concurrent_retire_and_rotations_lose_no_change(tmp_path: Path, capsys: 
         assert archived == {a.id, b.id}
         actions = [r["action"] for r in read_audit(path)]
         assert actions.count("rotate") == 2 + 4 and actions.count("retire") == 2
+
+
+def test_an_unsafe_audit_log_stops_the_change(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "k.json"
+    keyring = _keyring(capsys, path, rotations=0)
+    log = audit_path(path)
+    log.chmod(0o644)
+    res = run_plugin(capsys, "keyring", "rotate", path)
+    assert res.code == 2 and "chmod 600" in res.err
+    assert Keyring.load(path).keks == keyring.keks  # nothing changed without its audit line
+    log.unlink()
+    log.symlink_to(tmp_path / "elsewhere.log")
+    res = run_plugin(capsys, "keyring", "rotate", path)
+    assert res.code == 2 and "audit log" in res.err
+    assert not (tmp_path / "elsewhere.log").exists()
+    assert Keyring.load(path).keks == keyring.keks

@@ -12,7 +12,8 @@ values under provider names no config lists any more, and needs no config at all
   hide a use); a failure, or a KEK the keyring does not hold, is **unreadable**;
 * a KMS envelope in another format (AWS KMS, another plugin): not ours, counted per provider
   name; with ``--provider NAME`` the keyring serves NAME, so such a value under NAME is
-  **unreadable**;
+  **unreadable**; a value in the keyring format naming a KEK the keyring does not hold is
+  **unreadable**, unless ``--provider`` names other providers than its own (another keyring's);
 * a malformed KMS envelope or an unknown ``k8s:enc:`` form: **unreadable**;
 * identity and static-key values: counted, never KMS.
 
@@ -243,7 +244,11 @@ class _Scanner:
                 usage.other_kms[env.provider] += 1
             return
         if named not in self.ids:
-            usage.unreadable.add(f"wrapped by KEK {named}, which this keyring does not hold", key, revision, source)
+            if self.providers and env.provider not in self.providers:
+                # --provider names what this keyring serves: another keyring's value.
+                usage.other_kms[env.provider] += 1
+            else:
+                usage.unreadable.add(f"wrapped by KEK {named}, which this keyring does not hold", key, revision, source)
             return
         failure = self._open(env)
         if failure is not None:

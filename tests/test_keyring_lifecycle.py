@@ -88,6 +88,15 @@ def test_proof_counts_each_kind_of_value(tmp_path: Path, capsys: pytest.CaptureF
     reasons = " | ".join(row["what"] for row in report["unreadable"])
     assert stranger.id in reasons and "malformed KMS v2" in reasons and "unknown k8s:enc:" in reasons
     assert sum(row["count"] for row in report["unreadable"]) == 4
+    # Once --provider says which names this keyring serves, the stranger under another name is
+    # another keyring's value; the same under our name stays unreadable.
+    theirs = kms_prefix("v2", "theirs") + Sealer(stranger).value("/k")[len(kms_prefix("v2", "ours")) :]
+    other = {**values, "/registry/secrets/z/s": theirs}
+    snap = write_snapshot(tmp_path / "other.db", other)
+    res, report = _proof(capsys, path, a.id, "--proof", snap, "--provider", "ours")
+    assert res.code == 0 and report["other_kms"] == {"theirs": 1}
+    res, report = _proof(capsys, path, a.id, "--proof", snap, "--provider", "theirs")
+    assert res.code == 1
 
     # A foreign-format value is not ours by default, unreadable once --provider says it is.
     foreign = {"/registry/secrets/x/f": kms_prefix("v2", "ours") + _foreign_payload()}

@@ -69,6 +69,8 @@ def _render_usage(usage: KekUsage, output: _Output) -> None:
             typer.echo(f"{title}: {printable(row['what'])}: {row['count']}")
             for key in row["first"]:
                 typer.echo(f"    {printable(key)}")
+            if row["count"] > len(row["first"]):
+                typer.echo(f"    ... and {row['count'] - len(row['first'])} more")
     for line in usage.problems:
         typer.echo(f"problem: {printable(line)}")
     for line in usage.notes:

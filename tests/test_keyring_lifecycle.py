@@ -176,7 +176,8 @@ def test_archive_restore_purge_and_audit(tmp_path: Path, capsys: pytest.CaptureF
         ("purge", [c.id]),
     ]
     for record in read_audit(path):
-        assert {"time", "user", "uid", "host", "pid", "tool", "version"} <= record.keys()
+        assert {"time", "keyring", "user", "uid", "host", "pid", "tool", "version"} <= record.keys()
+        assert record["keyring"] == str(path)
     assert_no_material(log, [a, b, c, d])
 
     # A damaged archive stops a retire and is named (exit 3); the keyring is unchanged.

@@ -2,7 +2,7 @@
 
 ``<keyring>.audit.log`` (beside the symlink-resolved keyring file, like its lock) gets one line
 per ``init``, ``rotate``, ``retire``, ``restore``, ``purge`` and ``import``: the UTC time, the
-action, the KEK ids involved, the active KEK after the change, who (user, uid, host, pid; the
+action, the keyring file, the KEK ids involved, the active KEK after the change, who (user, uid, host, pid; the
 sudo user when there is one) and the tool version. Key material never appears: only KEK ids,
 which are random labels.
 
@@ -61,6 +61,7 @@ class AuditLog:
     """
 
     def __init__(self, keyring_file: Path) -> None:
+        self.keyring = keyring_file
         self.path = audit_path(keyring_file)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
@@ -93,6 +94,7 @@ class AuditLog:
         record: dict[str, Any] = {
             "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "action": action,
+            "keyring": str(self.keyring),
             "kek_ids": kek_ids,
             **details,
             **_who(),

@@ -185,3 +185,31 @@ def test_passphrase_never_on_the_command_line(tmp_path: Path, capsys: pytest.Cap
     assert proc.returncode == 0, err
     assert PHRASE.encode() not in cmdline + out + err
     assert PHRASE.encode() not in (tmp_path / "a.json.audit.log").read_bytes()
+
+
+def test_mutated_exports_fail_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    _three(capsys, tmp_path / "a.json")
+    monkeypatch.setenv(PASSPHRASE_ENV, PHRASE)
+    out = tmp_path / "k.export"
+    assert run_plugin(capsys, "keyring", "export", tmp_path / "a.json", "--to", out).code == 0
+    dst = tmp_path / "b.json"
+    assert run_plugin(capsys, "keyring", "init", dst).code == 0
+    before = dst.read_bytes()
+    good = out.read_bytes()
+    rng = random.Random(14)
+    for i in range(24):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if i % 4 == 0:
+            data = data[: rng.randrange(len(data))]
+        bad = tmp_path / f"m{i}.export"
+        bad.write_bytes(bytes(data))
+        res = run_plugin(capsys, "keyring", "import", dst, "--from", bad)
+        assert res.code in (2, 3), (i, res)
+        assert res.err.count("\n") == 1 and "internal error" not in res.err
+    assert dst.read_bytes() == before

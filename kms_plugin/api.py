@@ -69,6 +69,7 @@ __all__ = [
     "check_endpoint",
     "open_keyring",
     "plugin_client",
+    "wrapped_kek_id",
 ]
 
 
@@ -92,6 +93,17 @@ def open_keyring(path: str) -> Keyring:
     from kms_plugin.keks.local import Keyring
 
     return Keyring.load(path)
+
+
+def wrapped_kek_id(ciphertext: bytes) -> str | None:
+    """The keyring KEK id a wrapped key in ``kms-plugin``'s keyring format names in its header
+    (not authenticated until unwrapped); ``None`` for any other format or a malformed header."""
+    from kms_plugin.keks import format as wire
+
+    try:
+        return wire.parse(ciphertext).kek_id
+    except InvalidCiphertext:
+        return None
 
 
 def plugin_client(endpoint: str, timeout: float, api_version: str) -> KMSv1Client | KMSv2Client:

@@ -29,6 +29,7 @@ from kms_plugin.errors import (
     PluginError,
     exit_code_for,
 )
+from kms_plugin.keyring_cli import register as register_lifecycle
 from kms_plugin.terminal import printable
 
 if TYPE_CHECKING:
@@ -249,10 +250,9 @@ def keyring_init(
     force: bool = typer.Option(False, "--force", help="Replace an existing file."),
 ) -> None:
     """Create a keyring with one fresh active KEK."""
-    from kms_plugin.keks.local import Keyring, save_keyring
+    from kms_plugin.keks.lifecycle import init_keyring
 
-    keyring = Keyring.generate()
-    save_keyring(file, keyring, replace=force)
+    keyring = init_keyring(file, force=force)
     typer.echo(f"created {printable(str(file))}: KEK {keyring.active.id} active, key_id {keyring.active_key_id}")
 
 
@@ -262,9 +262,9 @@ def keyring_rotate(file: Path = typer.Argument(..., help="Keyring file to rotate
 
     Locked against other writers of the file; a symlink is kept and its target replaced.
     """
-    from kms_plugin.keks.local import rotate_keyring
+    from kms_plugin.keks.lifecycle import rotate
 
-    old, new = rotate_keyring(file)
+    old, new = rotate(file)
     typer.echo(
         f"rotated {printable(str(file))}: KEK {new.active.id} active (key_id {new.active_key_id}); "
         f"{old.active.id} is now decrypt-only"
@@ -297,6 +297,9 @@ def _age(seconds: int) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+register_lifecycle(keyring_app)
 
 
 def main() -> None:

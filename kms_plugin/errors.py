@@ -42,6 +42,15 @@ class ConfigError(Error):
     """Bad flags, a malformed or unsafe keyring file, a bad endpoint: exit 2."""
 
 
+class InputError(Error):
+    """An input file that cannot be read or is damaged (a KEK export, a retired-KEK archive,
+    a snapshot given as proof): exit 3."""
+
+
+class RetireRefused(Error):
+    """``keyring retire`` found stored values that still need the KEK: exit 1 (findings)."""
+
+
 class InvalidRequest(Error):
     """A request the plugin refuses as malformed: empty or oversized plaintext, a wrong API version."""
 
@@ -107,6 +116,7 @@ class RequestTooLarge(http.client.HTTPException):
 # Most specific first: the first class ``exc`` is an instance of decides.
 EXIT_CODES: dict[type[Exception], int] = {
     ConfigError: EXIT_USAGE,
+    InputError: EXIT_INPUT,
     PluginUnavailable: EXIT_KMS,
     Error: EXIT_FINDINGS,
 }

@@ -74,7 +74,7 @@ def test_parallel_rotations_lose_no_kek() -> None:
             assert len(set(demoted)) == n
             assert final.active.id not in demoted
             assert sorted(p.name for p in d.iterdir()) == sorted(
-                ["k.json", "k.json.lock", f"gate{round_}"]
+                ["k.json", "k.json.audit.log", "k.json.lock", f"gate{round_}"]
             )
 
 
@@ -92,8 +92,9 @@ def test_rotate_through_a_symlink_updates_the_target() -> None:
         assert [k.state for k in rotated.keks] == [DECRYPT_ONLY, ACTIVE]
         assert rotated.keks[0].id == first.active.id
         assert Keyring.load(link).active_key_id == rotated.active_key_id
-        # The lock and the temp file live beside the target, so every path to it shares one lock.
-        assert sorted(p.name for p in (d / "real").iterdir()) == ["k.json", "k.json.lock"]
+        # The lock, the audit log and the temp file live beside the target, so every path to it
+        # shares one lock and one log.
+        assert sorted(p.name for p in (d / "real").iterdir()) == ["k.json", "k.json.audit.log", "k.json.lock"]
         assert sorted(p.name for p in d.iterdir()) == ["k.json", "real"]
         assert plugin_cli("keyring", "init", "--force", str(link)) == 0
         assert link.is_symlink()

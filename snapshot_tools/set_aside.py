@@ -1,0 +1,251 @@
+"""The set-aside directory of ``quarantine``: what was taken out of a snapshot, still encrypted.
+
+Layout (directory mode 0700, every file 0600)::
+
+    DIR/manifest.json                  what is here, and why (no values, no key material)
+    DIR/00001-<main>_<sub>.value       one stored revision's raw value, as etcd held it
+
+The manifest lists, per object, its etcd key (text and base64), resource, namespace, name, the
+action (``tombstoned``: deleted at the new revision; ``history``: older revisions left out), the
+findings (verdict, reason, the provider/key it needs) and every revision set aside with its
+MVCC fields, file name, size and SHA-256. Value files are written (and synced) first, the
+manifest last, all before the quarantined snapshot is published; files of a run that fails
+are removed again.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from snapshot_tools.atomic_file import AtomicFile, temp_name
+from snapshot_tools.errors import InputError, OutputError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from snapshot_tools.quarantine import QuarantinedObject
+    from snapshot_tools.snapshot import Record, Snapshot
+
+MANIFEST = "manifest.json"
+FORMAT = "snapshot-tools/quarantine/v1"
+_MAX_MANIFEST = 256 << 20
+
+
+class SetAsideDir:
+    """A directory checked before any work (exists empty, or can be created) and written last.
+
+    Raises (on construction):
+        OutputError: a symlink or not a directory, an input, in a missing parent, or not empty
+            without ``force``.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, force: bool, inputs: Iterable[str] = ()) -> None:
+        self.path = Path(directory)
+        self.force = force
+        try:
+            st: os.stat_result | None = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot check the directory: {exc.strerror}") from None
+        real = os.path.realpath(self.path)
+        for src in inputs:
+            if os.path.realpath(src) == real:
+                raise OutputError(f"{self.path}: the set-aside directory is an input; use a new directory")
+        if st is None:
+            if not self.path.parent.is_dir():
+                raise OutputError(f"{self.path}: directory {self.path.parent} does not exist")
+        elif not stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"{self.path}: not a directory (a symlink is refused too)")
+        elif any(self.path.iterdir()) and not force:
+            raise OutputError(f"{self.path}: not empty (use --force to write into it anyway)")
+
+    def write(self, snap: Snapshot, objects: Sequence[QuarantinedObject], facts: dict[str, object]) -> Path:
+        """Every revision of ``objects`` to set aside, then the manifest; the manifest's path."""
+        records = _records_of(snap, objects)
+        created: list[Path] = []
+        try:
+            if not self.path.exists():
+                os.mkdir(self.path, 0o700)
+            os.chmod(self.path, 0o700)  # whatever the umask: it holds encrypted secrets
+            manifest_objects = []
+            n = 0
+            for obj in objects:
+                dropped = {(f.main, f.sub) for f in obj.findings if not f.latest}
+                revisions = []
+                for rec in records.get(obj.key, []):
+                    if obj.action != "tombstoned" and (rec.main, rec.sub) not in dropped:
+                        continue  # kept in the snapshot: nothing to set aside
+                    entry: dict[str, object] = {
+                        "main": rec.main,
+                        "sub": rec.sub,
+                        "create_revision": rec.create_revision,
+                        "mod_revision": rec.mod_revision,
+                        "version": rec.version,
+                        "lease": rec.lease,
+                        "tombstone": rec.tombstone,
+                        "dropped": (rec.main, rec.sub) in dropped,
+                    }
+                    if not rec.tombstone:
+                        n += 1
+                        name = f"{n:05d}-{rec.main}_{rec.sub}.value"
+                        created.append(self._write_file(name, rec.value))
+                        entry.update(file=name, size=len(rec.value), sha256=hashlib.sha256(rec.value).hexdigest())
+                    revisions.append(entry)
+                manifest_objects.append(_object_json(obj, revisions))
+            manifest = {"format": FORMAT, **facts, "objects": manifest_objects}
+            _sync_dir(self.path)
+            with AtomicFile(self.path / MANIFEST, force=True) as out:
+                assert out.file is not None
+                out.file.write(json.dumps(manifest, indent=2).encode() + b"\n")
+                out.commit()
+            return self.path / MANIFEST
+        except BaseException:
+            for path in created:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
+
+    def _write_file(self, name: str, data: bytes) -> Path:
+        target = self.path / name
+        tmp = self.path / temp_name(target)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(tmp, flags, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise OutputError(f"{target}: cannot write the set-aside value: {exc.strerror or exc}") from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        return target
+
+
+def _records_of(snap: Snapshot, objects: Sequence[QuarantinedObject]) -> dict[bytes, list[Record]]:
+    wanted = {o.key for o in objects}
+    out: dict[bytes, list[Record]] = {}
+    if not wanted:
+        return out
+    for rec in snap.records():  # revision order: each key's list comes out oldest first
+        if rec.key in wanted:
+            out.setdefault(rec.key, []).append(rec)
+    return out
+
+
+def _object_json(obj: QuarantinedObject, revisions: list[dict[str, object]]) -> dict[str, object]:
+    return {
+        "key": obj.shown_key,
+        "key_base64": base64.b64encode(obj.key).decode(),
+        "resource": obj.resource,
+        "namespace": obj.namespace,
+        "name": obj.name,
+        "action": obj.action,
+        "findings": [
+            {
+                "main": f.main,
+                "sub": f.sub,
+                "revision": f.mod_revision,
+                "latest": f.latest,
+                "verdict": f.verdict,
+                "reason": f.reason,
+                "provider": f.provider,
+                "key_name": f.key_name,
+                "key_id": f.key_id,
+                "needs": f.needs(),
+            }
+            for f in obj.findings
+        ],
+        "revisions": revisions,
+    }
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- reading it back -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestoreEntry:
+    """A tombstoned object's latest value as set aside (still encrypted)."""
+
+    key: bytes
+    value: bytes
+    lease: int
+    path: Path
+
+
+def read_set_aside(directory: str | os.PathLike[str]) -> list[RestoreEntry]:
+    """The latest value of every tombstoned object of the directory, each file checked.
+
+    Raises:
+        InputError: no directory or manifest, a manifest that is not ours, a file missing or
+            not what the manifest says (size, SHA-256).
+    """
+    root = Path(directory)
+    path = root / MANIFEST
+    try:
+        if not root.is_dir():
+            raise InputError(f"{root}: not a directory")
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_MANIFEST + 1)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (not a quarantine directory?)") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        manifest = json.loads(raw)
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise ValueError("not a quarantine manifest")
+        out = []
+        for obj in manifest["objects"]:
+            if obj["action"] != "tombstoned":
+                continue
+            key = base64.b64decode(obj["key_base64"], validate=True)
+            live = [r for r in obj["revisions"] if not r["tombstone"]]
+            if not live:
+                continue
+            last = live[-1]
+            out.append(RestoreEntry(key, _value(root, last), int(last["lease"]), root / last["file"]))
+        return out
+    except InputError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: damaged manifest: {exc}") from None
+
+
+def _value(root: Path, rev: dict[str, object]) -> bytes:
+    name = str(rev["file"])
+    if "/" in name or name in ("", ".", ".."):
+        raise InputError(f"{root / MANIFEST}: bad file name {name!r}")
+    try:
+        data = (root / name).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{root / name}: cannot read: {exc.strerror}") from None
+    if len(data) != rev["size"] or hashlib.sha256(data).hexdigest() != rev["sha256"]:
+        raise InputError(f"{root / name}: not the value the manifest names (size or SHA-256 differ)")
+    return data

@@ -410,6 +410,8 @@ def _quarantine(
             raise _unavailable(judge.unavailable)
         summary.objects = objects
         if opts.dry_run:
+            if any(o.action == TOMBSTONED for o in objects):
+                summary.revision_out = current_revision(snap) + 1
             summary.seconds = time.monotonic() - started
             return summary
         assert set_aside is not None and opts.output is not None
@@ -469,6 +471,70 @@ def _unavailable(where: list[str]) -> KMSUnavailable:
         f"{len(where)} values need a KMS that could not be reached (first: {where[0]}); "
         "an unreachable KMS is not a lost key: nothing was written"
     )
+
+
+# -- quarantine during a rewrite (reencrypt --quarantine-unreadable) ---------------------------------
+
+
+class RewriteQuarantine:
+    """The objects a rewrite takes out as it meets their unreadable latest values.
+
+    The copy streams records in revision order; an object's latest record is its last, so by
+    the time the ``key`` bucket ends every object is known and :meth:`append` can write the
+    transaction of tombstones. :meth:`check_output` confirms it is the output's last records.
+    """
+
+    def __init__(self, snap: Snapshot, directory: SetAsideDir, etcd_prefix: str) -> None:
+        self.snap = snap
+        self.directory = directory
+        self.parse = KeyParser(etcd_prefix).parse
+        self.latest = {(r.main, r.sub) for r in snap.latest()}
+        self.objects: dict[bytes, QuarantinedObject] = {}
+        self.tail: list[tuple[bytes, bytes]] = []
+
+    def take(self, rec: Record, res: Resolution) -> bool:
+        """Quarantine ``rec``'s object if ``rec`` is its latest value; whether it was."""
+        if (rec.main, rec.sub) not in self.latest:
+            return False
+        _gr, base, name, label = self.parse(rec.key)
+        namespace = base.namespace if base is not None else None
+        obj = QuarantinedObject(rec.key, label, namespace, name, TOMBSTONED, [_finding(rec, res, True)])
+        self.objects[rec.key] = obj
+        return True
+
+    def append(self, bpath: BucketPath) -> list[tuple[bytes, bytes]]:
+        if bpath != (KEY_BUCKET,) or not self.objects:
+            return []
+        self.tail = tombstone_entries(sorted(self.objects), current_revision(self.snap) + 1)
+        return self.tail
+
+    def check_output(self, path: Path) -> None:
+        """The output ends with exactly the transaction built (so each key's latest is its tombstone).
+
+        Raises:
+            OutputError: it does not.
+        """
+        if not self.tail:
+            return
+        with Snapshot.open(path) as out:
+            b = out.db.bucket(KEY_BUCKET)
+            last = list(out.items(KEY_BUCKET))[-len(self.tail) :] if b is not None else []
+        if last != self.tail:
+            raise OutputError("the written snapshot failed verification: the tombstones are not its last records")
+
+    def write(self, output: str) -> str:
+        """Set every revision of the objects aside; the manifest's path."""
+        facts: dict[str, object] = {
+            "snapshot": str(self.snap.path),
+            "output": output,
+            "snapshot_revision": self.snap.revision,
+            "tombstone_revision": int.from_bytes(self.tail[-1][0][:8], "big") if self.tail else None,
+        }
+        objects = [self.objects[k] for k in sorted(self.objects)]
+        return str(self.directory.write(self.snap, objects, facts))
+
+    def keys(self) -> list[str]:
+        return [self.objects[k].shown_key for k in sorted(self.objects)]
 
 
 # -- putting set-aside objects back --------------------------------------------------------------
@@ -632,6 +698,7 @@ __all__ = [
     "QuarantinedObject",
     "RestoreOptions",
     "RestoreSummary",
+    "RewriteQuarantine",
     "compare_copy",
     "current_revision",
     "etcd_key_of",

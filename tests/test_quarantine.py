@@ -11,8 +11,11 @@ plugin socket nobody listens on.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import re
+import shlex
 import stat
 from typing import TYPE_CHECKING
 
@@ -23,7 +26,7 @@ from snapshot_tools.snapshot import KEY_BUCKET, Snapshot
 from tests.support.configs import IDENTITY, rule, static, write_config
 from tests.support.etcd import EtcdServer, etcdutl_restore, etcdutl_status, start_etcd_on
 from tests.support.files import leftovers, sha256
-from tests.support.fixtures import config_path, snapshot_path
+from tests.support.fixtures import ROOT, config_path, snapshot_path
 from tests.support.kms import short_dir
 
 if TYPE_CHECKING:
@@ -366,3 +369,73 @@ def test_kms_unavailable_is_exit_4_and_writes_nothing(tmp_path: Path, cli: Cli) 
     assert not out.exists() and not d.exists()
     assert leftovers(tmp_path) == []
     assert os.listdir(tmp_path) == []
+
+
+# -- reencrypt --quarantine-unreadable: one pass to a snapshot that restores under the new key ----
+
+
+@pytest.mark.etcd
+def test_reencrypt_quarantine_unreadable_in_one_pass(case: Case, etcd_bins, tmp_path: Path, cli: Cli) -> None:
+    new = write_config(tmp_path / "new.json", rule(["secrets", "configmaps"], static("aesgcm", ("g1", NEW)), IDENTITY))
+    out, d = tmp_path / "out.db", tmp_path / "aside"
+    rc, _, err = cli(
+        "reencrypt", case.snap, "-c", case.current, "--to", new, out, "--skip-unreadable",
+        "--quarantine-unreadable", d,
+    )  # fmt: skip
+    assert rc == 2 and "exclude each other" in err
+    assert not out.exists() and not d.exists()
+
+    rc, stdout, err = cli(
+        "reencrypt", case.snap, "-c", case.current, "--to", new, out, "--quarantine-unreadable", d, "-o", "json"
+    )
+    assert rc == 0, err
+    summary = json.loads(stdout)
+    assert set(summary["quarantined"]) == QUARANTINED
+    assert "were deleted and set aside" in err
+    # Older unreadable values are copied as they are (and named), like --skip-unreadable.
+    assert {s.split("@")[0] for s in summary["skipped_unreadable"]} == {S + "old-lost", S + "deleted"}
+    rev_in = etcdutl_status(case.snap, bins=etcd_bins)["revision"]
+    assert etcdutl_status(out, bins=etcd_bins)["revision"] == rev_in + 1
+    rc, stdout, err = cli("check", out, "-c", new, "-o", "json")
+    assert rc == 0, err
+    assert {o["verdict"] for o in json.loads(stdout)["objects"]} == {"current"}
+    assert not QUARANTINED & {k.decode() for k in _latest(out)}
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert {o["key"] for o in manifest["objects"]} == QUARANTINED
+
+    # The lost key turns up: back under the new key.
+    back = tmp_path / "back.db"
+    rc, _, err = cli("quarantine", "--restore-from", d, out, back, "--to", new, "-c", case.with_lost)
+    assert rc == 0, err
+    rc, stdout, err = cli("check", back, "-c", new, "-o", "json")
+    assert rc == 0, err
+    assert {o["key"] for o in json.loads(stdout)["objects"]} >= QUARANTINED
+
+
+# -- the README walkthrough ------------------------------------------------------------------------
+
+
+def _walkthrough() -> list[str]:
+    section = (ROOT / "README.md").read_text().split("## A snapshot that will not restore", 1)[1]
+    match = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    joined = match.group(1).replace("\\\n", " ")
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_readme_walkthrough_runs_as_documented(tmp_path: Path, cli: Cli) -> None:
+    cmds = _walkthrough()
+    assert len(cmds) == 6
+    got = []
+    for cmd in cmds:
+        args = shlex.split(cmd.replace("/tmp/", f"{tmp_path}/"))
+        assert args[0] == "snapshot-tools"
+        with contextlib.chdir(ROOT):
+            got.append(cli(*args[1:]))
+    assert [g.code for g in got] == [1, 1, 0, 0, 0, 0], [g.err for g in got]
+    assert "14 unreadable" in got[0].out.splitlines()[0]
+    assert "14 objects would be deleted at revision 98" in got[1].out and "aescbc/key1" in got[1].out
+    assert "14 objects deleted at revision 98 (input revision 97)" in got[2].out
+    assert got[3].out.startswith("0 objects: 0 current, 0 stale, 0 retired, 0 unreadable")
+    assert "14 objects put back (re-encrypted) at revision 99" in got[4].out
+    assert got[5].out.startswith("14 objects: 14 current,")

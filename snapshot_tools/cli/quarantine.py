@@ -205,7 +205,7 @@ def _show_quarantine(s: QuarantineSummary, fmt: OutputFormat) -> None:
     ]  # fmt: skip
     if s.dry_run:
         head = (
-            f"{s.snapshot}: {len(s.tombstoned)} objects would be deleted at revision {s.revision_in + 1}"
+            f"{s.snapshot}: {len(s.tombstoned)} objects would be deleted at revision {s.revision_out}"
             if s.tombstoned
             else f"{s.snapshot}: nothing to set aside"
         )

@@ -25,6 +25,7 @@ revision key and ``KeyValue{Key}``; ``put``: create_revision, version 1 for a ne
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -446,6 +447,7 @@ def _quarantine(
             inputs=inputs,
             append=append,
             check_output=lambda path: compare_copy(snap, path, dropped, tail),
+            abort=set_aside.undo,
         )
     if tail:
         summary.revision_out = int.from_bytes(tail[-1][0][:8], "big")
@@ -517,8 +519,8 @@ class RewriteQuarantine:
         if not self.tail:
             return
         with Snapshot.open(path) as out:
-            b = out.db.bucket(KEY_BUCKET)
-            last = list(out.items(KEY_BUCKET))[-len(self.tail) :] if b is not None else []
+            # The last records only: a list of every record would hold the whole snapshot.
+            last = list(deque(out.items(KEY_BUCKET), maxlen=len(self.tail)))
         if last != self.tail:
             raise OutputError("the written snapshot failed verification: the tombstones are not its last records")
 

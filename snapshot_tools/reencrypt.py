@@ -455,6 +455,7 @@ def _rewrite(
             inputs=inputs,
             append=None if quarantine is None else quarantine.append,
             check_output=None if quarantine is None else quarantine.check_output,
+            abort=None if aside is None else aside.undo,
         )
         if quarantine is not None:
             summary.quarantined = quarantine.keys()

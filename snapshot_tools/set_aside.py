@@ -51,6 +51,8 @@ class SetAsideDir:
     def __init__(self, directory: str | os.PathLike[str], *, force: bool, inputs: Iterable[str] = ()) -> None:
         self.path = Path(directory)
         self.force = force
+        self._written: list[Path] = []  # this run's files, manifest last
+        self._made = False
         try:
             st: os.stat_result | None = os.lstat(self.path)
         except FileNotFoundError:
@@ -74,9 +76,14 @@ class SetAsideDir:
         records = _records_of(snap, objects)
         created: list[Path] = []
         pending: list[tuple[Path, Path]] = []  # (temporary, final): synced together, then renamed
+        made = False
         try:
             if not self.path.exists():
-                os.mkdir(self.path, 0o700)
+                made = True  # before: a signal may come between the two
+                try:
+                    os.mkdir(self.path, 0o700)
+                except FileExistsError:
+                    made = False
             os.chmod(self.path, 0o700)  # whatever the umask: it holds encrypted secrets
             manifest_objects = []
             n = 0
@@ -99,39 +106,50 @@ class SetAsideDir:
                     if not rec.tombstone:
                         n += 1
                         name = f"{n:05d}-{rec.main}_{rec.sub}.value"
-                        pending.append(self._write_temp(name, rec.value))
+                        target = self.path / name
+                        pending.append((self.path / temp_name(target), target))  # first: a signal may come
+                        self._write_temp(pending[-1][0], rec.value)
                         entry.update(file=name, size=len(rec.value), sha256=hashlib.sha256(rec.value).hexdigest())
                     revisions.append(entry)
                 manifest_objects.append(_object_json(obj, revisions))
             _sync_all([tmp for tmp, _final in pending])
             for tmp, final in pending:
+                created.append(final)  # before the rename, for the same reason
                 os.replace(tmp, final)
-                created.append(final)
             pending.clear()
             manifest = {"format": FORMAT, **facts, "objects": manifest_objects}
             _sync_dir(self.path)
+            self._written, self._made = created, made
+            created.append(self.path / MANIFEST)
             with AtomicFile(self.path / MANIFEST, force=True) as out:
                 assert out.file is not None
                 out.file.write(json.dumps(manifest, indent=2).encode() + b"\n")
                 out.commit()
             return self.path / MANIFEST
         except OSError as exc:
-            self._remove(created, pending)
+            self._remove(created, pending, made)
             raise OutputError(f"{self.path}: cannot write the set-aside values: {exc.strerror or exc}") from None
         except BaseException:
-            self._remove(created, pending)
+            self._remove(created, pending, made)
             raise
 
-    @staticmethod
-    def _remove(created: list[Path], pending: list[tuple[Path, Path]]) -> None:
+    def undo(self) -> None:
+        """Remove what :meth:`write` wrote (the snapshot that needed it was not published)."""
+        self._remove(self._written, [], self._made)
+        self._written, self._made = [], False
+
+    def _remove(self, created: list[Path], pending: list[tuple[Path, Path]], made: bool) -> None:
+        """Undo a failed or interrupted write: this run's files, and the directory if it made it."""
         for path in [*created, *(tmp for tmp, _final in pending)]:
             with contextlib.suppress(OSError):
                 path.unlink()
+        if made:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only when empty
 
-    def _write_temp(self, name: str, data: bytes) -> tuple[Path, Path]:
-        """``data`` under a temporary name beside ``name`` (0600, not yet synced)."""
-        target = self.path / name
-        tmp = self.path / temp_name(target)
+    @staticmethod
+    def _write_temp(tmp: Path, data: bytes) -> None:
+        """``data`` at the temporary name ``tmp`` (0600, not yet synced); the caller removes it."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(tmp, flags, 0o600)
         try:
@@ -139,13 +157,8 @@ class SetAsideDir:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-        except BaseException:
+        finally:
             os.close(fd)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        os.close(fd)
-        return tmp, target
 
 
 def _records_of(snap: Snapshot, objects: Sequence[QuarantinedObject]) -> dict[bytes, list[Record]]:

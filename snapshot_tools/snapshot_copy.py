@@ -103,6 +103,7 @@ def copy_snapshot(
     inputs: Iterable[str | os.PathLike[str]] = (),
     append: Append | None = None,
     check_output: Callable[[Path], None] | None = None,
+    abort: Callable[[], None] | None = None,
 ) -> WriteResult:
     """Rebuild ``src`` at ``dst_path`` with the values ``transform`` replaces; verify; publish.
 
@@ -122,6 +123,8 @@ def copy_snapshot(
     the ``key`` bucket got appended entries, the output's revision must be the last one's main.
     ``check_output(temp_path)`` runs on the written, verified file before ``before_commit``
     (a caller's own comparison with the input); raising there leaves nothing at ``dst_path``.
+    ``abort()`` runs when anything (a signal too) stops the run once ``before_commit`` has begun
+    and the output was not published: a caller undoes what ``before_commit`` wrote elsewhere.
 
     Raises:
         OutputError: ``dst_path`` is the snapshot or one of ``inputs``, is not a regular file,
@@ -156,9 +159,14 @@ def copy_snapshot(
         revision = _verify_output(out.temp_path, stats.counts, state.marks, verify, expected)
         if check_output is not None:
             check_output(out.temp_path)
-        if before_commit is not None:
-            before_commit()
-        out.commit()
+        try:
+            if before_commit is not None:
+                before_commit()
+            out.commit()
+        except BaseException:
+            if abort is not None and not out.published:
+                abort()
+            raise
     assert stats.sha256 is not None
     return WriteResult(
         path=out.target,

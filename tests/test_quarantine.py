@@ -14,18 +14,23 @@ import base64
 import contextlib
 import json
 import os
+import random
 import re
 import shlex
+import shutil
+import signal
 import stat
+import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
 
 from snapshot_tools.providers import aescbc, aesgcm, static_prefix
 from snapshot_tools.snapshot import KEY_BUCKET, Snapshot
+from tests.support.cli import SNAPSHOT_TOOLS
 from tests.support.configs import IDENTITY, rule, static, write_config
 from tests.support.etcd import EtcdServer, etcdutl_restore, etcdutl_status, start_etcd_on
-from tests.support.files import leftovers, sha256
+from tests.support.files import interrupt_mid_write, leftovers, sha256
 from tests.support.fixtures import ROOT, config_path, snapshot_path
 from tests.support.kms import short_dir
 
@@ -439,3 +444,103 @@ def test_readme_walkthrough_runs_as_documented(tmp_path: Path, cli: Cli) -> None
     assert got[3].out.startswith("0 objects: 0 current, 0 stale, 0 retired, 0 unreadable")
     assert "14 objects put back (re-encrypted) at revision 99" in got[4].out
     assert got[5].out.startswith("14 objects: 14 current,")
+
+
+# -- signals ---------------------------------------------------------------------------------------
+
+BIG_N = 3000
+
+
+@pytest.fixture(scope="module")
+def big_case(etcd_bins, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """BIG_N Secrets of 4-12 KB, two revisions each, every 10th latest value under the lost key."""
+    rnd = random.Random(1515)
+    tmp = tmp_path_factory.mktemp("big")
+    with EtcdServer(bins=etcd_bins, extra_args=("--max-txn-ops", "512")) as server:
+        c = server.client()
+        for rev in range(2):
+            for start in range(0, BIG_N, 100):  # 100 values of <= 12 KB: under etcd's 1.5 MiB request limit
+                ops = []
+                for i in range(start, min(start + 100, BIG_N)):
+                    key = f"/registry/secrets/ns{i % 7}/s{i:05d}"
+                    body = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"s{i}"},
+                            "data": {"v": rnd.randbytes(rnd.randrange(2000, 6000)).hex()}}  # fmt: skip
+                    k, prefix = (LOST, "lost") if rev == 1 and i % 10 == 0 else (K1, "k1")
+                    value = static_prefix("aescbc", prefix) + aescbc.encrypt(k, json.dumps(body).encode())
+                    ops.append(c.transactions.put(key, value))
+                ok, _ = c.transaction(compare=[], success=ops, failure=[])
+                assert ok
+        snap = server.snapshot_save(tmp / "big.db")
+    cfg = write_config(tmp / "current.json", rule(["secrets"], static("aescbc", ("k1", K1))))
+    return snap, cfg
+
+
+@pytest.mark.etcd
+def test_interrupted_run_leaves_nothing_at_out_or_in_dir(big_case: tuple[Path, Path], tmp_path: Path) -> None:
+    snap, cfg = big_case
+    before = sha256(snap)
+    rnd = random.Random(77)
+    work = tmp_path / "work"
+    work.mkdir()
+    out, d = work / "out.db", work / "aside"
+    argv = [*SNAPSHOT_TOOLS, "quarantine", str(snap), str(out), "-c", str(cfg), "--to-dir", str(d)]
+    killed = 0
+    for _ in range(4):
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        _, err = interrupt_mid_write(child, work, signal.SIGINT, delay=rnd.uniform(0.0, 0.2))
+        if out.exists():  # the signal came after the rename: then everything is complete
+            assert child.returncode in (0, 130), err
+            assert len(json.loads((d / "manifest.json").read_text())["objects"]) == BIG_N // 10
+            out.unlink()
+            shutil.rmtree(d)
+            continue
+        killed += 1
+        assert child.returncode == 130, err
+        said = f"snapshot-tools: error: interrupted; nothing was written to {out}"
+        assert err.decode().strip().splitlines() == [said]
+        assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == []  # no temp file, no set-aside file/DIR
+    assert killed >= 2, "the runs finished before the signal: make the input bigger"
+    assert sha256(snap) == before
+
+
+@pytest.mark.etcd
+def test_restore_from_refuses_a_damaged_directory_and_skips_objects_that_exist(
+    case: Case, tmp_path: Path, cli: Cli
+) -> None:
+    out, d = tmp_path / "out.db", tmp_path / "aside"
+    rc, _, err = _quarantine(cli, case, out, d)
+    assert rc == 0, err
+    back = tmp_path / "back.db"
+    # Into the original snapshot: every object still exists there, so nothing goes back.
+    rc, stdout, err = cli("quarantine", "--restore-from", d, case.snap, back, "-c", case.with_lost, "-o", "json")
+    assert rc == 0, err
+    assert json.loads(stdout)["restored"] == []
+    assert len(json.loads(stdout)["skipped"]) == 3 and "exists in the snapshot" in err
+    back.unlink()
+    # A value file that is not what the manifest says: exit 3, nothing written.
+    manifest = json.loads((d / "manifest.json").read_text())
+    victim = d / manifest["objects"][0]["revisions"][-1]["file"]
+    victim.write_bytes(victim.read_bytes()[:-1] + b"!")
+    rc, _, err = cli("quarantine", "--restore-from", d, out, back, "-c", case.with_lost)
+    assert rc == 3 and "SHA-256" in err
+    assert not back.exists()
+    (d / "manifest.json").write_text("{not json")
+    rc, _, err = cli("quarantine", "--restore-from", d, out, back)
+    assert rc == 3 and "damaged manifest" in err
+    rc, _, err = cli("quarantine", "--restore-from", tmp_path / "nowhere", out, back)
+    assert rc == 3
+    assert not back.exists()
+
+
+@pytest.mark.etcd
+def test_set_aside_directory_may_not_be_a_symlink_or_a_file(case: Case, tmp_path: Path, cli: Cli) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    out = tmp_path / "out.db"
+    rc, _, err = cli("quarantine", case.snap, out, "-c", case.current, "--to-dir", link)
+    assert rc == 2 and "symlink" in err
+    rc, _, err = cli("quarantine", case.snap, out, "-c", case.current, "--to-dir", case.current, "--force")
+    assert rc == 2
+    assert not out.exists() and list(real.iterdir()) == []

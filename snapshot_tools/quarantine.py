@@ -6,8 +6,9 @@ cannot read (``check``'s ``unreadable``; ``retired`` too on request) and deletes
 deletes keys: one transaction at a new revision (current + 1), one tombstone per key (sub
 0..n-1 in key order; the revision key ends in ``'t'``, the value is a ``mvccpb.KeyValue`` with only
 the key). Every other bucket, key and revision is copied unchanged; with ``all_revisions``,
-unreadable historical revisions are left out as well (a watch from an older resourceVersion
-then does not see them). Nothing is lost: every stored revision of a quarantined object goes,
+unreadable older revisions of the objects that stay (deleted ones included) are left out as
+well (a watch from an older resourceVersion then does not see them), while a tombstoned
+object keeps its history, like any object etcd deletes. Nothing is lost: every stored revision of a quarantined object goes,
 still encrypted, to a set-aside directory (:mod:`snapshot_tools.set_aside`) before OUT is
 published, and :func:`run_restore` puts the objects back later, in a transaction of puts at a
 new revision, re-encrypted with a new config or as stored.
@@ -43,7 +44,6 @@ from snapshot_tools.mvcc import (
     KEY_BUCKET,
     META_BUCKET,
     TOMBSTONE_KEY_SIZE,
-    decode_kv,
     revision_key,
 )
 from snapshot_tools.proto.etcd_kv_pb2 import KeyValue
@@ -147,10 +147,6 @@ class QuarantineSummary:
     def tombstoned(self) -> list[QuarantinedObject]:
         return [o for o in self.objects if o.action == TOMBSTONED]
 
-    @property
-    def findings(self) -> int:
-        return len(self.objects)
-
     def to_json(self) -> dict[str, object]:
         return {
             "snapshot": self.snapshot,
@@ -213,24 +209,6 @@ def put_entry(key: bytes, value: bytes, main: int, sub: int, lease: int = 0) -> 
     """A put of a key that does not exist (or was deleted) at ``main.sub``: version 1."""
     kv = KeyValue(key=key, create_revision=main, mod_revision=main, version=1, value=value, lease=lease)
     return revision_key(main, sub), kv.SerializeToString()
-
-
-def etcd_key_of(raw: bytes) -> bytes:
-    """The etcd key of a stored KeyValue (field 1 first, as Go writes it; decoded otherwise).
-
-    Raises:
-        MalformedValue: ``raw`` is not a KeyValue.
-    """
-    if len(raw) > 3 and raw[0] == 0x0A:
-        n = raw[1]
-        start = 2
-        if n >= 0x80 and raw[2] < 0x80:
-            n = (n & 0x7F) | (raw[2] << 7)
-            start = 3
-        if n < 0x4000 and start + n <= len(raw):
-            return raw[start : start + n]
-    key: bytes = decode_kv(raw).key
-    return key
 
 
 def compare_copy(
@@ -703,7 +681,6 @@ __all__ = [
     "RewriteQuarantine",
     "compare_copy",
     "current_revision",
-    "etcd_key_of",
     "find_quarantine",
     "put_entry",
     "run_quarantine",

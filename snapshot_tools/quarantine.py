@@ -8,10 +8,11 @@ deletes keys: one transaction at a new revision (current + 1), one tombstone per
 the key). Every other bucket, key and revision is copied unchanged; with ``all_revisions``,
 unreadable older revisions of the objects that stay (deleted ones included) are left out as
 well (a watch from an older resourceVersion then does not see them), while a tombstoned
-object keeps its history, like any object etcd deletes. Nothing is lost: every stored revision of a quarantined object goes,
-still encrypted, to a set-aside directory (:mod:`snapshot_tools.set_aside`) before OUT is
-published, and :func:`run_restore` puts the objects back later, in a transaction of puts at a
-new revision, re-encrypted with a new config or as stored.
+object keeps its history, like any object etcd deletes. Nothing is lost: every stored
+revision of a quarantined object goes, still encrypted, to a set-aside directory
+(:mod:`snapshot_tools.set_aside`) before OUT is published, and :func:`run_restore` puts the
+objects back later, in a transaction of puts at a new revision, re-encrypted with a new config
+or as stored.
 
 The output is a rebuilt snapshot (:func:`snapshot_tools.snapshot_copy.copy_snapshot`: atomic,
 re-read, page accounting) and is then compared with the input record for record: every record

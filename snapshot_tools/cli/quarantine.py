@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path  # Typer reads the annotations at run time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -40,6 +40,11 @@ from snapshot_tools.quarantine import (
     run_quarantine,
     run_restore,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+T = TypeVar("T")
 
 OptionalConfigOpt = Annotated[
     list[str] | None,
@@ -137,7 +142,7 @@ def quarantine(
             etcd_prefix=etcd_prefix,
             skip_hash_check=skip_hash_check,
         )
-        _interruptible(opts.output, None, lambda: _show_restore(run_restore(opts), output))
+        _show_restore(_interruptible(opts.output, lambda: run_restore(opts)), output)
         return
     if to is not None:
         raise UsageError("--to only goes with --restore-from (reencrypt writes a whole snapshot under a new key)")
@@ -158,9 +163,7 @@ def quarantine(
         etcd_prefix=etcd_prefix,
         skip_hash_check=skip_hash_check,
     )
-    summary: list[QuarantineSummary] = []
-    _interruptible(qopts.output, qopts.directory, lambda: summary.append(run_quarantine(qopts)))
-    s = summary[0]
+    s = _interruptible(qopts.output, lambda: run_quarantine(qopts))
     _show_quarantine(s, output)
     if s.dry_run and s.objects:
         raise typer.Exit(EXIT_FINDINGS)
@@ -176,15 +179,16 @@ def _file_id(path: str | None) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _interruptible(out: str | None, directory: str | None, run: object) -> None:
-    assert callable(run)
+def _interruptible(out: str | None, run: Callable[[], T]) -> T:
+    """``run()`` with SIGINT/SIGTERM/SIGHUP raising, so temporary files are removed on the way out."""
     before = _file_id(out)
     try:
         with stop_signals_raise():
-            run()
+            return run()
     except KeyboardInterrupt as exc:
+        # A new file at OUT means the signal came after the output was published.
         written = out is not None and _file_id(out) not in (None, before)
-        raise Interrupted(out or directory or "-", interrupt_signal(exc), written=written) from None
+        raise Interrupted(out or "OUT (dry run)", interrupt_signal(exc), written=written) from None
 
 
 def _show_quarantine(s: QuarantineSummary, fmt: OutputFormat) -> None:

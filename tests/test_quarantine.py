@@ -374,6 +374,17 @@ def test_kms_unavailable_is_exit_4_and_writes_nothing(tmp_path: Path, cli: Cli) 
     assert not out.exists() and not d.exists()
     assert leftovers(tmp_path) == []
     assert os.listdir(tmp_path) == []
+    # The same within a rewrite: an unreachable KMS is never quarantined.
+    with short_dir() as sock:
+        dead = f"unix://{sock / 'nobody.sock'}"
+        new = write_config(tmp_path / "new.json", rule(["secrets"], static("aesgcm", ("g1", NEW))))
+        rc, _, err = cli(
+            "reencrypt", snap, "-c", old, "--kms", f"testkms={dead}", "--to", new, out,
+            "--quarantine-unreadable", d,
+        )  # fmt: skip
+    assert rc == 4, err
+    assert not out.exists() and not d.exists()
+    assert os.listdir(tmp_path) == ["new.json"]
 
 
 # -- reencrypt --quarantine-unreadable: one pass to a snapshot that restores under the new key ----
@@ -544,3 +555,50 @@ def test_set_aside_directory_may_not_be_a_symlink_or_a_file(case: Case, tmp_path
     rc, _, err = cli("quarantine", case.snap, out, "-c", case.current, "--to-dir", case.current, "--force")
     assert rc == 2
     assert not out.exists() and list(real.iterdir()) == []
+
+
+@pytest.mark.etcd
+def test_new_revision_is_above_a_compaction_past_the_last_record(
+    etcd_server: EtcdServer, etcd_bins, tmp_path: Path, cli: Cli
+) -> None:
+    # The last operation is a delete, then a compaction at it: its tombstone is gone, so the last
+    # record is older than the revision etcd restarts at (the compaction's). The quarantine's
+    # transaction must come after that one, or etcd would treat it as compacted history.
+    c = etcd_server.client()
+    c.put(S + "lost", _lost(S + "lost", 0))
+    c.put(S + "ok", _k1(S + "ok", 0))
+    c.put(S + "tmp", _k1(S + "tmp", 0))
+    c.delete(S + "tmp")
+    rev = c.get_response(S + "ok").header.revision
+    c.compact(rev, physical=True)
+    snap = etcd_server.snapshot_save(tmp_path / "compacted.db")
+    with Snapshot.open(snap) as s:
+        assert s.revision < rev  # the premise: the last record is below the compaction
+    cfg = write_config(tmp_path / "c.json", rule(["secrets"], static("aescbc", ("k1", K1))))
+    out = tmp_path / "out.db"
+    rc, stdout, err = cli("quarantine", snap, out, "-c", cfg, "--to-dir", tmp_path / "aside", "-o", "json")
+    assert rc == 0, err
+    assert json.loads(stdout)["revision_out"] == rev + 1
+    etcdutl_restore(out, tmp_path / "restored", bins=etcd_bins)
+    server = start_etcd_on(tmp_path / "restored", bins=etcd_bins)
+    try:
+        resp = server.client().get_all_response()
+    finally:
+        server.cleanup()
+    assert resp.header.revision == rev + 1
+    assert [kv.key for kv in resp.kvs] == [(S + "ok").encode()]
+
+
+@pytest.mark.etcd
+def test_include_retired(case: Case, cli: Cli) -> None:
+    # With the lost key in an older config the values are "retired": a restored apiserver with
+    # the current config still cannot read them, but only --include-retired sets them aside.
+    base = ["quarantine", case.snap, "-c", case.current, "-c", case.with_lost, "--dry-run", "-o", "json"]
+    rc, stdout, err = cli(*base)
+    assert rc == 0, err
+    assert json.loads(stdout)["objects"] == []
+    rc, stdout, err = cli(*base, "--include-retired")
+    assert rc == 1, err
+    objects = json.loads(stdout)["objects"]
+    assert {o["key"] for o in objects} == QUARANTINED
+    assert {r["verdict"] for o in objects for r in o["revisions"]} == {"retired"}

@@ -42,8 +42,10 @@ from snapshot_tools.providers import (
     static_prefix,
     static_provider,
 )
+from snapshot_tools.quarantine import RewriteQuarantine
 from snapshot_tools.readers import Reader
 from snapshot_tools.resources import KeyParser
+from snapshot_tools.set_aside import SetAsideDir
 from snapshot_tools.snapshot import KEY_BUCKET, Snapshot
 from snapshot_tools.snapshot_copy import copy_snapshot, kv_transform, kv_verify
 from snapshot_tools.unwrap import open_unwrappers
@@ -78,6 +80,9 @@ class RewriteOptions:
     skip_unreadable: bool = False
     etcd_prefix: str = "/registry"
     skip_hash_check: bool = False  # etcdutl's flag: read a snapshot with a missing/wrong trailer
+    # --quarantine-unreadable DIR: objects whose latest value nothing reads are deleted at a new
+    # revision and set aside in DIR (snapshot_tools.quarantine); older unreadable values are copied.
+    quarantine_dir: str | None = None
 
 
 class KeyRef(NamedTuple):
@@ -113,6 +118,8 @@ class RewriteSummary:
     bytes_out: int = 0
     seconds: float = 0.0
     records: int = 0  # etcd records in the key bucket (revisions and tombstones)
+    quarantined: list[str] = field(default_factory=list)  # --quarantine-unreadable: keys deleted
+    quarantine_manifest: str | None = None
 
     def edges(self) -> list[tuple[tuple[KeyRef, KeyRef], int]]:
         """``((source, target), revisions)`` in a stable order (by label)."""
@@ -129,6 +136,8 @@ class RewriteSummary:
             "skipped_unreadable": self.skipped_unreadable,
             "decrypted_uncovered": self.decrypted_uncovered,
             "latest_only": self.latest_only,
+            "quarantined": self.quarantined,
+            "quarantine_manifest": self.quarantine_manifest,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "seconds": round(self.seconds, 3),
@@ -338,14 +347,24 @@ def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
     keyset = keyset_for(paths, opts.snapshot, opts.access)
     inputs = input_files(opts)
     check_target(opts.output, force=opts.force, inputs=inputs)  # before a KMS is asked anything
+    aside = None
+    if opts.quarantine_dir is not None:
+        if opts.skip_unreadable:
+            raise UsageError("--quarantine-unreadable and --skip-unreadable exclude each other: choose one")
+        aside = SetAsideDir(opts.quarantine_dir, force=opts.force, inputs=[*inputs, opts.output])
     if not opts.skip_hash_check:
         require_integrity(opts.snapshot)  # nothing is written from a snapshot etcd would refuse
     with open_unwrappers(keyset, opts.access) as unwrappers:
-        return _rewrite(opts, keyset, unwrappers, started, inputs)
+        return _rewrite(opts, keyset, unwrappers, started, inputs, aside)
 
 
 def _rewrite(
-    opts: RewriteOptions, keyset: KeySet, unwrappers: dict[str, Unwrapper], started: float, inputs: list[str]
+    opts: RewriteOptions,
+    keyset: KeySet,
+    unwrappers: dict[str, Unwrapper],
+    started: float,
+    inputs: list[str],
+    aside: SetAsideDir | None = None,
 ) -> RewriteSummary:
     reader = Reader(keyset, unwrappers, keep_plaintext=True)
     target_config = keyset.configs[0] if opts.to else None
@@ -364,6 +383,7 @@ def _rewrite(
 
     with Snapshot.open(opts.snapshot) as snap:
         newest = {(r.main, r.sub) for r in snap.latest()} if opts.latest_only else None
+        quarantine = RewriteQuarantine(snap, aside, opts.etcd_prefix) if aside is not None else None
 
         def replace(rec: Record) -> bytes | None:
             if newest is not None and (rec.main, rec.sub) not in newest:
@@ -374,6 +394,8 @@ def _rewrite(
                 return None  # plaintext of a resource no config covers: not ours to touch
             res = resolve(key, value, gr)
             if res.plaintext is None:  # unreadable (plaintext-rejected still holds the value)
+                if res.reason != "kms-unavailable" and quarantine is not None and quarantine.take(rec, res):
+                    return None  # copied as it is, then deleted at the new revision
                 (unavailable if res.reason == "kms-unavailable" else unreadable).append(
                     f"{_where(rec)} ({res.reason})"
                 )
@@ -417,10 +439,12 @@ def _rewrite(
                     uncovered,
                     "add them to the new config or pass --decrypt-uncovered to write them as plaintext",
                 )
-            if unreadable and not opts.skip_unreadable:
+            if unreadable and not opts.skip_unreadable and quarantine is None:
                 raise RewriteRefused(
                     "unreadable values", unreadable, "give the configs that hold their keys, or --skip-unreadable"
                 )
+            if quarantine is not None:
+                summary.quarantine_manifest = quarantine.write(opts.output)
 
         result = copy_snapshot(
             snap,
@@ -430,7 +454,12 @@ def _rewrite(
             verify=kv_verify(check),
             before_commit=before_commit,
             inputs=inputs,
+            append=None if quarantine is None else quarantine.append,
+            check_output=None if quarantine is None else quarantine.check_output,
+            abort=None if aside is None else aside.undo,
         )
+        if quarantine is not None:
+            summary.quarantined = quarantine.keys()
     summary.revisions_rewritten = result.rewritten
     summary.skipped_unreadable = unreadable
     # etcd records (revisions and tombstones), not the entries of every bucket

@@ -47,8 +47,24 @@ if TYPE_CHECKING:
     from snapshot_tools.bbolt.page import Buffer
 
 BucketPath = tuple[bytes, ...]
-# transform(bucket_path, key, stored_value) -> replacement value, or None to keep it.
-Transform = Callable[[BucketPath, bytes, bytes], "bytes | bytearray | memoryview | None"]
+
+
+class _Drop:
+    """The type of :data:`DROP`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DROP"
+
+
+# A transform result that leaves the entry out of the output (``quarantine --all-revisions``).
+DROP = _Drop()
+# transform(bucket_path, key, stored_value) -> replacement value, None to keep it, DROP to omit it.
+Transform = Callable[[BucketPath, bytes, bytes], "bytes | bytearray | memoryview | _Drop | None"]
+# append(bucket_path) -> entries written after the bucket's last one (keys sorting after it):
+# called once the bucket's stored entries are through, so it may depend on what the transform saw.
+Append = Callable[[BucketPath], "Iterable[tuple[bytes, bytes]]"]
 # verify(bucket_path, key, value_as_written) -> truthy when the rewritten value is right.
 Verify = Callable[[BucketPath, bytes, bytes], object]
 
@@ -85,6 +101,9 @@ def copy_snapshot(
     verify: Verify | None = None,
     before_commit: Callable[[], None] | None = None,
     inputs: Iterable[str | os.PathLike[str]] = (),
+    append: Append | None = None,
+    check_output: Callable[[Path], None] | None = None,
+    abort: Callable[[], None] | None = None,
 ) -> WriteResult:
     """Rebuild ``src`` at ``dst_path`` with the values ``transform`` replaces; verify; publish.
 
@@ -99,6 +118,14 @@ def copy_snapshot(
     ``inputs`` names every other file the caller read to make the output (configs, key files):
     ``dst_path`` may be none of them, nor the snapshot.
 
+    A transform may return :data:`DROP` to leave an entry out; ``append(bucket_path)`` gives
+    entries to write after a bucket's stored ones (etcd: a transaction at a new revision). When
+    the ``key`` bucket got appended entries, the output's revision must be the last one's main.
+    ``check_output(temp_path)`` runs on the written, verified file before ``before_commit``
+    (a caller's own comparison with the input); raising there leaves nothing at ``dst_path``.
+    ``abort()`` runs when anything (a signal too) stops the run once ``before_commit`` has begun
+    and the output was not published: a caller undoes what ``before_commit`` wrote elsewhere.
+
     Raises:
         OutputError: ``dst_path`` is the snapshot or one of ``inputs``, is not a regular file,
             exists without ``force``, cannot be written, or the written file fails verification
@@ -109,7 +136,7 @@ def copy_snapshot(
     """
     started = time.monotonic()
     ps = check_page_size(src.page_size if page_size is None else page_size)
-    state = _CopyState(transform)
+    state = _CopyState(transform, append)
     meta = src.db.meta
     with AtomicFile(dst_path, force=force, inputs=[src.path, *inputs]) as out:
         assert out.file is not None
@@ -125,10 +152,21 @@ def copy_snapshot(
         except OSError as exc:
             raise OutputError(f"{out.target}: cannot write the output: {exc.strerror or exc}") from None
         out.sync()
-        revision = _verify_output(out.temp_path, stats.counts, state.marks, verify, src.revision)
-        if before_commit is not None:
-            before_commit()
-        out.commit()
+        expected = src.revision
+        last_appended = state.appended.get((KEY_BUCKET,))
+        if last_appended is not None:
+            expected = int.from_bytes(last_appended[:8], "big")
+        revision = _verify_output(out.temp_path, stats.counts, state.marks, verify, expected)
+        if check_output is not None:
+            check_output(out.temp_path)
+        try:
+            if before_commit is not None:
+                before_commit()
+            out.commit()
+        except BaseException:
+            if abort is not None and not out.published:
+                abort()
+            raise
     assert stats.sha256 is not None
     return WriteResult(
         path=out.target,
@@ -146,12 +184,15 @@ def copy_snapshot(
 
 
 class _CopyState:
-    __slots__ = ("marks", "records", "rewritten", "transform")
+    __slots__ = ("append", "appended", "dropped", "marks", "records", "rewritten", "transform")
 
-    def __init__(self, transform: Transform | None) -> None:
+    def __init__(self, transform: Transform | None, append: Append | None = None) -> None:
         self.transform = transform
+        self.append = append
         self.records = 0
         self.rewritten = 0
+        self.dropped = 0
+        self.appended: dict[BucketPath, bytes] = {}  # bucket path -> last key appended
         # Per bucket path, one byte per entry in key order: 1 = rewritten (checked by verify).
         self.marks: dict[BucketPath, bytearray] = {}
 
@@ -195,6 +236,10 @@ def _items(bucket: Bucket, path: BucketPath, state: _CopyState) -> Iterator[tupl
                     new = transform(path, key, value)
                     if new is None:
                         marks.append(0)
+                    elif isinstance(new, _Drop):
+                        records -= 1
+                        state.dropped += 1
+                        continue
                     else:
                         if type(new) is not bytes:
                             if not isinstance(new, (bytearray, memoryview)):
@@ -203,6 +248,13 @@ def _items(bucket: Bucket, path: BucketPath, state: _CopyState) -> Iterator[tupl
                         value = new
                         rewritten += 1
                         marks.append(1)
+                yield key, value
+        if state.append is not None:
+            for key, value in state.append(path):
+                records += 1
+                if marks is not None:
+                    marks.append(0)
+                state.appended[path] = key
                 yield key, value
     finally:
         state.records += records
@@ -318,6 +370,8 @@ def kv_verify(check: Callable[[Record], object], *, bucket: bytes = KEY_BUCKET) 
 
 
 __all__ = [
+    "DROP",
+    "Append",
     "BucketPath",
     "Transform",
     "Verify",

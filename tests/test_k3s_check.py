@@ -245,3 +245,17 @@ def test_reencrypt_reads_old_values_with_the_embedded_history(cluster: Cluster, 
     assert got[S + "current"] == ("current", None)
     assert got[S + "lost"] == ("unreadable", "no-such-key")  # copied unchanged
     assert code == 1
+
+
+def test_quarantine_with_only_the_token(cluster: Cluster, cli: Cli, tmp_path: Path) -> None:
+    snap = cluster.snapshot("quarantine", record(PASSWORD))
+    out, kept = tmp_path / "restorable.db", tmp_path / "kept"
+    result = cli("quarantine", snap, "--k3s-token", TOKEN, "--dry-run", "-o", "json")
+    assert result.code == 1, result.err  # the lost secret would be set aside
+    result = cli("quarantine", snap, out, "--k3s-token", TOKEN, "--to-dir", kept)
+    assert result.code == 0, result.err
+    assert_no_token(result.out, result.err)
+    code, report = cli.check_json(out, "--k3s-token", TOKEN)
+    assert S + "lost" not in verdicts(report)  # tombstoned at a new revision
+    assert verdicts(report)[S + "stale"] == ("stale", None)
+    assert code == 0

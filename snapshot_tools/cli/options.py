@@ -124,10 +124,13 @@ def key_access(
     aws_endpoint_url: str | None,
     aws_encryption_context: str,
     k3s_token: str | None = None,
+    *,
+    required: bool = True,
 ) -> KeyAccess:
     """The one key-access value of a command, from the shared --config/KMS flags and --k3s-token
-    (``@FILE`` read here, whitespace-trimmed)."""
-    if not configs and k3s_token is None:
+    (``@FILE`` read here, whitespace-trimmed). ``required=False``: a command that can run without
+    any key (quarantine --restore-from, putting values back as stored)."""
+    if required and not configs and k3s_token is None:
         raise UsageError("give --config (an EncryptionConfiguration), or --k3s-token for a K3s/RKE2 snapshot")
     names = parse_aws_kms(aws_kms or [])
     return KeyAccess(

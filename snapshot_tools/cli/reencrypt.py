@@ -48,6 +48,15 @@ SkipOpt = Annotated[
         "--skip-unreadable", help="Copy values nothing can read unchanged (and list them) instead of stopping."
     ),
 ]
+QuarantineOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--quarantine-unreadable",
+        metavar="DIR",
+        help="Delete objects whose latest value nothing reads at a new revision, keeping every revision "
+        "(still encrypted) in DIR, as snapshot-tools quarantine does; excludes --skip-unreadable.",
+    ),
+]
 OutputOpt = Annotated[OutputFormat, typer.Option("--output", "-o", help="The summary as table or json.")]
 
 
@@ -75,6 +84,7 @@ def reencrypt(
         ),
     ] = False,
     skip_unreadable: SkipOpt = False,
+    quarantine_unreadable: QuarantineOpt = None,
     etcd_prefix: PrefixOpt = "/registry",
     skip_hash_check: SkipHashCheckOpt = False,
     output: OutputOpt = OutputFormat.table,
@@ -101,6 +111,7 @@ def reencrypt(
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
             skip_hash_check=skip_hash_check,
+            quarantine_dir=None if quarantine_unreadable is None else str(quarantine_unreadable),
         ),
         output,
     )
@@ -178,6 +189,12 @@ def _run(opts: RewriteOptions, fmt: OutputFormat) -> None:
         diagnostic(
             f"warning: {len(summary.skipped_unreadable)} unreadable values were copied unchanged: "
             + printable(", ".join(summary.skipped_unreadable[:20]))
+        )
+    if summary.quarantined:
+        diagnostic(
+            f"warning: {len(summary.quarantined)} objects nothing can read were deleted and set aside in "
+            f"{opts.quarantine_dir} (snapshot-tools quarantine --restore-from puts them back): "
+            + printable(", ".join(summary.quarantined[:20]))
         )
     if summary.latest_only:
         diagnostic(

@@ -312,7 +312,7 @@ class EtcdSource:
         # The raised object is a grpc.Call too; typeshed's RpcError does not say so.
         code_of, details_of = getattr(exc, "code", None), getattr(exc, "details", None)
         code = code_of() if callable(code_of) else None
-        detail = _one_line(str(details_of() if callable(details_of) else exc) or "no detail")
+        detail = _one_line(str(details_of() if callable(details_of) else exc) or "no detail").removesuffix(": OK")
         if code is grpc.StatusCode.DEADLINE_EXCEEDED or silent:
             return self._error(what, f"no answer within {self.target.timeout:g}s")
         if code is grpc.StatusCode.UNAVAILABLE:

@@ -196,6 +196,11 @@ class EtcdSource:
         found.sort(key=attrgetter("key"))  # stable: a key's records stay in revision order
         return iter(found)
 
+    def as_of(self, prefix: bytes, revision: int) -> Iterator[Record]:
+        """The live keys under ``prefix`` as of ``revision`` (``extract --revision``): one Range
+        at that revision instead of the whole history (:func:`snapshot_tools.sources.as_of`)."""
+        return self._range(prefix, revision)
+
     def compacted_revision(self) -> int:
         if self._compacted is None:
             self._compacted = self._probe_compaction()

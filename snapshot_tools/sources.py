@@ -185,6 +185,10 @@ def _flagged(group: list[Record]) -> Iterator[Versioned]:
 def as_of(source: RecordSource, prefix: bytes, revision: int) -> Iterator[Record]:
     """Per key under ``prefix``, the newest record with ``main <= revision``; keys deleted by
     then are absent (etcd's Range at a past revision)."""
+    own = getattr(source, "as_of", None)
+    if own is not None:  # a live etcd answers this with a Range at the revision itself
+        yield from own(prefix, revision)
+        return
     key: bytes | None = None
     chosen: Record | None = None
     for rec in source.all_revisions(prefix):  # by key, then revision ascending

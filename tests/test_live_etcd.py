@@ -200,6 +200,21 @@ def test_history_equals_a_snapshot_of_the_same_server(etcd_server: EtcdServer, t
     assert any(o["latest"] is False for o in live_report["objects"])
 
 
+@pytest.mark.parametrize("back", [0, 2, 6])
+def test_extract_at_a_past_revision_equals_the_file(
+    back: int, etcd_server: EtcdServer, tmp_path: Path, cli: Cli
+) -> None:
+    compact = _write_history(etcd_server)
+    saved = etcd_server.snapshot_save(tmp_path / "saved.db")
+    flags = ["-c", config_path(CASE), "-o", "json", "--revision", str(compact + back)]
+    on_file = cli("extract", saved, *flags)
+    live = cli("extract", "--etcd-endpoint", etcd_server.endpoint, *flags)
+    assert (live.code, on_file.code) == (0, 0), live.err
+    assert live.out == on_file.out and json.loads(live.out)["items"]
+    below = cli("extract", "--etcd-endpoint", etcd_server.endpoint, "-c", config_path(CASE), "--revision", "2")
+    assert below.code == 2 and "compacted" in below.err
+
+
 def test_one_revision_while_the_cluster_writes(etcd_server: EtcdServer) -> None:
     """Writes after the first Range are not in the view, latest or history."""
     c = etcd_server.client()

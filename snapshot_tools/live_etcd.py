@@ -6,10 +6,10 @@ written: only Range, Watch (to read history) and Maintenance.Status are called.
 
 * One revision. The first Range (in :meth:`EtcdSource.__init__`) fixes ``revision`` R; every
   later page reads ``revision=R``, so the view is consistent while the cluster keeps writing.
-* Latest view: Range pages of :data:`PAGE_KEYS` keys in key order (etcd returns ranges sorted
-  by key), the next page starting after the last key returned and asked for while the caller
-  judges this one. Cost: one round trip per page; on 100k Secrets (650 MB of values) about as
-  much etcd CPU as client CPU (python -m bench.live_etcd).
+* Latest view: Range pages of up to :data:`PAGE_KEYS` keys and about :data:`PAGE_BYTES` in key
+  order (etcd returns ranges sorted by key), the next page starting after the last key returned
+  and asked for while the caller judges this one. Cost: one round trip per page; on 100k
+  Secrets (650 MB of values) about as much etcd CPU as client CPU (python -m bench.live_etcd).
 * History (``--all-revisions``): etcd keeps every revision after the last compaction C, and
   for every key its newest revision at or below C unless that was a deletion. So the records
   are Range(revision=C) (the survivors at or below C) plus a Watch from C+1 over the whole
@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "FIRST_PAGE_KEYS",
+    "PAGE_BYTES",
     "PAGE_KEYS",
     "EtcdSource",
     "EtcdTarget",
@@ -71,10 +73,14 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 10.0  # seconds per call (and per silent gap in a watch stream)
-# Keys per Range page. Values are at most --max-request-bytes (1.5 MiB by default), so a page is
-# bounded; the receive limit is lifted as the test harness does (a page of large Secrets would
-# pass gRPC's 4 MiB default).
+# Keys per Range page at most, and the bytes a page aims at: the first page asks for
+# FIRST_PAGE_KEYS, later ones as many keys as PAGE_BYTES holds at the sizes seen so far (values
+# are at most --max-request-bytes, 1.5 MiB by default), so memory stays bounded with large values
+# (two pages are held) and small ones take few round trips. The receive limit is lifted as the
+# test harness does (a page of large Secrets would pass gRPC's 4 MiB default).
 PAGE_KEYS = 1000
+FIRST_PAGE_KEYS = 100
+PAGE_BYTES = 16 << 20
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", 16 << 20),
@@ -166,10 +172,11 @@ def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
 class EtcdSource:
     """A running etcd, read at the revision of its first Range (see the module docstring)."""
 
-    def __init__(self, target: EtcdTarget, page_keys: int = PAGE_KEYS) -> None:
+    def __init__(self, target: EtcdTarget, page_keys: int = PAGE_KEYS, page_bytes: int = PAGE_BYTES) -> None:
         self.target = target
         self.name = target.endpoint
         self.page_keys = page_keys
+        self.page_bytes = page_bytes
         self._compacted: int | None = None
         self._client = _connect(target)
         try:
@@ -247,13 +254,16 @@ class EtcdSource:
         start, end = prefix_range(prefix)
         new = tuple.__new__
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="etcd-range") as pool:
-            pending = pool.submit(self._page, start, end, revision)
+            limit = min(FIRST_PAGE_KEYS, self.page_keys)
+            pending = pool.submit(self._page, start, end, revision, limit)
             while True:
                 resp = pending.result()
                 kvs = resp.kvs
                 more = bool(resp.more and kvs)
-                if more:  # the next key after the last one returned
-                    pending = pool.submit(self._page, kvs[-1].key + b"\0", end, revision)
+                if more:  # the next key after the last one returned, as many as PAGE_BYTES holds
+                    per_key = max(1, resp.ByteSize() // len(kvs))
+                    limit = max(1, min(self.page_keys, self.page_bytes // per_key))
+                    pending = pool.submit(self._page, kvs[-1].key + b"\0", end, revision, limit)
                 for kv in kvs:
                     yield new(Record, (
                         kv.key, kv.mod_revision, 0, kv.create_revision, kv.mod_revision, kv.version,
@@ -262,8 +272,8 @@ class EtcdSource:
                 if not more:
                     return
 
-    def _page(self, start: bytes, end: bytes, revision: int) -> Any:
-        req = etcdrpc.RangeRequest(key=start, range_end=end, limit=self.page_keys, revision=revision)
+    def _page(self, start: bytes, end: bytes, revision: int, limit: int) -> Any:
+        req = etcdrpc.RangeRequest(key=start, range_end=end, limit=limit, revision=revision)
         return self._call("Range", self._client.kvstub.Range, req)
 
     def _probe_compaction(self) -> int:

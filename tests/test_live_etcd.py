@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -213,6 +214,33 @@ def test_extract_at_a_past_revision_equals_the_file(
     assert live.out == on_file.out and json.loads(live.out)["items"]
     below = cli("extract", "--etcd-endpoint", etcd_server.endpoint, "-c", config_path(CASE), "--revision", "2")
     assert below.code == 2 and "compacted" in below.err
+
+
+def _range_calls(server: EtcdServer) -> int:
+    """Range calls etcd has served, from its own /metrics."""
+    with urllib.request.urlopen(server.endpoint + "/metrics", timeout=10) as resp:  # noqa: S310 - loopback
+        text = resp.read().decode()
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("grpc_server_handled_total") and 'grpc_method="Range"' in line
+    )
+
+
+def test_pages_are_bounded_in_bytes(etcd_server: EtcdServer, tmp_path: Path) -> None:
+    """Large values make small pages: about page_bytes per Range, whatever the key count."""
+    c = etcd_server.client()
+    for i in range(200):
+        c.put(f"/registry/secrets/big/s{i:03}".encode(), bytes([i]) * (20 << 10))
+    saved = etcd_server.snapshot_save(tmp_path / "saved.db")
+    target = etcd_target(etcd_server.endpoint)
+    with EtcdSource(target, page_bytes=100 << 10) as live, SnapshotSource(str(saved)) as snap:
+        before = _range_calls(etcd_server)
+        assert list(live.latest()) == list(snap.latest())
+        pages = _range_calls(etcd_server) - before
+    # The first page asks for FIRST_PAGE_KEYS (100); then 100 KiB pages of 20 KiB values (and
+    # their keys and headers): 4 keys a page, 25 pages; without the byte bound, 2.
+    assert 20 <= pages <= 30, pages
 
 
 def test_one_revision_while_the_cluster_writes(etcd_server: EtcdServer) -> None:

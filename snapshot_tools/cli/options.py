@@ -137,18 +137,24 @@ EtcdEndpointOpt = Annotated[
     str | None,
     typer.Option(
         "--etcd-endpoint",
-        help="Read a running etcd instead of SNAPSHOT (https://HOST:PORT or http://HOST:PORT): read-only "
-        "Range pages at one revision; --all-revisions reads its history back to the compaction point.",
+        metavar="URL",
+        help="Read a running etcd instead of SNAPSHOT (https://HOST:PORT or http://HOST:PORT): read-only, "
+        "Range pages at one revision (with --all-revisions also its history back to the compaction).",
     ),
 ]
 EtcdCacertOpt = Annotated[
-    str | None, typer.Option("--cacert", help="--etcd-endpoint: PEM CA bundle that signed the server certificate.")
+    str | None,
+    typer.Option("--cacert", metavar="FILE", help="--etcd-endpoint: PEM CA bundle that signed the server certificate."),
 ]
-EtcdCertOpt = Annotated[str | None, typer.Option("--cert", help="--etcd-endpoint: PEM client certificate.")]
-EtcdKeyOpt = Annotated[str | None, typer.Option("--key", help="--etcd-endpoint: PEM key of --cert.")]
+EtcdCertOpt = Annotated[
+    str | None, typer.Option("--cert", metavar="FILE", help="--etcd-endpoint: PEM client certificate.")
+]
+EtcdKeyOpt = Annotated[str | None, typer.Option("--key", metavar="FILE", help="--etcd-endpoint: PEM key of --cert.")]
 EtcdTimeoutOpt = Annotated[
     float,
-    typer.Option("--etcd-timeout", help="--etcd-endpoint: seconds each call may take before exit 4."),
+    typer.Option(
+        "--etcd-timeout", metavar="SECONDS", help="--etcd-endpoint: seconds each call may take before exit 4."
+    ),
 ]
 
 

@@ -67,6 +67,11 @@ def _reader_alone(endpoint: str) -> list[tuple[int, float, int]]:
     return out
 
 
+def server_revision(client: Any) -> int:
+    """The head revision of the bench's own etcd (from a Range header)."""
+    return int(client.get_response(b"/").header.revision)
+
+
 def bench(n: int, repeat: int) -> None:
     from tests.support.etcd import etcd_version, etcdutl_restore, start_etcd_on
 
@@ -93,9 +98,18 @@ def bench(n: int, repeat: int) -> None:
             print(f"verified: live and file reports list the same {n} objects, all current; "
                   f"load avg {load_avg()}", flush=True)  # fmt: skip
             assert server._proc is not None
-            live = _runs("live", live_args, n, repeat, server._proc.pid)
+            pid = server._proc.pid
+            live = _runs("live", live_args, n, repeat, pid)
             on_file = _runs("file", file_args, n, repeat)
             reader = _reader_alone(server.endpoint)
+            history = ["--all-revisions", "--etcd-timeout", "120"]
+            live_all = _runs("live --all-revisions", live_args + history, n, 1, pid)
+            file_all = _runs("file --all-revisions", [*file_args, "--all-revisions"], n, 1)
+            # The bench's etcd, not a user's: compacted at its head, history is the latest view
+            # again (a Range at the compact revision, streamed; nothing left to watch).
+            client = server.client(timeout=600)
+            client.compact(server_revision(client), physical=True)
+            live_compacted = _runs("live --all-revisions, compacted", live_args + history, n, 1, pid)
         finally:
             server.cleanup()
     finally:
@@ -114,7 +128,12 @@ def bench(n: int, repeat: int) -> None:
     print(row("check SNAPSHOT (file)", on_file))
     ratio = min(r["wall_s"] for r in live) / min(r["wall_s"] for r in on_file)
     print(f"  live / file wall time: {ratio:.2f} x   ({TARGET_NOTE})")
-    print("  reader alone (EtcdSource.latest(), values dropped), by Range page size:")
+    print(row("live --all-revisions", live_all))
+    print(row("  same, etcd compacted", live_compacted))
+    print(row("file --all-revisions", file_all))
+    print("  (history: a never-compacted etcd is read through one watch and held in memory until sorted;")
+    print("   after a compaction the survivors stream from a Range at the compact revision)")
+    print("  reader alone (EtcdSource.latest(), values dropped), by Range page size (most keys a page):")
     for page, seconds, count in reader:
         print(f"    {page:>5} keys/page: {seconds:6.2f} s = {count / seconds:10,.0f} records/s")
 

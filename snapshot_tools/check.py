@@ -14,13 +14,14 @@ from snapshot_tools.k3s_bootstrap import keyset_for
 from snapshot_tools.readers import Reader
 from snapshot_tools.report import CheckReport, Row
 from snapshot_tools.resources import KeyParser, resolve_resource
-from snapshot_tools.sources import judged_records, open_source
+from snapshot_tools.sources import judged_records, open_record_source
 from snapshot_tools.unwrap import kms_problems, open_unwrappers
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from snapshot_tools.keysets import KeySet
+    from snapshot_tools.live_etcd import EtcdTarget
     from snapshot_tools.unwrap import KeyAccess, Unwrapper
 
 
@@ -34,13 +35,14 @@ class CheckOptions:
     resources: Sequence[str] = ()
     etcd_prefix: str = "/registry"
     skip_hash_check: bool = False  # etcdutl's flag: a missing/mismatched trailer does not fail
+    etcd: EtcdTarget | None = None  # --etcd-endpoint: read this live etcd instead of ``snapshot``
 
 
 def run_check(
     opts: CheckOptions, progress: Callable[[int], None] | None = None
 ) -> CheckReport:
     """Judge every reported value of the snapshot; see DESIGN.md "Keys and verdicts"."""
-    keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access)
+    keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access, opts.etcd)
     known = keyset.resource_names()
     opts = replace(opts, resources=[resolve_resource(label, known) for label in opts.resources])  # typos fail here
     with open_unwrappers(keyset, opts.access) as unwrappers:
@@ -61,7 +63,7 @@ def _check(
     parse = KeyParser(opts.etcd_prefix).parse
     reported, resolve, add = reader.is_reported, reader.resolve, report.rows.append
     new_row = tuple.__new__  # one Row per object: skip NamedTuple's Python-level __new__
-    with open_source(opts.snapshot) as source:
+    with open_record_source(opts.snapshot, opts.etcd) as source:
         source.start_integrity()
         done = 0
         for rec, latest, deleted in judged_records(source, all_revisions=opts.all_revisions):

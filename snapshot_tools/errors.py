@@ -25,6 +25,7 @@ __all__ = [
     "EXIT_USAGE",
     "ConfigError",
     "Error",
+    "EtcdUnreachable",
     "InputError",
     "IntegrityError",
     "Interrupted",
@@ -107,6 +108,14 @@ class KMSUnreachable(KMSUnavailable):
     """
 
 
+class EtcdUnreachable(Error):
+    """A live etcd (``--etcd-endpoint``) that could not be read: not reachable, TLS handshake
+    refused, bad certificates, no answer within the timeout, or the read refused.
+
+    Like a KMS that does not answer: no verdict is possible, exit 4.
+    """
+
+
 class InvalidCiphertext(Error):
     """Decryption failed: wrong key, failed authentication or tampered data.
 
@@ -163,6 +172,7 @@ EXIT_CODES: dict[type[Exception], int] = {
     OutputError: EXIT_USAGE,
     InputError: EXIT_INPUT,  # SnapshotError and IntegrityError too
     KMSUnavailable: EXIT_KMS,
+    EtcdUnreachable: EXIT_KMS,
     Error: EXIT_FINDINGS,  # RewriteRefused, InvalidCiphertext, MalformedValue
 }
 

@@ -47,7 +47,7 @@ from snapshot_tools.resources import (
     resolve_resource,
     resource_label,
 )
-from snapshot_tools.sources import as_of, open_source
+from snapshot_tools.sources import as_of, open_record_source
 from snapshot_tools.unwrap import kms_problems, open_unwrappers
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.label_selector import Selector
+    from snapshot_tools.live_etcd import EtcdTarget
     from snapshot_tools.resources import ResourceRef
     from snapshot_tools.snapshot import Record
     from snapshot_tools.sources import RecordSource
@@ -113,6 +114,7 @@ class ExtractOptions:
     show_managed_fields: bool = False
     etcd_prefix: str = "/registry"
     skip_hash_check: bool = False  # etcdutl's flag: read a snapshot with a missing/wrong trailer
+    etcd: EtcdTarget | None = None  # --etcd-endpoint: read this live etcd instead of ``snapshot``
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,9 +329,9 @@ def iter_extract(
     """
     if opts.show_managed_fields and opts.strip_server_fields:
         raise UsageError("--show-managed-fields and --strip-server-fields may not be used together")
-    keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access)
+    keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access, opts.etcd)
     _labels(opts.resources, keyset.resource_names())  # unknown resources fail before any work
-    if not opts.skip_hash_check:
+    if not opts.skip_hash_check and opts.etcd is None:  # a live etcd has no trailer
         require_integrity(opts.snapshot)  # nothing is written from a snapshot etcd would refuse
     with open_unwrappers(keyset, opts.access) as unwrappers:
         yield from _extract(opts, keyset, unwrappers, result, progress)
@@ -348,7 +350,7 @@ def _extract(
 ) -> Iterator[dict[str, Any]]:
     reader = Reader(keyset, unwrappers, keep_plaintext=True)
     selector = opts.selector if opts.selector is not None and opts.selector.requirements else None
-    with open_source(opts.snapshot) as source:
+    with open_record_source(opts.snapshot, opts.etcd) as source:
         result.snapshot_revision = source.revision
         if opts.revision is not None:
             _check_revision(source, opts.revision)

@@ -45,7 +45,7 @@ from snapshot_tools.atomic_file import AtomicFile
 from snapshot_tools.config import load_config_bytes
 from snapshot_tools.errors import BootstrapError, ConfigError, InvalidCiphertext, TokenError
 from snapshot_tools.keysets import ConfigBytes, load_keyset
-from snapshot_tools.sources import open_source
+from snapshot_tools.sources import open_record_source
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from snapshot_tools.config_model import EncryptionConfig
     from snapshot_tools.keysets import KeySet
+    from snapshot_tools.live_etcd import EtcdTarget
     from snapshot_tools.snapshot import Record
     from snapshot_tools.unwrap import KeyAccess
 
@@ -470,11 +471,13 @@ class Embedded(NamedTuple):
     notes: tuple[str, ...] = ()
 
 
-def embedded_configs(snapshot: str, token: str | None, *, have_configs: bool) -> Embedded:
+def embedded_configs(
+    snapshot: str, token: str | None, *, have_configs: bool, etcd: EtcdTarget | None = None
+) -> Embedded:
     """The EncryptionConfiguration K3s/RKE2 keep in ``snapshot``'s bootstrap data, if a token is given.
 
     ``have_configs``: whether the user also gave ``--config`` (then a cluster without secrets
-    encryption is a note, not an error).
+    encryption is a note, not an error). ``etcd``: read a running etcd instead of ``snapshot``.
 
     Raises:
         TokenError, BootstrapError: as :func:`find_bootstrap`.
@@ -482,7 +485,7 @@ def embedded_configs(snapshot: str, token: str | None, *, have_configs: bool) ->
     """
     if token is None:
         return Embedded()
-    with open_source(snapshot) as source:
+    with open_record_source(snapshot, etcd) as source:
         data = read_bootstrap(source, token, source.name)
     notes = data.notes()
     config = data.encryption_config
@@ -494,7 +497,9 @@ def embedded_configs(snapshot: str, token: str | None, *, have_configs: bool) ->
     return Embedded((ConfigBytes(data.origin, config),), tuple(notes))
 
 
-def keyset_for(paths: Sequence[str | Path], snapshot: str, access: KeyAccess) -> KeySet:
+def keyset_for(
+    paths: Sequence[str | Path], snapshot: str, access: KeyAccess, etcd: EtcdTarget | None = None
+) -> KeySet:
     """The key set of a command: the configs under ``paths`` (first = current), then the config
     the snapshot carries when ``access`` has a K3s token (the current one when ``paths`` is empty).
 
@@ -502,7 +507,7 @@ def keyset_for(paths: Sequence[str | Path], snapshot: str, access: KeyAccess) ->
         ConfigError, TokenError: as :func:`~snapshot_tools.keysets.load_keyset` and
             :func:`embedded_configs`; BootstrapError: a snapshot without usable bootstrap data.
     """
-    embedded = embedded_configs(snapshot, access.k3s_token, have_configs=bool(paths))
+    embedded = embedded_configs(snapshot, access.k3s_token, have_configs=bool(paths), etcd=etcd)
     return load_keyset(paths, embedded.configs, embedded.notes)
 
 
@@ -588,7 +593,7 @@ def keys_report(snapshot: str, token: str) -> KeysReport:
         TokenError, BootstrapError: as :func:`find_bootstrap`.
         ConfigError: the embedded config is not a valid EncryptionConfiguration.
     """
-    with open_source(snapshot) as source:
+    with open_record_source(snapshot) as source:
         data = read_bootstrap(source, token, source.name)
     config = data.encryption_config
     if config is None:

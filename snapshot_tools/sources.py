@@ -19,9 +19,18 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
+    from snapshot_tools.live_etcd import EtcdTarget
     from snapshot_tools.snapshot import Record
 
-__all__ = ["RecordSource", "SnapshotSource", "Versioned", "as_of", "judged_records", "open_source"]
+__all__ = [
+    "RecordSource",
+    "SnapshotSource",
+    "Versioned",
+    "as_of",
+    "judged_records",
+    "open_record_source",
+    "open_source",
+]
 
 
 class RecordSource(Protocol):
@@ -176,6 +185,10 @@ def _flagged(group: list[Record]) -> Iterator[Versioned]:
 def as_of(source: RecordSource, prefix: bytes, revision: int) -> Iterator[Record]:
     """Per key under ``prefix``, the newest record with ``main <= revision``; keys deleted by
     then are absent (etcd's Range at a past revision)."""
+    own = getattr(source, "as_of", None)
+    if own is not None:  # a live etcd answers this with a Range at the revision itself
+        yield from own(prefix, revision)
+        return
     key: bytes | None = None
     chosen: Record | None = None
     for rec in source.all_revisions(prefix):  # by key, then revision ascending
@@ -187,3 +200,17 @@ def as_of(source: RecordSource, prefix: bytes, revision: int) -> Iterator[Record
             chosen = rec
     if chosen is not None and not chosen.tombstone:
         yield chosen
+
+
+def open_record_source(spec: str, etcd: EtcdTarget | None = None) -> RecordSource:
+    """The live etcd ``etcd`` names when given (``--etcd-endpoint``), else :func:`open_source`.
+
+    Raises:
+        EtcdUnreachable: the endpoint cannot be read (exit 4).
+        InputError/SnapshotError: a missing, unreadable or damaged snapshot.
+    """
+    if etcd is not None:
+        from snapshot_tools.live_etcd import EtcdSource  # grpc and pyetcd only when needed
+
+        return EtcdSource(etcd)
+    return open_source(spec)

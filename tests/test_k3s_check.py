@@ -259,3 +259,14 @@ def test_quarantine_with_only_the_token(cluster: Cluster, cli: Cli, tmp_path: Pa
     assert S + "lost" not in verdicts(report)  # tombstoned at a new revision
     assert verdicts(report)[S + "stale"] == ("stale", None)
     assert code == 0
+
+
+def test_live_etcd_with_only_the_token(cluster: Cluster, cli: Cli) -> None:
+    snap = cluster.snapshot("live", record(PASSWORD))  # the same records are live in the server
+    code_file, from_file = cli.check_json(snap, "--k3s-token", TOKEN)
+    result = cli("check", "--etcd-endpoint", cluster.server.endpoint, "--k3s-token", TOKEN, "-o", "json")
+    live = json.loads(result.out)
+    assert verdicts(live) == verdicts(from_file) == {k: want for k, (_, want) in SECRETS.items()}
+    assert result.code == code_file == 1
+    assert [c["path"] for c in live["configs"]] == [f"{cluster.server.endpoint}#{bootstrap_key(PASSWORD)}"]
+    assert_no_token(result.out, result.err)

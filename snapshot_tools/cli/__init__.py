@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,10 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 add_version_option(app, "snapshot-tools")
+
+# gRPC logs a refused TLS handshake (--etcd-endpoint) at INFO on stderr, ahead of our one error
+# line; it reads this when imported, so it is set before the commands import it. A user's value wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 # Each command lives in its own module and registers itself on ``app`` when imported.

@@ -15,13 +15,19 @@ from snapshot_tools.cli.options import (
     AwsKmsOpt,
     AwsRegionOpt,
     ConfigOpt,
+    EtcdCacertOpt,
+    EtcdCertOpt,
+    EtcdEndpointOpt,
+    EtcdKeyOpt,
+    EtcdTimeoutOpt,
     K3sTokenOpt,
     KeyringOpt,
     KmsOpt,
+    OptionalSnapshotArg,
     PrefixOpt,
     SkipHashCheckOpt,
-    SnapshotArg,
     key_access,
+    snapshot_or_etcd,
 )
 from snapshot_tools.cli.output import (
     TRAILER_MISMATCH,
@@ -33,6 +39,7 @@ from snapshot_tools.cli.output import (
     render_table,
 )
 from snapshot_tools.integrity import SKIP_FLAG, refusal
+from snapshot_tools.live_etcd import DEFAULT_TIMEOUT, LIVE
 from snapshot_tools.report import DEFAULT_FAIL_ON, CheckReport, parse_fail_on
 
 if TYPE_CHECKING:
@@ -47,7 +54,8 @@ DEFAULT_LIMIT = 50  # rows of the human report; 3,000 findings must not print 3,
 
 @app.command()
 def check(
-    snapshot: SnapshotArg,
+    snapshot: OptionalSnapshotArg = None,
+    *,
     config: ConfigOpt = None,
     kms: KmsOpt = None,
     keyring: KeyringOpt = None,
@@ -84,6 +92,11 @@ def check(
             help="Human report: at most N finding rows (and N groups); 0 shows all. JSON keeps every object.",
         ),
     ] = DEFAULT_LIMIT,
+    etcd_endpoint: EtcdEndpointOpt = None,
+    cacert: EtcdCacertOpt = None,
+    cert: EtcdCertOpt = None,
+    key: EtcdKeyOpt = None,
+    etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
 ) -> None:
     """Judge every stored value against the configs given: current, stale, retired or unreadable.
 
@@ -91,10 +104,15 @@ def check(
     3 on a damaged snapshot or one etcdutl snapshot restore would refuse (SHA-256 trailer missing
     or wrong, without --skip-hash-check; the report is printed first), 4 when a KMS needed for the
     verdicts could not be reached. When several apply: 3, then 4, then 1.
+
+    With --etcd-endpoint instead of SNAPSHOT the running etcd is read (never written) at one
+    revision, with the same verdicts as a snapshot of that revision; exit 4 when it cannot be read.
     """
     policy = parse_fail_on(fail_on)
+    etcd = snapshot_or_etcd(snapshot, etcd_endpoint, cacert, cert, key, etcd_timeout)
     opts = CheckOptions(
-        snapshot=str(snapshot),
+        snapshot=str(snapshot or ""),
+        etcd=etcd,
         access=key_access(
             config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token
         ),
@@ -139,8 +157,8 @@ def render_check(report: CheckReport, limit: int = DEFAULT_LIMIT) -> str:
         ),
         *_plaintext_write_lines(report),
         (
-            f"snapshot {printable(str(report.snapshot.get('path')))} (revision {report.snapshot.get('revision')}, "
-            f"trailer {report.snapshot.get('trailer')}); {len(report.configs)} config(s), current: "
+            f"{_source_words(report)} {printable(str(report.snapshot.get('path')))} (revision "
+            f"{report.snapshot.get('revision')}, {_trailer_words(report)}); {len(report.configs)} config(s), current: "
             f"{printable(report.configs[0]['path']) if report.configs else '-'}"
         ),
         _integrity_line(report),
@@ -179,6 +197,15 @@ def render_check(report: CheckReport, limit: int = DEFAULT_LIMIT) -> str:
         lines.append("")
     lines.extend(_hints(report))
     return "\n".join(lines) + "\n"
+
+
+def _source_words(report: CheckReport) -> str:
+    return "etcd" if report.snapshot.get("trailer") == LIVE else "snapshot"
+
+
+def _trailer_words(report: CheckReport) -> str:
+    trailer = report.snapshot.get("trailer")
+    return "read live" if trailer == LIVE else f"trailer {trailer}"
 
 
 def _group_of(o: ObjectResult) -> tuple[str, str, str, str]:

@@ -15,13 +15,19 @@ from snapshot_tools.cli.options import (
     AwsKmsOpt,
     AwsRegionOpt,
     ConfigOpt,
+    EtcdCacertOpt,
+    EtcdCertOpt,
+    EtcdEndpointOpt,
+    EtcdKeyOpt,
+    EtcdTimeoutOpt,
     K3sTokenOpt,
     KeyringOpt,
     KmsOpt,
+    OptionalSnapshotArg,
     PrefixOpt,
     SkipHashCheckOpt,
-    SnapshotArg,
     key_access,
+    snapshot_or_etcd,
 )
 from snapshot_tools.cli.output import diagnostic, kms_diagnostics, printable, progress_reporter
 from snapshot_tools.errors import EXIT_FINDINGS, UsageError
@@ -35,6 +41,7 @@ from snapshot_tools.extract import (
     stream_yaml,
 )
 from snapshot_tools.label_selector import parse_selector
+from snapshot_tools.live_etcd import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -49,7 +56,8 @@ class ManifestFormat(enum.StrEnum):
 
 @app.command()
 def extract(
-    snapshot: SnapshotArg,
+    snapshot: OptionalSnapshotArg = None,
+    *,
     config: ConfigOpt = None,
     kms: KmsOpt = None,
     keyring: KeyringOpt = None,
@@ -112,6 +120,11 @@ def extract(
     ] = False,
     etcd_prefix: PrefixOpt = "/registry",
     skip_hash_check: SkipHashCheckOpt = False,
+    etcd_endpoint: EtcdEndpointOpt = None,
+    cacert: EtcdCacertOpt = None,
+    cert: EtcdCertOpt = None,
+    key: EtcdKeyOpt = None,
+    etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
 ) -> None:
     """Decrypt and decode objects into one v1 List on stdout, streamed (Secret values included), or
     one file per object with --output-dir. Add --strip-server-fields to re-create them on a fresh
@@ -120,9 +133,14 @@ def extract(
     Exit 0 when every matched object was written, 1 when nothing matched or some object could not
     be read (listed on stderr, the rest still written), 2 on a usage or config error, 3 on a
     missing or damaged snapshot, 4 when a KMS needed to decrypt could not be reached.
+
+    With --etcd-endpoint instead of SNAPSHOT the running etcd is read (never written) at one
+    revision; exit 4 when it cannot be read.
     """
+    etcd = snapshot_or_etcd(snapshot, etcd_endpoint, cacert, cert, key, etcd_timeout)
     opts = ExtractOptions(
-        snapshot=str(snapshot),
+        snapshot=str(snapshot or ""),
+        etcd=etcd,
         access=key_access(
             config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token
         ),
@@ -138,7 +156,8 @@ def extract(
     )
     if force and output_dir is None:
         raise UsageError("--force only applies to --output-dir")
-    target = ObjectDir(output_dir, fmt=output.value, force=force, inputs=[str(snapshot)]) if output_dir else None
+    inputs = [str(snapshot)] if snapshot is not None else []
+    target = ObjectDir(output_dir, fmt=output.value, force=force, inputs=inputs) if output_dir else None
     result = ExtractResult()
     with progress_reporter("extract") as progress:
         items = iter_extract(opts, result, progress)

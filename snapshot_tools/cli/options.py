@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from kms_plugin.api import AwsSettings
+    from snapshot_tools.live_etcd import EtcdTarget
 
 SnapshotArg = Annotated[
     Path,
@@ -141,3 +142,65 @@ def key_access(
         aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if names else None,
         k3s_token=read_token(k3s_token) if k3s_token is not None else None,
     )
+
+
+# -- a live etcd instead of SNAPSHOT (status, check, extract) -------------------------------
+
+OptionalSnapshotArg = Annotated[
+    Path | None,
+    typer.Argument(
+        metavar="SNAPSHOT",
+        help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy; only read. "
+        "Give it or --etcd-endpoint.",
+        show_default=False,
+    ),
+]
+EtcdEndpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--etcd-endpoint",
+        metavar="URL",
+        help="Read a running etcd instead of SNAPSHOT (https://HOST:PORT or http://HOST:PORT): read-only, "
+        "Range pages at one revision (with --all-revisions also its history back to the compaction).",
+    ),
+]
+EtcdCacertOpt = Annotated[
+    str | None,
+    typer.Option("--cacert", metavar="FILE", help="--etcd-endpoint: PEM CA bundle that signed the server certificate."),
+]
+EtcdCertOpt = Annotated[
+    str | None, typer.Option("--cert", metavar="FILE", help="--etcd-endpoint: PEM client certificate.")
+]
+EtcdKeyOpt = Annotated[str | None, typer.Option("--key", metavar="FILE", help="--etcd-endpoint: PEM key of --cert.")]
+EtcdTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--etcd-timeout", metavar="SECONDS", help="--etcd-endpoint: seconds each call may take before exit 4."
+    ),
+]
+
+
+def snapshot_or_etcd(
+    snapshot: Path | None,
+    endpoint: str | None,
+    cacert: str | None,
+    cert: str | None,
+    key: str | None,
+    timeout: float,
+) -> EtcdTarget | None:
+    """The live etcd to read, or None for SNAPSHOT; exactly one of them must be given.
+
+    Raises:
+        UsageError: both or neither, TLS files without --etcd-endpoint, a malformed endpoint.
+    """
+    from snapshot_tools.live_etcd import etcd_target  # grpc and pyetcd only when needed
+
+    if snapshot is not None and endpoint is not None:
+        raise UsageError("give SNAPSHOT or --etcd-endpoint, not both")
+    if endpoint is None:
+        if snapshot is None:
+            raise UsageError("missing SNAPSHOT (or --etcd-endpoint URL to read a running etcd)")
+        if cacert is not None or cert is not None or key is not None:
+            raise UsageError("--cacert, --cert and --key apply to --etcd-endpoint only")
+        return None
+    return etcd_target(endpoint, cacert, cert, key, timeout)

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path  # noqa: TC003 - Typer reads the annotation at run time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from snapshot_tools.cli import app
+from snapshot_tools.cli.options import (
+    EtcdCacertOpt,
+    EtcdCertOpt,
+    EtcdEndpointOpt,
+    EtcdKeyOpt,
+    EtcdTimeoutOpt,
+    OptionalSnapshotArg,
+    snapshot_or_etcd,
+)
 from snapshot_tools.cli.output import TRAILER_MISMATCH, OutputFormat, diagnostic, printable, render_table
+from snapshot_tools.live_etcd import DEFAULT_TIMEOUT
+from snapshot_tools.live_status import LiveStatus, live_status
 from snapshot_tools.status import SnapshotStatus, snapshot_status
 
 _TRAILER_NOTE = {
@@ -21,13 +31,17 @@ _TRAILER_NOTE = {
 
 @app.command()
 def status(
-    snapshot: Annotated[
-        Path, typer.Argument(help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy.")
-    ],
+    snapshot: OptionalSnapshotArg = None,
+    *,
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="table or json.")] = OutputFormat.table,
     etcd_prefix: Annotated[
         str, typer.Option("--etcd-prefix", help="kube-apiserver --etcd-prefix (registry, /registry/ mean /registry).")
     ] = "/registry",
+    etcd_endpoint: EtcdEndpointOpt = None,
+    cacert: EtcdCacertOpt = None,
+    cert: EtcdCertOpt = None,
+    key: EtcdKeyOpt = None,
+    etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
 ) -> None:
     """Summarise a snapshot: size, SHA-256 trailer, page size, and etcdutl's hash/revision/keys.
 
@@ -40,7 +54,17 @@ def status(
     server token opens it), size, revision, kind (lock: an empty value; data). The file is only read.
     Exit 0 ok, 2 usage, 3 unreadable or damaged file; a trailer mismatch is a warning on stderr, not an
     error.
+
+    With --etcd-endpoint instead of SNAPSHOT: the running etcd, read-only at one revision:
+    endpoint, etcd version, revision, compacted revision, db size (Maintenance.Status), live keys
+    per resource and storage forms. Exit 4 when it cannot be read.
     """
+    etcd = snapshot_or_etcd(snapshot, etcd_endpoint, cacert, cert, key, etcd_timeout)
+    if etcd is not None:
+        live = live_status(etcd, etcd_prefix)
+        print(json.dumps(live.to_dict(), indent=2) if output is OutputFormat.json else _render_live(live))
+        return
+    assert snapshot is not None  # snapshot_or_etcd: one of them
     result = snapshot_status(snapshot, etcd_prefix)
     if result.trailer == "mismatch":
         diagnostic(TRAILER_MISMATCH)
@@ -48,6 +72,18 @@ def status(
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(_render(result))
+
+
+def _render_live(s: LiveStatus) -> str:
+    rows = [
+        ("endpoint", s.endpoint),
+        ("etcd version", s.version),
+        ("revision", f"{s.revision} (every count below is at this revision)"),
+        ("compacted", f"{s.compacted_revision}" + (" (never compacted)" if not s.compacted_revision else "")),
+        ("db size", f"{s.db_size} bytes"),
+        ("member", f"{s.member_id:x} (leader {s.leader:x}, raft term {s.raft_term}, index {s.raft_index})"),
+    ]
+    return _render_rows(rows, s.etcd_prefix, s.resources, s.storage_forms)
 
 
 def _render(s: SnapshotStatus) -> str:
@@ -82,6 +118,25 @@ def _render(s: SnapshotStatus) -> str:
             render_table(
                 ["RESOURCE", "FORM", "NAME", "VALUES"],
                 [(f["resource"], f["form"], f["name"] or "-", str(f["count"])) for f in s.storage_forms],
+            )
+        )
+    return "\n".join(lines)
+
+
+def _render_rows(
+    rows: list[tuple[str, str]], prefix: str, resources: dict[str, int], forms: list[dict[str, Any]]
+) -> str:
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {printable(v)}" for k, v in rows]
+    lines.append("")
+    lines.append(f"live keys under {printable(prefix)}: {sum(resources.values())}")
+    if resources:
+        lines.append(render_table(["RESOURCE", "KEYS"], [(r, str(n)) for r, n in resources.items()]))
+        lines.append("")
+        lines.append(
+            render_table(
+                ["RESOURCE", "FORM", "NAME", "VALUES"],
+                [(f["resource"], f["form"], f["name"] or "-", str(f["count"])) for f in forms],
             )
         )
     return "\n".join(lines)

@@ -19,7 +19,6 @@ same probe/status split).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -72,6 +71,7 @@ class Pkcs11Backend:
         self._by_ref: dict[bytes, fmt.KeyRef] = {}
         self._current: fmt.KeyRef | None = None
         self._scanned_at = float("-inf")
+        self._scan_ok = False
         self._status = BackendStatus("", False, "pkcs11: not probed yet", True)
 
     # -- key list ----------------------------------------------------------------------------
@@ -116,17 +116,28 @@ class Pkcs11Backend:
         Raises:
             KeyUnavailable: no key of the family (or the token/PIN problem behind it).
         """
-        refs = self.scan()
+        try:
+            refs = self.scan()
+        except Error:
+            with self._lock:
+                self._scan_ok, self._scanned_at = False, time.monotonic()
+            raise
         current = fmt.pick_current(refs)
         with self._lock:
             old = self._current
-            self._by_ref = {r.ref: r for r in refs}
+            # Keys seen once stay known: a token that answers an empty list (SoftHSM whose store
+            # vanished) must not turn its values into "wrong key"; a deleted key then fails as
+            # unavailable when its object is looked up.
+            self._by_ref = {**self._by_ref, **{r.ref: r for r in refs}}
             self._current = current
-            self._scanned_at = time.monotonic()
+            self._scan_ok, self._scanned_at = current is not None, time.monotonic()
         if current is None:
+            # SoftHSM answers an empty search when its token store vanished: reconnect next time
+            # so a removed token shows as such.
+            self.pool.mark_broken()
             raise KeyUnavailable(
                 f"pkcs11: token {self.settings.token_label!r} holds no key labelled "
-                f"{self.settings.key_label}-<n> (kms-plugin pkcs11 init-key)"
+                f"{self.settings.key_label}-<n> (removed? else kms-plugin pkcs11 init-key)"
             )
         if old is not None and old.key_id != current.key_id:
             log.info("pkcs11 key rotated: %s -> %s (key_id %s)", old.label, current.label, current.key_id)
@@ -216,10 +227,12 @@ class Pkcs11Backend:
             found = self._by_ref.get(ref)
             stale = time.monotonic() - self._scanned_at >= RESCAN_MIN_INTERVAL
         if found is None and stale:
-            with contextlib.suppress(KeyUnavailable):
-                self.refresh()  # a key made since the last probe (another instance rotated)
+            self.refresh()  # a key made since the last probe (another instance rotated)
             with self._lock:
                 found = self._by_ref.get(ref)
+        if found is None and not self._scan_ok:
+            # The token did not answer its key list: nothing can be said about the value.
+            raise KeyUnavailable(self._status.reason if not self._status.healthy else "pkcs11: key list unreadable")
         if found is None:
             raise UnknownKeyId(
                 f"the value was wrapped by a key not in family {self.settings.key_label!r} of this token"

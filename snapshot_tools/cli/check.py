@@ -17,10 +17,16 @@ from snapshot_tools.cli.options import (
     ConfigOpt,
     KeyringOpt,
     KmsOpt,
+    Pkcs11KeyOpt,
+    Pkcs11ModuleOpt,
+    Pkcs11Opt,
+    Pkcs11PinOpt,
+    Pkcs11TokenOpt,
     PrefixOpt,
     SkipHashCheckOpt,
     SnapshotArg,
     key_access,
+    pkcs11_access,
 )
 from snapshot_tools.cli.output import (
     TRAILER_MISMATCH,
@@ -54,6 +60,11 @@ def check(
     aws_region: AwsRegionOpt = None,
     aws_endpoint_url: AwsEndpointOpt = None,
     aws_encryption_context: AwsContextOpt = "",
+    pkcs11: Pkcs11Opt = None,
+    pkcs11_module: Pkcs11ModuleOpt = None,
+    pkcs11_token_label: Pkcs11TokenOpt = None,
+    pkcs11_key_label: Pkcs11KeyOpt = None,
+    pkcs11_pin: Pkcs11PinOpt = None,
     all_revisions: Annotated[
         bool, typer.Option("--all-revisions", help="Judge every stored revision, deleted keys included.")
     ] = False,
@@ -93,7 +104,10 @@ def check(
     policy = parse_fail_on(fail_on)
     opts = CheckOptions(
         snapshot=str(snapshot),
-        access=key_access(config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
+        access=key_access(
+            config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context,
+            pkcs11=pkcs11_access(pkcs11, pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin),
+        ),
         all_revisions=all_revisions,
         resources=resource or (),
         etcd_prefix=etcd_prefix,

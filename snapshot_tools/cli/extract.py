@@ -17,10 +17,16 @@ from snapshot_tools.cli.options import (
     ConfigOpt,
     KeyringOpt,
     KmsOpt,
+    Pkcs11KeyOpt,
+    Pkcs11ModuleOpt,
+    Pkcs11Opt,
+    Pkcs11PinOpt,
+    Pkcs11TokenOpt,
     PrefixOpt,
     SkipHashCheckOpt,
     SnapshotArg,
     key_access,
+    pkcs11_access,
 )
 from snapshot_tools.cli.output import diagnostic, kms_diagnostics, printable, progress_reporter
 from snapshot_tools.errors import EXIT_FINDINGS, UsageError
@@ -56,6 +62,11 @@ def extract(
     aws_region: AwsRegionOpt = None,
     aws_endpoint_url: AwsEndpointOpt = None,
     aws_encryption_context: AwsContextOpt = "",
+    pkcs11: Pkcs11Opt = None,
+    pkcs11_module: Pkcs11ModuleOpt = None,
+    pkcs11_token_label: Pkcs11TokenOpt = None,
+    pkcs11_key_label: Pkcs11KeyOpt = None,
+    pkcs11_pin: Pkcs11PinOpt = None,
     resource: Annotated[
         list[str] | None,
         typer.Option(
@@ -121,7 +132,10 @@ def extract(
     """
     opts = ExtractOptions(
         snapshot=str(snapshot),
-        access=key_access(config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context),
+        access=key_access(
+            config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context,
+            pkcs11=pkcs11_access(pkcs11, pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin),
+        ),
         resources=resource or ("secrets",),
         namespace=namespace,
         name=name,

@@ -13,9 +13,9 @@ from snapshot_tools.errors import ConfigError, UsageError
 from snapshot_tools.unwrap import KeyAccess
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
-    from kms_plugin.api import AwsSettings
+    from kms_plugin.api import AwsSettings, Pkcs11Settings
 
 SnapshotArg = Annotated[
     Path,
@@ -61,6 +61,26 @@ AwsRegionOpt = Annotated[str | None, typer.Option("--aws-region", help="AWS regi
 AwsEndpointOpt = Annotated[str | None, typer.Option("--aws-endpoint-url", help="AWS KMS endpoint URL for --aws-kms.")]
 AwsContextOpt = Annotated[
     str, typer.Option("--aws-encryption-context", help="k=v[,k=v...]: the plugin's static encryption context.")
+]
+
+Pkcs11Opt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--pkcs11",
+        help="NAME: KMS provider NAME's data keys straight from the PKCS#11 token (kms-plugin --pkcs11-*); "
+        "the key family's highest generation gives the current key_id.",
+    ),
+]
+Pkcs11ModuleOpt = Annotated[str | None, typer.Option("--pkcs11-module", help="PKCS#11 module for --pkcs11.")]
+Pkcs11TokenOpt = Annotated[str | None, typer.Option("--pkcs11-token-label", help="Token label for --pkcs11.")]
+Pkcs11KeyOpt = Annotated[
+    str | None, typer.Option("--pkcs11-key-label", help="Key family K (objects K-1, K-2, ...) for --pkcs11.")
+]
+Pkcs11PinOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pkcs11-pin", help="@FILE holding the user PIN; default $KMS_PLUGIN_PKCS11_PIN. Never the PIN itself."
+    ),
 ]
 
 
@@ -109,8 +129,10 @@ def key_access(
     aws_region: str | None,
     aws_endpoint_url: str | None,
     aws_encryption_context: str,
+    pkcs11: Mapping[str, Pkcs11Settings] | None = None,
 ) -> KeyAccess:
-    """The one key-access value of a command, from the shared --config/KMS flags."""
+    """The one key-access value of a command, from the shared --config/KMS flags
+    (``pkcs11``: from :func:`pkcs11_access`)."""
     names = parse_aws_kms(aws_kms or [])
     return KeyAccess(
         configs=tuple(configs),
@@ -118,4 +140,40 @@ def key_access(
         keyrings=parse_assignments(keyring or [], "--keyring"),
         aws_kms=names,
         aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if names else None,
+        pkcs11=dict(pkcs11 or {}),
     )
+
+
+def pkcs11_access(
+    names: Sequence[str] | None,
+    module: str | None,
+    token_label: str | None,
+    key_label: str | None,
+    pin: str | None,
+) -> dict[str, Pkcs11Settings]:
+    """``--pkcs11 NAME`` (repeatable) with the token flags -> provider name -> settings.
+
+    Raises:
+        UsageError: a token flag without --pkcs11, --pkcs11 without all of them, a repeated name.
+        ConfigError: a bare PIN, a malformed key label.
+    """
+    flags = {"--pkcs11-module": module, "--pkcs11-token-label": token_label, "--pkcs11-key-label": key_label}
+    if not names:
+        given = [f for f, v in (*flags.items(), ("--pkcs11-pin", pin)) if v is not None]
+        if given:
+            raise UsageError(f"{given[0]} needs --pkcs11 NAME (the KMS provider the token serves)")
+        return {}
+    missing = [f for f, v in flags.items() if not v]
+    if missing:
+        raise UsageError(f"--pkcs11 needs {', '.join(missing)}")
+    for name in names:
+        if not name or "=" in name:
+            raise UsageError(f"--pkcs11 takes the KMS provider NAME (token flags apart), got {name!r}")
+    if len(set(names)) != len(names):
+        raise UsageError("--pkcs11 names a provider twice")
+    assert module and token_label and key_label
+    try:
+        settings = plugin.pkcs11_settings(module, token_label, key_label, pin)
+    except plugin.Error as exc:
+        raise ConfigError(str(exc)) from None
+    return dict.fromkeys(names, settings)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.etcd
 
 
-def _write_secrets(etcd_server, token: Token, endpoint_dir: Path, local_kek: bool) -> tuple[list[str], str]:  # noqa: ANN001
+def _write_secrets(etcd_server, token: Token, endpoint_dir: Path, local_kek: bool) -> tuple[list[str], str]:
     settings = pkcs11_settings(MODULE, token.label, "kek", f"@{token.pin_file}")
     with serving(serve_config(endpoint_dir, pkcs11=settings, local_kek=local_kek)):
         with KMSv2Client(f"unix://{endpoint_dir / 'p.sock'}") as client:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ from kms_plugin.keks import pkcs11format
 from kms_plugin.keks.pkcs11 import RESCAN_MIN_INTERVAL
 from tests.support.aws import wait_for
 from tests.support.cli import KMS_PLUGIN, plugin_cli
-from tests.support.kms import health_get, serve_config, serving, short_dir
+from tests.support.kms import health_get, serve_config, serving, short_dir, start_serve, wait_for_socket
 from tests.support.softhsm import MODULE, softhsm_token
 
 if TYPE_CHECKING:
@@ -246,3 +247,36 @@ def test_serve_refuses_a_missing_module_and_mixed_backends(token: Token, tmp_pat
     res = _subprocess_cli(token, "serve", "--listen", sock, "--keyring", str(keyring), *token.flags())
     assert res.returncode == 2
     assert "may not be used with --keyring" in res.stderr
+
+
+def test_concurrent_calls_straight_to_the_token(token: Token) -> None:
+    """8 clients at once, every call in the token (no local KEK): calls into the module are
+    serialised, so SoftHSM (initialised for a single thread) neither fails nor crashes."""
+    with short_dir() as d:
+        sock = d / "p.sock"
+        # SOFTHSM2_CONF is in this process's environment (softhsm_token), so the server has it.
+        proc = start_serve("--listen", f"unix://{sock}", "--health-addr", "off", "--no-local-kek", *token.flags())
+        try:
+            wait_for_socket(sock, proc)
+            errors: list[str] = []
+
+            def work() -> None:
+                with _client(d) as c:
+                    for _ in range(60):
+                        seed = os.urandom(32)
+                        try:
+                            enc = c.encrypt(seed)
+                            assert c.decrypt(enc.ciphertext, enc.key_id, enc.annotations) == seed
+                        except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                            errors.append(repr(exc))
+
+            threads = [threading.Thread(target=work) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert errors == []
+            assert proc.poll() is None
+        finally:
+            proc.terminate()
+            proc.wait(30)

@@ -5,6 +5,11 @@
   is used by one thread at a time (python-pkcs11 sessions are not thread-safe), so the pool
   hands out at most ``max_sessions`` of them; a caller waits up to ``acquire_timeout`` seconds
   for one, then gets :class:`BackendThrottled` (gRPC ``RESOURCE_EXHAUSTED``).
+* Calls into the module are serialised by one process-wide lock per module
+  (:func:`module_lock`: python-pkcs11's ``C_Initialize(NULL)`` promises the module no
+  concurrent calls), so today at most one session is busy at a time; the pool keeps sessions
+  and found key handles ready, bounds them, and is where a module initialised for concurrent
+  use would gain parallel sessions.
 * A failure meaning the token is gone (removed, session or object handles invalid, module
   failure) marks the pool broken. The next caller, once no session is in use, closes everything,
   finalises and re-initialises the module (SoftHSM and most modules read their slot list only in
@@ -57,6 +62,23 @@ _GONE = (
     p11.UserNotLoggedIn,
     p11.GeneralError,
 )
+
+
+_MODULE_LOCKS: dict[str, threading.RLock] = {}
+_MODULE_LOCKS_GUARD = threading.Lock()
+
+
+def module_lock(module: str) -> threading.RLock:
+    """The one lock every call into ``module`` holds, process-wide.
+
+    python-pkcs11 initialises a module with ``C_Initialize(NULL)``, which tells it the
+    application makes no concurrent calls; SoftHSM2 then runs without its own mutexes and
+    concurrent operations on different sessions fail (``CKR_GENERAL_ERROR``) or crash. So calls
+    are serialised here; with the local-KEK hierarchy (the default) the token is off the
+    request path anyway.
+    """
+    with _MODULE_LOCKS_GUARD:
+        return _MODULE_LOCKS.setdefault(os.path.realpath(module), threading.RLock())
 
 
 @dataclass(frozen=True)
@@ -139,17 +161,28 @@ class SessionPool:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Slot]:
-        """A work session for this thread only; a token-gone failure inside marks the pool broken."""
-        slot = self._acquire()
-        healthy = True
+        """A work session for this thread only; a token-gone failure inside marks the pool broken.
+
+        Holds the module's call lock while it is out (see :func:`module_lock`).
+        """
+        lock = module_lock(self.settings.module)
+        if not lock.acquire(timeout=self.settings.acquire_timeout):
+            raise BackendThrottled(
+                f"pkcs11: module busy for {self.settings.acquire_timeout:g}s (calls into it are serialised)"
+            )
         try:
-            yield slot
-        except p11.PKCS11Error as exc:
-            if is_gone(exc):
-                healthy = False
-            raise
+            slot = self._acquire()
+            healthy = True
+            try:
+                yield slot
+            except p11.PKCS11Error as exc:
+                if is_gone(exc):
+                    healthy = False
+                raise
+            finally:
+                self._release(slot, healthy)
         finally:
-            self._release(slot, healthy)
+            lock.release()
 
     def mark_broken(self) -> None:
         with self._cond:
@@ -255,7 +288,7 @@ class SessionPool:
         log.info("pkcs11: sessions to token %r dropped; reconnecting", self.settings.token_label)
 
     def close(self) -> None:
-        with self._cond:
+        with module_lock(self.settings.module), self._cond:
             for slot in self._idle:
                 with contextlib.suppress(Exception):
                     slot.session.close()

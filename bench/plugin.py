@@ -91,7 +91,7 @@ def run_cell(endpoint: str, method: str, concurrency: int, duration: float, proc
     lat: list[float] = []
     errors = 0
     for _ in ps:
-        part, err = q.get()
+        part, err = q.get(timeout=duration + 120)  # a client that died must not hang the run
         lat.extend(part)
         errors += err
     for p in ps:

@@ -214,7 +214,7 @@ class Pkcs11Keys:
     generation ``K-<n>``); values wrapped by keys outside the family are refused.
 
     Raises:
-        ConfigError: the module cannot be loaded.
+        ConfigError: the module cannot be loaded, or no PIN can be read.
     """
 
     def __init__(self, settings: Pkcs11Settings) -> None:
@@ -223,6 +223,7 @@ class Pkcs11Keys:
 
         self._backend = Pkcs11Backend(settings)
         self._backend.pool.load()
+        settings.pin.read()  # a missing or unsafe PIN file is a config error, not an unavailable KMS
         self._reader = LocalKekHierarchy(self._backend, None)
         self.settings = settings
 

@@ -243,6 +243,14 @@ def test_serve_refuses_a_missing_module_and_mixed_backends(token: Token, tmp_pat
     res = _subprocess_cli(token, "serve", "--listen", sock, "--health-addr", "off", *flags)
     assert res.returncode == 2
     assert "--pkcs11-module" in res.stderr and "no such file" in res.stderr
+    loose = tmp_path / "pin"
+    loose.write_text(token.pin)
+    loose.chmod(0o644)
+    res = _subprocess_cli(token, "serve", "--listen", sock, "--health-addr", "off", *token.flags(pin=str(loose)))
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"kms-plugin: error: --pkcs11-pin @{loose}: readable by group or others (mode 0644); chmod 0600 it"
+    ]
     keyring = tmp_path / "k.json"
     res = _subprocess_cli(token, "serve", "--listen", sock, "--keyring", str(keyring), *token.flags())
     assert res.returncode == 2

@@ -77,12 +77,13 @@ class Pkcs11Backend:
     # -- key list ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load the module (a bad path is a ConfigError, exit 2), then probe once.
+        """Load the module and read the PIN once (either failing is a ConfigError, exit 2), then probe.
 
         A missing token, a wrong PIN or no key start anyway, unhealthy: the probe picks them up
         when they are fixed.
         """
         self.pool.load()
+        self.settings.pin.read()  # no PIN at all, or an unsafe PIN file: refuse to start (exit 2)
         self.probe()
 
     def scan(self) -> list[fmt.KeyRef]:

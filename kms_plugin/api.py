@@ -4,8 +4,9 @@
 * :class:`Wrapped`, a wrap result;
 * the KMS plugin clients, made by :func:`plugin_client` (:func:`check_endpoint` validates an
   endpoint without connecting);
-* the offline unwrap entry points: a keyring file (:func:`open_keyring`) and AWS KMS
-  (:func:`aws_settings`, :class:`AwsKmsKeys`), reading every format the plugin writes.
+* the offline unwrap entry points: a keyring file (:func:`open_keyring`), AWS KMS
+  (:func:`aws_settings`, :class:`AwsKmsKeys`) and a PKCS#11 token (:func:`pkcs11_settings`,
+  :class:`Pkcs11Keys`), reading every format the plugin writes.
 
 Running a console script with the shared exit policy and stop signals is
 :mod:`kms_plugin.cli_runner`. Cheap to import: cryptography, grpc and boto3 load when a keyring,

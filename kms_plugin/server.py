@@ -169,7 +169,7 @@ def build_backend(
     if config.pkcs11 is not None:
         from kms_plugin.keks.pkcs11 import Pkcs11Backend
 
-        remote = Pkcs11Backend(config.pkcs11)
+        remote = Pkcs11Backend(config.pkcs11, on_call=metrics.remote_call)
         remote.start()
     elif config.aws is not None:
         from kms_plugin.keks.aws import AwsKmsBackend

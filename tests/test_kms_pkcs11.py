@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import threading
 import time
@@ -33,6 +34,7 @@ from tests.support.softhsm import MODULE, softhsm_token
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from kms_plugin.server import PluginServer
     from tests.support.softhsm import Token
 
 
@@ -50,6 +52,16 @@ def _subprocess_cli(token: Token, *argv: str) -> subprocess.CompletedProcess[str
     )
 
 
+_OPS = re.compile(
+    r'^kms_plugin_remote_calls_total\{operation="(?:Encrypt|Decrypt)",outcome="ok"\} (\S+)$', re.MULTILINE
+)
+
+
+def _token_ops(server: PluginServer) -> float:
+    """Wraps and unwraps done in the token so far (the plugin's remote-call metric)."""
+    return sum(float(v) for v in _OPS.findall(health_get(server, "/metrics")[1]))
+
+
 @pytest.fixture
 def token() -> Token:
     with softhsm_token() as tok:
@@ -61,10 +73,19 @@ def token() -> Token:
 def test_round_trip_over_the_socket(token: Token, local_kek: bool, capsys) -> None:
     with short_dir() as d:
         config = serve_config(d, pkcs11=_settings(token), local_kek=local_kek, enable_v1=True)
-        with serving(config), _client(d) as c:
+        with serving(config) as server, _client(d) as c:
             status = c.status()
             assert status.healthz == "ok"
             assert status.key_id.startswith("sha256:") and len(status.key_id) == 71
+            before = _token_ops(server)
+            for _ in range(20):
+                seed = os.urandom(32)
+                enc = c.encrypt(seed)
+                assert c.decrypt(enc.ciphertext, enc.key_id, enc.annotations) == seed
+            # With the local KEK the token wraps it once (and the probe's round trips, if any run);
+            # without it, every call is one operation in the token.
+            ops = _token_ops(server) - before
+            assert (ops < 8) if local_kek else (ops >= 40)
             seed = os.urandom(32)
             enc = c.encrypt(seed)
             assert enc.key_id == status.key_id

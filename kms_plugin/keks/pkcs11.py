@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from kms_plugin.keks.pkcs11pool import Pkcs11Settings, Slot
 
 log = logging.getLogger("kms_plugin.pkcs11")
+T = TypeVar("T")
 
 RESCAN_MIN_INTERVAL = 1.0
 # Failures of a decrypt that are answers about the ciphertext (SoftHSM reports a failed GCM tag
@@ -63,9 +64,12 @@ class Pkcs11Backend:
 
     name = "pkcs11"
 
-    def __init__(self, settings: Pkcs11Settings, *, rw: bool = False) -> None:
+    def __init__(
+        self, settings: Pkcs11Settings, *, rw: bool = False, on_call: Callable[[str, str], None] | None = None
+    ) -> None:
         fmt.check_base_label(settings.key_label)
         self.settings = settings
+        self._on_call = on_call  # (operation, outcome) of every wrap/unwrap in the token: metrics
         self.pool = SessionPool(settings, rw=rw)
         self._lock = threading.Lock()
         self._by_ref: dict[bytes, fmt.KeyRef] = {}
@@ -186,6 +190,25 @@ class Pkcs11Backend:
     # -- wrap / unwrap -----------------------------------------------------------------------
 
     def wrap(self, plaintext: bytes) -> Wrapped:
+        return self._counted("Encrypt", lambda: self._wrap(plaintext))
+
+    def unwrap(
+        self, ciphertext: bytes, key_id: str | None, annotations: Mapping[str, bytes]
+    ) -> bytes:
+        return self._counted("Decrypt", lambda: self._unwrap(ciphertext, key_id, annotations))
+
+    def _counted(self, operation: str, fn: Callable[[], T]) -> T:
+        if self._on_call is None:
+            return fn()
+        try:
+            result = fn()
+        except Error as exc:
+            self._on_call(operation, type(exc).__name__)
+            raise
+        self._on_call(operation, "ok")
+        return result
+
+    def _wrap(self, plaintext: bytes) -> Wrapped:
         current = self._current
         if current is None:
             raise KeyUnavailable(self._status.reason if not self._status.healthy else "pkcs11: no current key")
@@ -200,7 +223,7 @@ class Pkcs11Backend:
             ))
         return Wrapped(header + nonce + bytes(body), current.key_id, {})
 
-    def unwrap(
+    def _unwrap(
         self, ciphertext: bytes, key_id: str | None, annotations: Mapping[str, bytes]
     ) -> bytes:
         if annotations:

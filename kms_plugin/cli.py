@@ -101,7 +101,7 @@ def serve(
     local_kek: bool | None = typer.Option(
         None,
         "--local-kek/--no-local-kek",
-        help="Seal seeds under a local KEK wrapped once by the remote KEK (default: on for AWS).",
+        help="Seal seeds under a local KEK wrapped once by the remote KEK (default: on for AWS and PKCS#11).",
     ),
     local_kek_max_uses: int = typer.Option(1 << 20, help="Rotate the local KEK after this many Encrypts."),
     local_kek_max_age: float = typer.Option(7 * 86400.0, help="Rotate the local KEK after this many seconds."),

@@ -212,6 +212,8 @@ def test_wrong_pin_keeps_livez_up_and_says_why(token: Token, tmp_path: Path, cap
             with pytest.raises(PluginError) as info:
                 c.encrypt(os.urandom(32))
             assert info.value.code == "FAILED_PRECONDITION"
+            # Later probes do not offer the token the same wrong PIN again (HSMs lock the user).
+            wait_for(lambda: "not retried until the PIN changes" in c.status().healthz, timeout=10)
             # Fixed in the file: the next probe logs in, no restart.
             wrong.write_text(token.pin + "\n")
             wait_for(lambda: c.status().healthz == "ok", timeout=10)

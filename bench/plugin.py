@@ -6,8 +6,14 @@ and Decrypt with the same clients (client processes x threads, each thread one
 per-call latency at the client (p50/p99) and calls/s. Ratio = method p50 / Status p50 and
 Status calls/s / method calls/s (targets: <= 1.3).
 
+``--backends keyring,pkcs11,pkcs11-direct`` adds the PKCS#11 rows: a key in a private SoftHSM2
+token, with the local-KEK hierarchy (the default of ``serve --pkcs11-*``) and without it (every
+Encrypt/Decrypt is a CKM_AES_GCM call in SoftHSM), then a table of each next to the keyring
+(target for ``pkcs11``: within 1.3x).
+
 Usage (from the repository root):
     python -m bench.plugin [--flavour sync|aio] [--workers 4] [--duration 3] [--concurrency 1,8,64]
+    python -m bench.plugin --backends keyring,pkcs11,pkcs11-direct --concurrency 1,8
 
 Figures only; nothing here asserts on timing.
 """
@@ -15,6 +21,7 @@ Figures only; nothing here asserts on timing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import shutil
@@ -84,7 +91,7 @@ def run_cell(endpoint: str, method: str, concurrency: int, duration: float, proc
     lat: list[float] = []
     errors = 0
     for _ in ps:
-        part, err = q.get()
+        part, err = q.get(timeout=duration + 120)  # a client that died must not hang the run
         lat.extend(part)
         errors += err
     for p in ps:
@@ -105,30 +112,28 @@ def summarise(lat: list[float], errors: int, seconds: float) -> dict:
     }
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.plugin", description=__doc__.splitlines()[0])
-    ap.add_argument("--flavour", default="sync", choices=["sync", "aio"])
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--duration", type=float, default=3.0)
-    ap.add_argument("--concurrency", default="1,8,64")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved slices per cell")
-    ap.add_argument("--client-procs", type=int, default=2, help="client processes (GIL)")
-    ap.add_argument("--profile", help="write a cProfile of the server to this file")
-    args = ap.parse_args()
-
-    tmp = tempfile.mkdtemp(prefix="kmsb", dir="/tmp")
-    try:
+def _serve_cmd(args: argparse.Namespace, backend: str, tmp: str, endpoint: str, token: object) -> list[str]:
+    """The server command line for ``backend`` (keyring, pkcs11 = hierarchy, pkcs11-direct)."""
+    common = ["--health-addr", "off", "--max-workers", str(args.workers), "--log-level", "error"]
+    if backend == "keyring":
         keyring = Path(tmp, "k.json")
         subprocess.run([*KMS_PLUGIN, "keyring", "init", str(keyring)], check=True, capture_output=True)
+        if args.flavour == "aio":  # the asyncio server lives here, not in the product
+            return [sys.executable, "-m", "bench.plugin_aio", "--listen", endpoint, "--keyring", str(keyring)]
+        return [*KMS_PLUGIN, "serve", "--listen", endpoint, "--keyring", str(keyring), *common]
+    flags = token.flags()  # type: ignore[attr-defined]
+    mode = "--local-kek" if backend == "pkcs11" else "--no-local-kek"
+    return [*KMS_PLUGIN, "serve", "--listen", endpoint, *flags, mode, "--probe-interval", "3600", *common]
+
+
+def run_backend(args: argparse.Namespace, backend: str, token: object) -> dict[tuple[int, str], dict]:
+    """Serve ``backend``, drive every method at every concurrency; print rows, return them."""
+    tmp = tempfile.mkdtemp(prefix="kmsb", dir="/tmp")
+    rows: dict[tuple[int, str], dict] = {}
+    try:
         sock = Path(tmp, "p.sock")
         endpoint = f"unix://{sock}"
-        if args.flavour == "aio":  # the asyncio server lives here, not in the product
-            cmd = [sys.executable, "-m", "bench.plugin_aio", "--listen", endpoint, "--keyring", str(keyring)]
-        else:
-            cmd = [
-                *KMS_PLUGIN, "serve", "--listen", endpoint, "--keyring", str(keyring),
-                "--health-addr", "off", "--max-workers", str(args.workers), "--log-level", "error",
-            ]
+        cmd = _serve_cmd(args, backend, tmp, endpoint, token)
         if args.profile:
             cmd = [sys.executable, "-m", "cProfile", "-o", args.profile, *cmd[1:]]
         server = subprocess.Popen(cmd, cwd=ROOT)
@@ -136,7 +141,7 @@ def main() -> int:
             if sock.exists():
                 break
             time.sleep(0.05)
-        print(f"server: {args.flavour}, {args.workers} workers; clients: up to "
+        print(f"backend {backend}; server: {args.flavour}, {args.workers} workers; clients: up to "
               f"{args.client_procs} processes; {args.duration:g}s per cell; cores: {os.cpu_count()}")
         print(f"{'conc':>4} {'method':<8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'x floor p50':>11} {'floor/rate':>10} {'errors':>6}")
@@ -154,6 +159,7 @@ def main() -> int:
             floor = summarise(lat["Status"], errs["Status"], args.duration)
             for method in methods:
                 r = summarise(lat[method], errs[method], args.duration)
+                rows[(conc, method)] = r
                 ratio = r["p50"] / floor["p50"]
                 slow = floor["rate"] / r["rate"]
                 print(f"{conc:>4} {method:<8} {r['rate']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} "
@@ -162,6 +168,59 @@ def main() -> int:
         server.wait(30)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def compare(results: dict[str, dict[tuple[int, str], dict]]) -> None:
+    """Each backend next to the keyring: calls/s and p99 ratios (PKCS#11 target: within 1.3x)."""
+    base = results.get("keyring")
+    if base is None or len(results) < 2:
+        return
+    print(f"\n{'backend':<14} {'conc':>4} {'method':<8} {'calls/s':>9} {'p99 ms':>8} "
+          f"{'keyring/rate':>12} {'p99/keyring':>11}")
+    for backend, rows in results.items():
+        if backend == "keyring":
+            continue
+        for (conc, method), r in rows.items():
+            if method == "Status" or (conc, method) not in base:
+                continue
+            b = base[(conc, method)]
+            print(f"{backend:<14} {conc:>4} {method:<8} {r['rate']:>9.0f} {r['p99']:>8.3f} "
+                  f"{b['rate'] / r['rate']:>12.2f} {r['p99'] / b['p99']:>11.2f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.plugin", description=__doc__.splitlines()[0])
+    ap.add_argument("--flavour", default="sync", choices=["sync", "aio"])
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--duration", type=float, default=3.0)
+    ap.add_argument("--concurrency", default="1,8,64")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved slices per cell")
+    ap.add_argument("--client-procs", type=int, default=2, help="client processes (GIL)")
+    ap.add_argument("--profile", help="write a cProfile of the server to this file")
+    ap.add_argument(
+        "--backends",
+        default="keyring",
+        help="comma list of keyring, pkcs11 (SoftHSM2 key, local-KEK hierarchy), pkcs11-direct "
+        "(every call in SoftHSM2); e.g. keyring,pkcs11,pkcs11-direct --concurrency 1,8",
+    )
+    args = ap.parse_args()
+    backends = [b for b in args.backends.split(",") if b]
+    unknown = set(backends) - {"keyring", "pkcs11", "pkcs11-direct"}
+    if unknown:
+        ap.error(f"unknown backend {min(unknown)!r}")
+    results: dict[str, dict[tuple[int, str], dict]] = {}
+    with contextlib.ExitStack() as stack:
+        token = None
+        if any(b.startswith("pkcs11") for b in backends):
+            from tests.support.softhsm import softhsm_token
+
+            token = stack.enter_context(softhsm_token())
+            subprocess.run([*KMS_PLUGIN, "pkcs11", "init-key", *token.flags()], check=True, capture_output=True)
+        for backend in backends:
+            results[backend] = run_backend(args, backend, token)
+            print(flush=True)
+    compare(results)
     return 0
 
 

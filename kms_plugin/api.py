@@ -4,8 +4,9 @@
 * :class:`Wrapped`, a wrap result;
 * the KMS plugin clients, made by :func:`plugin_client` (:func:`check_endpoint` validates an
   endpoint without connecting);
-* the offline unwrap entry points: a keyring file (:func:`open_keyring`) and AWS KMS
-  (:func:`aws_settings`, :class:`AwsKmsKeys`), reading every format the plugin writes.
+* the offline unwrap entry points: a keyring file (:func:`open_keyring`), AWS KMS
+  (:func:`aws_settings`, :class:`AwsKmsKeys`) and a PKCS#11 token (:func:`pkcs11_settings`,
+  :class:`Pkcs11Keys`), reading every format the plugin writes.
 
 Running a console script with the shared exit policy and stop signals is
 :mod:`kms_plugin.cli_runner`. Cheap to import: cryptography, grpc and boto3 load when a keyring,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from kms_plugin.client import KMSv2Client as KMSv2Client
     from kms_plugin.keks.awsclient import AwsSettings as AwsSettings
     from kms_plugin.keks.local import Keyring as Keyring
+    from kms_plugin.keks.pkcs11pool import Pkcs11Settings as Pkcs11Settings
 
 __all__ = [
     "EXIT_FINDINGS",
@@ -61,6 +63,7 @@ __all__ = [
     "InvalidCiphertext",
     "InvalidRequest",
     "KeyUnavailable",
+    "Pkcs11Keys",
     "PluginError",
     "PluginUnavailable",
     "UnknownKeyId",
@@ -68,6 +71,7 @@ __all__ = [
     "aws_settings",
     "check_endpoint",
     "open_keyring",
+    "pkcs11_settings",
     "plugin_client",
     "wrapped_kek_id",
 ]
@@ -196,3 +200,67 @@ class AwsKmsKeys:
 
     def __repr__(self) -> str:
         return f"AwsKmsKeys(key={self.key!r})"
+
+
+def pkcs11_settings(
+    module: str, token_label: str, key_label: str, pin: str | None, *, max_sessions: int = 4
+) -> Pkcs11Settings:
+    """PKCS#11 settings from command-line values; ``pin`` is ``@FILE`` or None (the environment).
+
+    Raises:
+        ConfigError: a bare PIN on the command line, a malformed key label or bad limits.
+    """
+    from kms_plugin.keks.pkcs11format import check_base_label
+    from kms_plugin.keks.pkcs11pin import pin_source
+    from kms_plugin.keks.pkcs11pool import Pkcs11Settings
+
+    source = pin_source(pin)
+    check_base_label(key_label)
+    return Pkcs11Settings(module, token_label, key_label, source, max_sessions=max_sessions)
+
+
+class Pkcs11Keys:
+    """A PKCS#11 key family without a plugin: unwrap every format the PKCS#11 plugin writes.
+
+    Its plain format (``"kx"``) and the local-KEK format (each local KEK unwrapped once by the
+    token). The current key_id is the one the plugin's Status would report (the highest
+    generation ``K-<n>``); values wrapped by keys outside the family are refused.
+
+    Raises:
+        ConfigError: the module cannot be loaded, or no PIN can be read.
+    """
+
+    def __init__(self, settings: Pkcs11Settings) -> None:
+        from kms_plugin.keks.hierarchy import LocalKekHierarchy
+        from kms_plugin.keks.pkcs11 import Pkcs11Backend
+
+        self._backend = Pkcs11Backend(settings)
+        self._backend.pool.load()
+        settings.pin.read()  # a missing or unsafe PIN file is a config error, not an unavailable KMS
+        self._reader = LocalKekHierarchy(self._backend, None)
+        self.settings = settings
+
+    def unwrap(self, ciphertext: bytes, key_id: str, annotations: Mapping[str, bytes]) -> bytes:
+        """A KMS v2 ``encryptedDEKSource``, in any format the plugin writes."""
+        self._backend.current_key_id()
+        return self._reader.unwrap(ciphertext, key_id, dict(annotations))
+
+    def unwrap_v1(self, ciphertext: bytes) -> bytes:
+        """A KMS v1 encrypted DEK (no key_id, no annotations)."""
+        self._backend.current_key_id()
+        return self._backend.unwrap(ciphertext, None, {})
+
+    def current_key_id(self) -> str | None:
+        """The key_id the plugin's Status would report now (the token is read once)."""
+        return self._backend.current_key_id()
+
+    def wrap(self, plaintext: bytes) -> Wrapped:
+        """Wrap with the current key in the plugin's plain ``"kx"`` format (the plugin reads it)."""
+        self._backend.current_key_id()
+        return self._backend.wrap(plaintext)
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __repr__(self) -> str:
+        return f"Pkcs11Keys(token={self.settings.token_label!r}, key={self.settings.key_label!r})"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from kms_plugin import cli_pkcs11
 from kms_plugin.api import aws_settings
 from kms_plugin.cli_runner import add_version_option, run_app
 from kms_plugin.errors import (
@@ -45,6 +46,7 @@ keyring_app = typer.Typer(
     no_args_is_help=True, pretty_exceptions_show_locals=False, help="Manage keyring files."
 )
 app.add_typer(keyring_app, name="keyring")
+app.add_typer(cli_pkcs11.app, name="pkcs11")
 add_version_option(app, "kms-plugin")
 
 
@@ -92,10 +94,15 @@ def serve(
         2.5, help="Seconds an AWS call may take, retries included (also cut to the gRPC deadline)."
     ),
     aws_max_attempts: int = typer.Option(3, help="Attempts per AWS call (botocore standard retries)."),
+    pkcs11_module: cli_pkcs11.ModuleOpt = None,
+    pkcs11_token_label: cli_pkcs11.TokenOpt = None,
+    pkcs11_key_label: cli_pkcs11.KeyOpt = None,
+    pkcs11_pin: cli_pkcs11.PinOpt = None,
+    pkcs11_max_sessions: cli_pkcs11.MaxSessionsOpt = 4,
     local_kek: bool | None = typer.Option(
         None,
         "--local-kek/--no-local-kek",
-        help="Seal seeds under a local KEK wrapped once by the remote KEK (default: on for AWS).",
+        help="Seal seeds under a local KEK wrapped once by the remote KEK (default: on for AWS and PKCS#11).",
     ),
     local_kek_max_uses: int = typer.Option(1 << 20, help="Rotate the local KEK after this many Encrypts."),
     local_kek_max_age: float = typer.Option(7 * 86400.0, help="Rotate the local KEK after this many seconds."),
@@ -141,13 +148,18 @@ def serve(
             call_timeout=aws_call_timeout,
             max_attempts=aws_max_attempts,
         )
-    elif keyring is None:
-        raise ConfigError("give --keyring FILE or --aws-key-id KEY")
+    pkcs11 = cli_pkcs11.serve_settings(
+        pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin, pkcs11_max_sessions,
+        others=keyring is not None or aws is not None,
+    )
+    if keyring is None and aws is None and pkcs11 is None:
+        raise ConfigError("give --keyring FILE, --aws-key-id KEY or --pkcs11-module PATH")
     setup_logging(log_format.value, log_level)
     config = ServeConfig(
         listen=listen,
         keyring=keyring,
         aws=aws,
+        pkcs11=pkcs11,
         local_kek=local_kek,
         local_kek_max_uses=local_kek_max_uses,
         local_kek_max_age=local_kek_max_age,

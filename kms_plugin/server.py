@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from kms_plugin.keks.awsclient import AwsSettings
     from kms_plugin.keks.base import KEKBackend
+    from kms_plugin.keks.pkcs11pool import Pkcs11Settings
 
 log = logging.getLogger("kms_plugin.server")
 
@@ -71,7 +72,8 @@ class ServeConfig:
     listen: str
     keyring: Path | None = None  # exactly one of keyring and aws
     aws: AwsSettings | None = None
-    local_kek: bool | None = None  # None: on for a remote KMS (aws), off for a keyring
+    pkcs11: Pkcs11Settings | None = None  # or this instead of both
+    local_kek: bool | None = None  # None: on for a remote KMS (aws, pkcs11), off for a keyring
     local_kek_max_uses: int = DEFAULT_MAX_USES
     local_kek_max_age: float = DEFAULT_MAX_AGE
     local_kek_cache_size: int = DEFAULT_CACHE_SIZE
@@ -161,10 +163,15 @@ def build_backend(
     Raises:
         ConfigError: conflicting flags, or a key AWS says does not exist or cannot encrypt.
     """
-    if (config.keyring is None) == (config.aws is None):
-        raise ConfigError("give exactly one of --keyring and --aws-key-id")
+    if [config.keyring, config.aws, config.pkcs11].count(None) != 2:
+        raise ConfigError("give exactly one of --keyring, --aws-key-id and --pkcs11-module")
     remote: Any
-    if config.aws is not None:
+    if config.pkcs11 is not None:
+        from kms_plugin.keks.pkcs11 import Pkcs11Backend
+
+        remote = Pkcs11Backend(config.pkcs11, on_call=metrics.remote_call)
+        remote.start()
+    elif config.aws is not None:
         from kms_plugin.keks.aws import AwsKmsBackend
         from kms_plugin.keks.awsclient import AwsKms
 
@@ -174,7 +181,8 @@ def build_backend(
         assert config.keyring is not None
         remote = LocalKeyringBackend(config.keyring, on_reload=on_reload)
         metrics.set_keyring(remote.keyring)
-    local_kek = config.local_kek if config.local_kek is not None else config.aws is not None
+    remote_kms = config.aws is not None or config.pkcs11 is not None
+    local_kek = config.local_kek if config.local_kek is not None else remote_kms
     if not local_kek:
         return remote, remote
     from kms_plugin.keks.hierarchy import LocalKekHierarchy
@@ -205,7 +213,7 @@ class PluginServer:
         self.monitor = HealthMonitor(
             self.backend,
             interval=config.probe_interval,
-            on_probe=None if config.aws is None else self._probed,
+            on_probe=None if config.aws is None and config.pkcs11 is None else self._probed,
         )
         self.service = KMSService(self.backend, self.metrics, self.monitor, domain, v1_backend)
         self.health: HealthServer | None = None
@@ -217,7 +225,7 @@ class PluginServer:
     def _probed(self, _probe: Any) -> None:
         key_id = self.backend.status().key_id
         if key_id:
-            self.metrics.set_key_id(key_id, "aws")
+            self.metrics.set_key_id(key_id, "aws" if self.config.aws is not None else "pkcs11")
 
     def _reloaded(self, result: str, keyring: Any, _reason: str) -> None:
         self.metrics.reloads.labels(result).inc()
@@ -231,7 +239,7 @@ class PluginServer:
         # Calls waiting on a remote KMS must not starve Status of threads.
         workers = self.config.max_workers + (
             self.config.aws.max_in_flight if self.config.aws is not None else 0
-        )
+        ) + (self.config.pkcs11.max_sessions if self.config.pkcs11 is not None else 0)
         server = grpc.server(
             futures.ThreadPoolExecutor(workers, thread_name_prefix="kms-rpc"),
             options=_SERVER_OPTIONS,

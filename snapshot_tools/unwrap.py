@@ -40,7 +40,7 @@ from snapshot_tools.providers import kmsv2
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
 
-    from kms_plugin.api import AwsSettings, KMSv1Client, KMSv2Client, Wrapped
+    from kms_plugin.api import AwsSettings, KMSv1Client, KMSv2Client, Pkcs11Settings, Wrapped
     from snapshot_tools.keysets import KeySet
 
 T = TypeVar("T")
@@ -60,6 +60,7 @@ class KeyAccess:
         aws: the AWS settings every ``aws_kms`` provider shares (key unset); None without one.
         k3s_token: a K3s/RKE2 server token (``--k3s-token``) that opens the encryption config
             the snapshot itself carries; never shown in ``repr``.
+        pkcs11: provider name -> PKCS#11 token and key family (``--pkcs11``).
     """
 
     configs: tuple[str, ...] = ()
@@ -68,6 +69,7 @@ class KeyAccess:
     aws_kms: Mapping[str, str | None] = field(default_factory=dict)
     aws: AwsSettings | None = None
     k3s_token: str | None = field(default=None, repr=False)
+    pkcs11: Mapping[str, Pkcs11Settings] = field(default_factory=dict)
 
 
 class Unwrapper(Protocol):
@@ -204,6 +206,8 @@ def _diagnose(provider: str, inner: object, unreachable: bool, message: str) -> 
         endpoint = f"keyring {inner.path}"
     elif isinstance(inner, AwsKmsUnwrapper):
         endpoint = f"aws-kms {inner.key}" if inner.key else "aws-kms"
+    elif isinstance(inner, Pkcs11Unwrapper):
+        endpoint = inner.describe()
     if not unreachable:
         code = re.search(r"\b([A-Z][A-Z_]{3,})\b", detail)
         return KmsProblem(provider, endpoint, "unavailable", code.group(1).lower() if code else "refused", detail)
@@ -561,6 +565,48 @@ class AwsKmsUnwrapper:
         return f"AwsKmsUnwrapper(key={self.key!r})"
 
 
+class Pkcs11Unwrapper:
+    """Unwrap offline straight from the PKCS#11 token, without a plugin: every format the
+    PKCS#11 plugin writes (``"kx"`` and the local-KEK format). The current key_id is the one
+    the plugin's Status reports (the key family's highest generation ``K-<n>``); a value
+    wrapped by a key outside the family is ``wrong-key``. A missing token, a refused PIN or a
+    family with no key leave every value ``kms-unavailable`` (exit 4).
+
+    Raises:
+        ConfigError: the PKCS#11 module cannot be loaded.
+    """
+
+    def __init__(self, settings: Pkcs11Settings) -> None:
+        try:
+            self.keys = plugin.Pkcs11Keys(settings)
+        except plugin.Error as exc:
+            raise ConfigError(f"--pkcs11: {exc}") from None
+        self.settings = settings
+        self._refused = f"PKCS#11 key family {settings.key_label!r} cannot unwrap this data key"
+
+    def describe(self) -> str:
+        return f"pkcs11 token {self.settings.token_label} key {self.settings.key_label}"
+
+    def unwrap_v2(self, ciphertext: bytes, key_id: str, annotations: Mapping[str, bytes]) -> bytes:
+        return _calling(lambda: self.keys.unwrap(ciphertext, key_id, annotations), self._refused)
+
+    def unwrap_v1(self, ciphertext: bytes) -> bytes:
+        return _calling(lambda: self.keys.unwrap_v1(ciphertext), self._refused)
+
+    def current_key_id(self) -> str | None:
+        return _calling(self.keys.current_key_id, self._refused) or None
+
+    def wrap_v2(self, plaintext: bytes) -> Wrapped:
+        """Wrap a new seed with the current key (the plugin's plain ``"kx"`` format)."""
+        return _calling(lambda: self.keys.wrap(plaintext), self._refused)
+
+    def close(self) -> None:
+        self.keys.close()
+
+    def __repr__(self) -> str:
+        return f"Pkcs11Unwrapper({self.describe()!r})"
+
+
 # -- opening them -------------------------------------------------------------------------------
 
 
@@ -571,7 +617,8 @@ def _check_provider_names(keyset: KeySet, access: KeyAccess) -> None:
         UsageError: naming the flag, the name and the KMS provider names the configs do have.
     """
     have = keyset.kms_provider_names()
-    for flag, names in (("--kms", access.kms), ("--keyring", access.keyrings), ("--aws-kms", access.aws_kms)):
+    for flag, names in (("--kms", access.kms), ("--keyring", access.keyrings), ("--aws-kms", access.aws_kms),
+                        ("--pkcs11", access.pkcs11)):  # fmt: skip
         for name in names:
             if name not in have:
                 listed = (
@@ -599,6 +646,9 @@ def open_unwrappers(keyset: KeySet, access: KeyAccess) -> Iterator[dict[str, Unw
                         ("--keyring", "--aws-kms", set(keyrings) & set(aws_kms))):  # fmt: skip
         if names:
             raise UsageError(f"{a} and {b} may not both name provider {min(names)!r}")
+    for flag, given in (("--kms", kms), ("--keyring", keyrings), ("--aws-kms", aws_kms)):
+        if set(given) & set(access.pkcs11):
+            raise UsageError(f"{flag} and --pkcs11 may not both name provider {min(set(given) & set(access.pkcs11))!r}")
     _check_provider_names(keyset, access)
     opened: list[CachingUnwrapper] = []
     unwrappers: dict[str, Unwrapper] = {}
@@ -613,6 +663,11 @@ def open_unwrappers(keyset: KeySet, access: KeyAccess) -> Iterator[dict[str, Unw
             assert access.aws is not None, "KeyAccess.aws is set with aws_kms"
             for name, key in aws_kms.items():
                 add(name, AwsKmsUnwrapper(access.aws, key))
+        tokens: dict[Pkcs11Settings, Pkcs11Unwrapper] = {}  # one login per token and family
+        for name, settings in access.pkcs11.items():
+            if settings not in tokens:
+                tokens[settings] = Pkcs11Unwrapper(settings)
+            add(name, tokens[settings])
         for name, path in keyrings.items():
             add(name, KeyringUnwrapper(path))
         for name, endpoint in kms.items():

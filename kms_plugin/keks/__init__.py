@@ -1,5 +1,6 @@
 """Key-encryption-key backends: the protocol (:mod:`.base`), the local keyring (:mod:`.local`),
-AWS KMS (:mod:`.aws`) and the local-KEK hierarchy (:mod:`.hierarchy`).
+AWS KMS (:mod:`.aws`), a PKCS#11 token (:mod:`.pkcs11`) and the local-KEK hierarchy
+(:mod:`.hierarchy`).
 
 Import the backend modules themselves: this package imports none of them, so reaching the
 protocol does not load cryptography or boto3.

@@ -24,9 +24,15 @@ from snapshot_tools.cli.options import (
     KeyringOpt,
     KmsOpt,
     OptionalSnapshotArg,
+    Pkcs11KeyOpt,
+    Pkcs11ModuleOpt,
+    Pkcs11Opt,
+    Pkcs11PinOpt,
+    Pkcs11TokenOpt,
     PrefixOpt,
     SkipHashCheckOpt,
     key_access,
+    pkcs11_access,
     snapshot_or_etcd,
 )
 from snapshot_tools.cli.output import diagnostic, kms_diagnostics, printable, progress_reporter
@@ -66,6 +72,11 @@ def extract(
     aws_endpoint_url: AwsEndpointOpt = None,
     aws_encryption_context: AwsContextOpt = "",
     k3s_token: K3sTokenOpt = None,
+    pkcs11: Pkcs11Opt = None,
+    pkcs11_module: Pkcs11ModuleOpt = None,
+    pkcs11_token_label: Pkcs11TokenOpt = None,
+    pkcs11_key_label: Pkcs11KeyOpt = None,
+    pkcs11_pin: Pkcs11PinOpt = None,
     resource: Annotated[
         list[str] | None,
         typer.Option(
@@ -142,7 +153,8 @@ def extract(
         snapshot=str(snapshot or ""),
         etcd=etcd,
         access=key_access(
-            config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token
+            config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token,
+            pkcs11=pkcs11_access(pkcs11, pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin),
         ),
         resources=resource or ("secrets",),
         namespace=namespace,

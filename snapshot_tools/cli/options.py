@@ -14,9 +14,9 @@ from snapshot_tools.k3s_bootstrap import read_token
 from snapshot_tools.unwrap import KeyAccess
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
-    from kms_plugin.api import AwsSettings
+    from kms_plugin.api import AwsSettings, Pkcs11Settings
     from snapshot_tools.live_etcd import EtcdTarget
 
 SnapshotArg = Annotated[
@@ -78,6 +78,26 @@ AwsContextOpt = Annotated[
     str, typer.Option("--aws-encryption-context", help="k=v[,k=v...]: the plugin's static encryption context.")
 ]
 
+Pkcs11Opt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--pkcs11",
+        help="NAME: KMS provider NAME's data keys straight from the PKCS#11 token (kms-plugin --pkcs11-*); "
+        "the key family's highest generation gives the current key_id.",
+    ),
+]
+Pkcs11ModuleOpt = Annotated[str | None, typer.Option("--pkcs11-module", help="PKCS#11 module for --pkcs11.")]
+Pkcs11TokenOpt = Annotated[str | None, typer.Option("--pkcs11-token-label", help="Token label for --pkcs11.")]
+Pkcs11KeyOpt = Annotated[
+    str | None, typer.Option("--pkcs11-key-label", help="Key family K (objects K-1, K-2, ...) for --pkcs11.")
+]
+Pkcs11PinOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pkcs11-pin", help="@FILE holding the user PIN; default $KMS_PLUGIN_PKCS11_PIN. Never the PIN itself."
+    ),
+]
+
 
 def parse_assignments(values: Sequence[str], flag: str) -> dict[str, str]:
     """``["a=b", ...]`` -> ``{"a": "b"}``; a malformed or repeated name is a usage error."""
@@ -127,10 +147,12 @@ def key_access(
     k3s_token: str | None = None,
     *,
     required: bool = True,
+    pkcs11: Mapping[str, Pkcs11Settings] | None = None,
 ) -> KeyAccess:
     """The one key-access value of a command, from the shared --config/KMS flags and --k3s-token
     (``@FILE`` read here, whitespace-trimmed). ``required=False``: a command that can run without
-    any key (quarantine --restore-from, putting values back as stored)."""
+    any key (quarantine --restore-from, putting values back as stored). ``pkcs11``: from
+    :func:`pkcs11_access`."""
     if required and not configs and k3s_token is None:
         raise UsageError("give --config (an EncryptionConfiguration), or --k3s-token for a K3s/RKE2 snapshot")
     names = parse_aws_kms(aws_kms or [])
@@ -141,6 +163,7 @@ def key_access(
         aws_kms=names,
         aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if names else None,
         k3s_token=read_token(k3s_token) if k3s_token is not None else None,
+        pkcs11=dict(pkcs11 or {}),
     )
 
 
@@ -204,3 +227,38 @@ def snapshot_or_etcd(
             raise UsageError("--cacert, --cert and --key apply to --etcd-endpoint only")
         return None
     return etcd_target(endpoint, cacert, cert, key, timeout)
+
+
+def pkcs11_access(
+    names: Sequence[str] | None,
+    module: str | None,
+    token_label: str | None,
+    key_label: str | None,
+    pin: str | None,
+) -> dict[str, Pkcs11Settings]:
+    """``--pkcs11 NAME`` (repeatable) with the token flags -> provider name -> settings.
+
+    Raises:
+        UsageError: a token flag without --pkcs11, --pkcs11 without all of them, a repeated name.
+        ConfigError: a bare PIN, a malformed key label.
+    """
+    flags = {"--pkcs11-module": module, "--pkcs11-token-label": token_label, "--pkcs11-key-label": key_label}
+    if not names:
+        given = [f for f, v in (*flags.items(), ("--pkcs11-pin", pin)) if v is not None]
+        if given:
+            raise UsageError(f"{given[0]} needs --pkcs11 NAME (the KMS provider the token serves)")
+        return {}
+    missing = [f for f, v in flags.items() if not v]
+    if missing:
+        raise UsageError(f"--pkcs11 needs {', '.join(missing)}")
+    for name in names:
+        if not name or "=" in name:
+            raise UsageError(f"--pkcs11 takes the KMS provider NAME (token flags apart), got {name!r}")
+    if len(set(names)) != len(names):
+        raise UsageError("--pkcs11 names a provider twice")
+    assert module and token_label and key_label
+    try:
+        settings = plugin.pkcs11_settings(module, token_label, key_label, pin)
+    except plugin.Error as exc:
+        raise ConfigError(str(exc)) from None
+    return dict.fromkeys(names, settings)

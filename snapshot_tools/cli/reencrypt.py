@@ -25,10 +25,16 @@ from snapshot_tools.cli.options import (
     K3sTokenOpt,
     KeyringOpt,
     KmsOpt,
+    Pkcs11KeyOpt,
+    Pkcs11ModuleOpt,
+    Pkcs11Opt,
+    Pkcs11PinOpt,
+    Pkcs11TokenOpt,
     PrefixOpt,
     SkipHashCheckOpt,
     SnapshotArg,
     key_access,
+    pkcs11_access,
 )
 from snapshot_tools.cli.output import OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.errors import Interrupted
@@ -77,6 +83,11 @@ def reencrypt(
     aws_endpoint_url: AwsEndpointOpt = None,
     aws_encryption_context: AwsContextOpt = "",
     k3s_token: K3sTokenOpt = None,
+    pkcs11: Pkcs11Opt = None,
+    pkcs11_module: Pkcs11ModuleOpt = None,
+    pkcs11_token_label: Pkcs11TokenOpt = None,
+    pkcs11_key_label: Pkcs11KeyOpt = None,
+    pkcs11_pin: Pkcs11PinOpt = None,
     decrypt_uncovered: Annotated[
         bool,
         typer.Option(
@@ -105,7 +116,8 @@ def reencrypt(
             force=force,
             latest_only=latest_only,
             access=key_access(
-                config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token
+                config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token,
+                pkcs11=pkcs11_access(pkcs11, pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin),
             ),
             decrypt_uncovered=decrypt_uncovered,
             skip_unreadable=skip_unreadable,
@@ -131,6 +143,11 @@ def decrypt(
     aws_endpoint_url: AwsEndpointOpt = None,
     aws_encryption_context: AwsContextOpt = "",
     k3s_token: K3sTokenOpt = None,
+    pkcs11: Pkcs11Opt = None,
+    pkcs11_module: Pkcs11ModuleOpt = None,
+    pkcs11_token_label: Pkcs11TokenOpt = None,
+    pkcs11_key_label: Pkcs11KeyOpt = None,
+    pkcs11_pin: Pkcs11PinOpt = None,
     skip_unreadable: SkipOpt = False,
     etcd_prefix: PrefixOpt = "/registry",
     skip_hash_check: SkipHashCheckOpt = False,
@@ -148,7 +165,8 @@ def decrypt(
             force=force,
             latest_only=latest_only,
             access=key_access(
-                config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token
+                config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token,
+                pkcs11=pkcs11_access(pkcs11, pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin),
             ),
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,

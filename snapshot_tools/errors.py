@@ -34,6 +34,7 @@ __all__ = [
     "MalformedValue",
     "OutputError",
     "RewriteRefused",
+    "S3Unreachable",
     "SnapshotError",
     "UsageError",
     "exit_code_for",
@@ -107,6 +108,13 @@ class KMSUnreachable(KMSUnavailable):
     """
 
 
+class S3Unreachable(Error):
+    """An S3 endpoint that did not answer (connection refused, timed out, a server error).
+
+    A missing object or bucket, or credentials S3 refuses, are :class:`InputError` instead.
+    """
+
+
 class InvalidCiphertext(Error):
     """Decryption failed: wrong key, failed authentication or tampered data.
 
@@ -151,6 +159,7 @@ EXIT_CODES: dict[type[Exception], int] = {
     OutputError: EXIT_USAGE,
     InputError: EXIT_INPUT,  # SnapshotError and IntegrityError too
     KMSUnavailable: EXIT_KMS,
+    S3Unreachable: EXIT_KMS,  # exit 4: a remote the answer needs did not answer
     Error: EXIT_FINDINGS,  # RewriteRefused, InvalidCiphertext, MalformedValue
 }
 

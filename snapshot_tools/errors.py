@@ -28,6 +28,7 @@ __all__ = [
     "InputError",
     "IntegrityError",
     "Interrupted",
+    "InterruptedRead",
     "InvalidCiphertext",
     "KMSUnavailable",
     "KMSUnreachable",
@@ -148,6 +149,16 @@ class Interrupted(Error):
             super().__init__(f"{how} after {output} was written (complete and verified)")
         else:
             super().__init__(f"{how}; nothing was written to {output}")
+        self.signum = signum
+
+
+class InterruptedRead(Error):
+    """SIGINT, SIGTERM or SIGHUP while a command only read: any temporary copy of the snapshot
+    (unpacked or downloaded) is gone. Exits 128 + N for its signal (``signum``), like
+    :class:`Interrupted`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__("interrupted" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})")
         self.signum = signum
 
 

@@ -25,6 +25,7 @@ from tests.support.inputs import (
     auth_moto_server,
     free_port,
     gzipped,
+    hostile_archive,
     k3s_zip,
     temp_leftovers,
 )
@@ -184,6 +185,39 @@ def test_an_unreachable_endpoint_is_one_line_exit_4(private_tmp: Path, cli: Cli)
     line = _one_error(cli("status", url, "--s3-endpoint-url", dead), 4)
     assert line.startswith(f"snapshot-tools: error: {url}: S3 could not be reached")
     assert temp_leftovers(private_tmp) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("two-entries", "a one-entry snapshot zip"),
+        ("directory", "is a directory, not a snapshot"),
+        ("dotdot", "is a path; a snapshot zip names its one file only"),
+        ("empty-zip", "damaged zip"),
+        ("truncated-gzip", "truncated gzip"),
+        ("truncated-zip", "damaged zip"),
+        ("lying-zip", "damaged zip: the central directory disagrees with the entry"),
+        ("garbage-after-gzip-magic", "gzip"),
+        ("stored-zip", "compression method 0; K3s writes Deflate"),
+        ("zip-of-garbage", "damaged snapshot"),
+    ],
+)
+def test_hostile_archives_in_s3_are_one_line_exit_3(
+    name: str, said: str, moto_s3: MotoS3, tmp_path: Path, private_tmp: Path, cli: Cli
+) -> None:
+    path = hostile_archive(name, tmp_path, snapshot_path(CASE))
+    url = moto_s3.put("hostile", f"{name}.zip", path)
+    line = _one_error(cli("check", url, "-c", config_path(CASE), *_s3(moto_s3)))
+    assert said in line
+    if name != "zip-of-garbage":
+        assert url in line
+    assert str(private_tmp) not in line
+    assert temp_leftovers(private_tmp) == []
+
+
+def test_a_stored_zip_is_read_from_a_file(tmp_path: Path, private_tmp: Path, cli: Cli) -> None:
+    path = hostile_archive("stored-zip", tmp_path, snapshot_path(CASE))
+    assert cli("check", path, "-c", config_path(CASE)).code == 0
 
 
 @pytest.mark.parametrize("url", ["s3://", "s3://bucket-only", "s3://bucket-only/"])

@@ -12,13 +12,17 @@ access key with ``InvalidAccessKeyId``; the session's server accepts any (moto's
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
 import tempfile
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from snapshot_tools.inputs import S3Options, is_s3_url, open_input
-from tests.support.fixtures import config_path, snapshot_path
+from tests.support.cli import SNAPSHOT_TOOLS
+from tests.support.fixtures import ROOT, config_path, snapshot_path
 from tests.support.inputs import (
     K3S_METADATA,
     SNAPSHOT_NAME,
@@ -218,6 +222,35 @@ def test_hostile_archives_in_s3_are_one_line_exit_3(
 def test_a_stored_zip_is_read_from_a_file(tmp_path: Path, private_tmp: Path, cli: Cli) -> None:
     path = hostile_archive("stored-zip", tmp_path, snapshot_path(CASE))
     assert cli("check", path, "-c", config_path(CASE)).code == 0
+
+
+def test_a_progress_bar_only_on_a_terminal(objects: dict[str, str], moto_s3: MotoS3, tmp_path: Path) -> None:
+    """stderr a pseudo-terminal: the download draws a bar (and clears it); piped: nothing."""
+    args = [*SNAPSHOT_TOOLS, "status", objects["zip"], "-o", "json", *_s3(moto_s3)]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=ROOT, check=False, timeout=120)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child's end is closed
+                break
+            if not data:
+                break
+            seen += data
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["path"] == objects["zip"]
+    assert b"downloading [" in seen
+    assert b"100%" in seen
+    assert seen.endswith(b"\r\x1b[K")  # cleared: the terminal is left clean
+    piped = subprocess.run(args, capture_output=True, env=env, cwd=ROOT, check=False, timeout=120)
+    assert piped.returncode == 0
+    assert piped.stderr == b""
 
 
 @pytest.mark.parametrize("url", ["s3://", "s3://bucket-only", "s3://bucket-only/"])

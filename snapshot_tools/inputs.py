@@ -8,8 +8,8 @@ user's files, and the directory is removed when the block exits, whatever the re
 turns SIGINT/SIGTERM/SIGHUP into exceptions, so signals unwind through here too).
 
 Unpacking is bounded: a zip must hold exactly one plain file entry (K3s's layout), and no
-unpacked file may exceed ``archives.MAX_UNPACKED`` (64 GiB) or the free space of the temporary directory,
-whichever is smaller, by its declared size or by the bytes it really yields.
+unpacked file may exceed ``archives.MAX_UNPACKED`` (64 GiB) or the free space of the temporary
+directory, whichever is smaller, by its declared size or by the bytes it really yields.
 
 References: K3s ``compressSnapshot``/``decompressSnapshot`` (``pkg/etcd/snapshot.go``) and S3 user
 metadata (``pkg/etcd/s3/s3.go``); spec ``k3s-rke2-bootstrap.md`` sections 6.1-6.4.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
@@ -93,11 +94,10 @@ def open_input(spec: str, s3: S3Options | None = None, *, progress: bool = False
     workdir = _Workdir()
     try:
         if is_s3_url(spec):
-            path, form, metadata = _download(spec, s3 or S3Options(), workdir, progress)
+            yield _download(spec, s3 or S3Options(), workdir, progress)
         else:
-            form, metadata = _form_of(spec, spec), {}
-            path = spec if form == "file" else _unpack(spec, form, spec, workdir)
-        yield SnapshotInput(spec, path, form, metadata)
+            form = _form_of(spec, spec)
+            yield SnapshotInput(spec, spec if form == "file" else _unpack(spec, form, spec, workdir), form, {})
     except Error as exc:
         workdir.rename_in(exc, spec)
         raise
@@ -165,14 +165,18 @@ class _Workdir:
 
 
 def _form_of(path: str, spec: str) -> str:
-    """``zip``, ``gzip`` or ``file``, from the first bytes (a missing file fails as the reader would)."""
+    """``zip``, ``gzip`` or ``file``, from the first bytes of a regular file (a missing file or
+    another kind of node fails as the reader would, before anything is opened: a FIFO would block)."""
     try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{spec}: is a directory, not a snapshot file")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{spec}: not a regular file")
         with open(path, "rb") as f:
             return form_of(f.read(4))
     except FileNotFoundError:
         raise InputError(f"{spec}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{spec}: is a directory, not a snapshot file") from None
     except PermissionError:
         raise InputError(f"{spec}: permission denied") from None
     except OSError as exc:
@@ -183,7 +187,11 @@ def _unpack(path: str, form: str, spec: str, workdir: _Workdir) -> str:
     budget = workdir.budget()
     with workdir.new_file(_UNPACKED) as out, open(path, "rb") as src:
         if form == "zip":
-            entry = zip_entry(spec, src)
+            # The central directory from the file's tail alone: a huge one is refused unread.
+            size = os.fstat(src.fileno()).st_size
+            start = max(0, size - archives.TAIL)
+            src.seek(start)
+            entry = zip_entry(spec, archives.TailFile(spec, size, start, src.read()))  # type: ignore[arg-type]
             src.seek(entry.header_offset)
             unzip_stream(spec, src, entry, out, budget)
         else:
@@ -191,10 +199,10 @@ def _unpack(path: str, form: str, spec: str, workdir: _Workdir) -> str:
         return str(out.name)
 
 
-def _download(spec: str, s3: S3Options, workdir: _Workdir, progress: bool) -> tuple[str, str, dict[str, str]]:
-    """The S3 object, unpacked if need be, in the private directory: path, form, metadata."""
+def _download(spec: str, s3: S3Options, workdir: _Workdir, progress: bool) -> SnapshotInput:
+    """The S3 object, unpacked if need be, in the private directory."""
     split_s3_url(spec)  # a malformed URL is a usage error before any client is built
     budget = workdir.budget()
     with workdir.new_file(_UNPACKED) as out:
         fetched = fetch(spec, s3_client(s3), out, budget, progress=progress)
-        return str(out.name), fetched.form, fetched.metadata
+        return SnapshotInput(spec, str(out.name), fetched.form, fetched.metadata)

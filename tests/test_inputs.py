@@ -171,6 +171,12 @@ def test_an_exception_in_the_block_still_removes_the_copy(tmp_path: Path, privat
     assert temp_leftovers(private_tmp) == []
 
 
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path, private_tmp: Path, cli: Cli) -> None:
+    fifo = tmp_path / "snapshot.zip"
+    os.mkfifo(fifo)
+    assert _one_error(cli("status", fifo)) == f"snapshot-tools: error: {fifo}: not a regular file"
+
+
 def test_a_missing_file_is_one_line_exit_3(tmp_path: Path, private_tmp: Path, cli: Cli) -> None:
     missing = tmp_path / "nope.zip"
     line = _one_error(cli("status", missing))
@@ -188,6 +194,7 @@ def test_a_missing_file_is_one_line_exit_3(tmp_path: Path, private_tmp: Path, cl
         ("dotdot", "is a path; a snapshot zip names its one file only"),
         ("absolute", "is a path; a snapshot zip names its one file only"),
         ("empty-zip", "holds 0 entries"),
+        ("many-entries", "central directory is not where a one-entry snapshot zip has it"),
         ("truncated-gzip", "truncated gzip"),
         ("truncated-zip", "damaged zip"),
         ("lying-zip", "damaged zip"),

@@ -198,6 +198,7 @@ def test_an_unreachable_endpoint_is_one_line_exit_4(private_tmp: Path, cli: Cli)
         ("directory", "is a directory, not a snapshot"),
         ("dotdot", "is a path; a snapshot zip names its one file only"),
         ("empty-zip", "damaged zip"),
+        ("many-entries", "a one-entry snapshot zip"),
         ("truncated-gzip", "truncated gzip"),
         ("truncated-zip", "damaged zip"),
         ("lying-zip", "damaged zip: the central directory disagrees with the entry"),

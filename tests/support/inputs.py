@@ -112,6 +112,8 @@ def hostile_archive(name: str, tmp_path: Path, snapshot: Path) -> Path:
         path = tmp_path / "x.gz"
         path.write_bytes(b"\x1f\x8b" + os.urandom(512))
         return path
+    if name == "many-entries":  # a central directory far beyond any one-entry zip's
+        return zip_of(tmp_path / "x.zip", {f"e{i:05d}": b"" for i in range(5000)})
     if name == "stored-zip":  # no compression: fine from a file, no end a stream can find
         path = tmp_path / "x.zip"
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:

@@ -8,8 +8,16 @@ metadata to a moto S3 server on 127.0.0.1 (in this process, over HTTP).
 
 Each row is one ``snapshot-tools check ... --output json > /dev/null`` in a fresh process
 (``bench.common.run_measured``: wall time, the child's CPU time, its peak RSS); the S3 server's
-own CPU is not in the child's figure. Rows are a table (:data:`ROWS`): another input kind (a
-live etcd, say) is one more :class:`Row` with the setup that yields its SNAPSHOT arguments.
+own CPU is not in the child's figure, but it shares the cores. The target is judged on both the
+median and the best wall time (a shared machine makes single runs noisy). Rows are a table
+(:data:`ROWS`): another input kind (a live etcd, say) is one more :class:`Row` with the setup
+that yields its SNAPSHOT arguments.
+
+Where the time goes: a zipped snapshot must be inflated whole before bbolt can be read (pages
+are reached in tree order, not file order); for 764 MB of mostly incompressible ciphertext that
+is about 2 s of ISA-L inflate (2.5 s with zlib) on one core, next to a plain ``check`` of about
+2 s. The CRC-32 and the writes run on a second thread, and an S3 zip is inflated as it arrives
+(the archive is never written), so the S3 transport adds little on top of the inflate.
 
 Usage (from the repository root):
     python -m bench.inputs                 # build if needed, then measure (3 runs each)
@@ -148,6 +156,7 @@ def measure(row: Row, env: Env, repeat: int) -> dict[str, Any]:
             raise SystemExit(f"{row.name}: check exited {r['rc']}: {r['stderr']}")
         runs.append(r)
     return {
+        "best_s": min(r["wall_s"] for r in runs),
         "wall_s": statistics.median(r["wall_s"] for r in runs),
         "cpu_s": statistics.median(r["cpu_s"] for r in runs),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for row in ROWS:
             results[row.name] = r = measure(row, env, args.repeat)
-            print(f"  {row.name:<28} wall {r['wall_s']:6.2f} s (median of "
+            print(f"  {row.name:<28} wall {r['wall_s']:6.2f} s (median; best {r['best_s']:.2f}; of "
                   f"{', '.join(f'{w:.2f}' for w in r['walls'])})  CPU {r['cpu_s']:6.2f} s  "
                   f"peak RSS {r['peak_rss_mb']:5.0f} MB", flush=True)  # fmt: skip
         base = results[next(row.name for row in ROWS if row.baseline)]
@@ -177,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             r = results[row.name]
             ratio = r["wall_s"] / base["wall_s"]
-            print(f"  {row.name:<28} {ratio:5.2f} x the local plain file (wall), "
-                  f"{r['cpu_s'] / base['cpu_s']:5.2f} x (CPU)   target <= {TARGET_RATIO} x  "
-                  f"[{verdict(ratio <= TARGET_RATIO)}]")  # fmt: skip
+            best = r["best_s"] / base["best_s"]
+            print(f"  {row.name:<28} {ratio:5.2f} x the local plain file (median wall), {best:5.2f} x (best "
+                  f"wall), {r['cpu_s'] / base['cpu_s']:5.2f} x (CPU)   target <= {TARGET_RATIO} x  "
+                  f"[{verdict(max(ratio, best) <= TARGET_RATIO)}]")  # fmt: skip
     return 0
 
 

@@ -126,6 +126,21 @@ def test_reencrypt_reads_a_zip_and_refuses_the_zip_as_output(tmp_path: Path, pri
     assert temp_leftovers(private_tmp) == []
 
 
+def test_a_zipped_raw_db_is_refused_by_its_zip_name(tmp_path: Path, private_tmp: Path, cli: Cli) -> None:
+    """No SHA-256 trailer inside the zip: the integrity line names the zip as typed."""
+    raw = tmp_path / SNAPSHOT_NAME
+    raw.write_bytes(snapshot_path("b-aescbc").read_bytes()[:-32])  # a member/snap/db copy
+    (tmp_path / "z").mkdir()
+    packed = k3s_zip(raw, tmp_path / "z")
+    checked = cli("check", packed, "-c", config_path("b-aescbc"))
+    assert checked.code == 3
+    assert checked.err.strip().splitlines()[-1].startswith(f"snapshot-tools: {packed}: no SHA-256 trailer")
+    line = _one_error(cli("extract", packed, "-c", config_path("b-aescbc")))
+    assert line.startswith(f"snapshot-tools: error: {packed}: no SHA-256 trailer")
+    assert cli("check", packed, "-c", config_path("b-aescbc"), "--skip-hash-check").code == 0
+    assert temp_leftovers(private_tmp) == []
+
+
 # -- content, not name --------------------------------------------------------------------------
 
 

@@ -6,11 +6,12 @@ the KMS unwrappers and returns a :class:`~snapshot_tools.report.CheckReport`; it
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from snapshot_tools.integrity import judge_integrity
-from snapshot_tools.k3s_bootstrap import keyset_for
+from snapshot_tools.k3s_bootstrap import keyset_for, prepare_keyset
 from snapshot_tools.readers import Reader
 from snapshot_tools.report import CheckReport, Row
 from snapshot_tools.resources import KeyParser, resolve_resource
@@ -20,6 +21,7 @@ from snapshot_tools.unwrap import kms_problems, open_unwrappers
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from snapshot_tools.inputs import S3Options, SnapshotInput
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.live_etcd import EtcdTarget
     from snapshot_tools.unwrap import KeyAccess, Unwrapper
@@ -29,26 +31,35 @@ if TYPE_CHECKING:
 class CheckOptions:
     """Everything ``check`` needs; built by the CLI from its flags."""
 
-    snapshot: str
+    snapshot: str | SnapshotInput  # a path, .zip, .gz or s3:// spec, or an input opened already
     access: KeyAccess  # the configs and how to reach each KMS provider
     all_revisions: bool = False
     resources: Sequence[str] = ()
     etcd_prefix: str = "/registry"
     skip_hash_check: bool = False  # etcdutl's flag: a missing/mismatched trailer does not fail
     etcd: EtcdTarget | None = None  # --etcd-endpoint: read this live etcd instead of ``snapshot``
+    s3: S3Options | None = None  # for an s3:// snapshot
+    download_progress: bool = False  # a download bar on stderr (the CLI: when it is a terminal)
 
 
 def run_check(
     opts: CheckOptions, progress: Callable[[int], None] | None = None
 ) -> CheckReport:
     """Judge every reported value of the snapshot; see DESIGN.md "Keys and verdicts"."""
-    keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access, opts.etcd)
-    known = keyset.resource_names()
-    opts = replace(opts, resources=[resolve_resource(label, known) for label in opts.resources])  # typos fail here
-    with open_unwrappers(keyset, opts.access) as unwrappers:
-        report = _check(opts, keyset, unwrappers, progress)
-        report.kms = kms_problems(unwrappers)
-        return report
+    with ExitStack() as stack:
+        if opts.etcd is None:
+            keyset, snapshot = prepare_keyset(
+                opts.access.configs, opts.snapshot, opts.access, stack, opts.s3, progress=opts.download_progress
+            )
+            opts = replace(opts, snapshot=snapshot)  # opened already when its own keys were read
+        else:
+            keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access, opts.etcd)
+        known = keyset.resource_names()
+        opts = replace(opts, resources=[resolve_resource(label, known) for label in opts.resources])  # typos fail here
+        with open_unwrappers(keyset, opts.access) as unwrappers:
+            report = _check(opts, keyset, unwrappers, progress)
+            report.kms = kms_problems(unwrappers)
+            return report
 
 
 def _check(
@@ -63,7 +74,7 @@ def _check(
     parse = KeyParser(opts.etcd_prefix).parse
     reported, resolve, add = reader.is_reported, reader.resolve, report.rows.append
     new_row = tuple.__new__  # one Row per object: skip NamedTuple's Python-level __new__
-    with open_record_source(opts.snapshot, opts.etcd) as source:
+    with open_record_source(opts.snapshot, opts.etcd, opts.s3, progress=opts.download_progress) as source:
         source.start_integrity()
         done = 0
         for rec, latest, deleted in judged_records(source, all_revisions=opts.all_revisions):

@@ -29,12 +29,14 @@ __all__ = [
     "InputError",
     "IntegrityError",
     "Interrupted",
+    "InterruptedRead",
     "InvalidCiphertext",
     "KMSUnavailable",
     "KMSUnreachable",
     "MalformedValue",
     "OutputError",
     "RewriteRefused",
+    "S3Unreachable",
     "SnapshotError",
     "UsageError",
     "exit_code_for",
@@ -116,6 +118,13 @@ class EtcdUnreachable(Error):
     """
 
 
+class S3Unreachable(Error):
+    """An S3 endpoint that did not answer (connection refused, timed out, a server error).
+
+    A missing object or bucket, or credentials S3 refuses, are :class:`InputError` instead.
+    """
+
+
 class InvalidCiphertext(Error):
     """Decryption failed: wrong key, failed authentication or tampered data.
 
@@ -164,6 +173,16 @@ class TokenError(ConfigError):
 class BootstrapError(InputError):
     """The snapshot's K3s/RKE2 bootstrap data is missing, only a lock, or damaged (exit 3)."""
 
+class InterruptedRead(Error):
+    """SIGINT, SIGTERM or SIGHUP while a command only read: any temporary copy of the snapshot
+    (unpacked or downloaded) is gone. Exits 128 + N for its signal (``signum``), like
+    :class:`Interrupted`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__("interrupted" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})")
+        self.signum = signum
+
+
 # Most specific first: the first class an error is an instance of decides. Interrupted is not
 # here: it exits 128 + N for its signal (``kms_plugin.cli_runner.signal_exit_code``).
 EXIT_CODES: dict[type[Exception], int] = {
@@ -173,6 +192,7 @@ EXIT_CODES: dict[type[Exception], int] = {
     InputError: EXIT_INPUT,  # SnapshotError and IntegrityError too
     KMSUnavailable: EXIT_KMS,
     EtcdUnreachable: EXIT_KMS,
+    S3Unreachable: EXIT_KMS,  # exit 4: a remote the answer needs did not answer
     Error: EXIT_FINDINGS,  # RewriteRefused, InvalidCiphertext, MalformedValue
 }
 

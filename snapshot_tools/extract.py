@@ -28,7 +28,8 @@ import json
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -36,8 +37,9 @@ import yaml
 from snapshot_tools import objects
 from snapshot_tools.atomic_file import AtomicFile
 from snapshot_tools.errors import EXIT_FINDINGS, EXIT_KMS, EXIT_OK, MalformedValue, OutputError, UsageError
+from snapshot_tools.inputs import opened
 from snapshot_tools.integrity import require_integrity
-from snapshot_tools.k3s_bootstrap import keyset_for
+from snapshot_tools.k3s_bootstrap import keyset_for, prepare_keyset
 from snapshot_tools.readers import Reader
 from snapshot_tools.resources import (
     BUILTIN_PREFIXES,
@@ -53,6 +55,7 @@ from snapshot_tools.unwrap import kms_problems, open_unwrappers
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
+    from snapshot_tools.inputs import S3Options, SnapshotInput
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.label_selector import Selector
     from snapshot_tools.live_etcd import EtcdTarget
@@ -103,7 +106,7 @@ _BY_RESOURCE = {gr: prefix for prefix, gr in BUILTIN_PREFIXES.items()}
 class ExtractOptions:
     """Everything ``extract`` needs; built by the CLI from its flags."""
 
-    snapshot: str
+    snapshot: str | SnapshotInput  # a path, .zip, .gz or s3:// spec, or an input opened already
     access: KeyAccess  # the configs and how to reach each KMS provider
     resources: Sequence[str] = ("secrets",)
     namespace: str | None = None
@@ -115,6 +118,8 @@ class ExtractOptions:
     etcd_prefix: str = "/registry"
     skip_hash_check: bool = False  # etcdutl's flag: read a snapshot with a missing/wrong trailer
     etcd: EtcdTarget | None = None  # --etcd-endpoint: read this live etcd instead of ``snapshot``
+    s3: S3Options | None = None  # for an s3:// snapshot
+    download_progress: bool = False  # a download bar on stderr (the CLI: when it is a terminal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,13 +334,26 @@ def iter_extract(
     """
     if opts.show_managed_fields and opts.strip_server_fields:
         raise UsageError("--show-managed-fields and --strip-server-fields may not be used together")
-    keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access, opts.etcd)
-    _labels(opts.resources, keyset.resource_names())  # unknown resources fail before any work
-    if not opts.skip_hash_check and opts.etcd is None:  # a live etcd has no trailer
-        require_integrity(opts.snapshot)  # nothing is written from a snapshot etcd would refuse
-    with open_unwrappers(keyset, opts.access) as unwrappers:
-        yield from _extract(opts, keyset, unwrappers, result, progress)
-        result.kms = kms_problems(unwrappers)
+    if opts.etcd is not None:  # a live etcd: no trailer, nothing to unpack
+        keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access, opts.etcd)
+        _labels(opts.resources, keyset.resource_names())  # unknown resources fail before any work
+        with open_unwrappers(keyset, opts.access) as unwrappers:
+            yield from _extract(opts, keyset, unwrappers, result, progress)
+            result.kms = kms_problems(unwrappers)
+        return
+    with ExitStack() as stack:
+        keyset, snapshot = prepare_keyset(
+            opts.access.configs, opts.snapshot, opts.access, stack, opts.s3, progress=opts.download_progress
+        )
+        _labels(opts.resources, keyset.resource_names())  # unknown resources fail before any work
+        # Unpacked or downloaded once, for the integrity check and the read.
+        snapshot = stack.enter_context(opened(snapshot, opts.s3, progress=opts.download_progress))
+        opts = replace(opts, snapshot=snapshot)
+        if not opts.skip_hash_check:
+            require_integrity(snapshot)  # nothing is written from a snapshot etcd would refuse
+        with open_unwrappers(keyset, opts.access) as unwrappers:
+            yield from _extract(opts, keyset, unwrappers, result, progress)
+            result.kms = kms_problems(unwrappers)
 
 
 _PROGRESS_EVERY = 1024

@@ -44,14 +44,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from snapshot_tools.atomic_file import AtomicFile
 from snapshot_tools.config import load_config_bytes
 from snapshot_tools.errors import BootstrapError, ConfigError, InvalidCiphertext, TokenError
+from snapshot_tools.inputs import opened
 from snapshot_tools.keysets import ConfigBytes, load_keyset
 from snapshot_tools.sources import open_record_source
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
+    from contextlib import ExitStack
     from pathlib import Path
 
     from snapshot_tools.config_model import EncryptionConfig
+    from snapshot_tools.inputs import S3Options, SnapshotInput
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.live_etcd import EtcdTarget
     from snapshot_tools.snapshot import Record
@@ -77,6 +80,7 @@ __all__ = [
     "normalize_token",
     "parse_plaintext",
     "parse_state",
+    "prepare_keyset",
     "read_bootstrap",
     "read_token",
     "short_hash",
@@ -472,7 +476,7 @@ class Embedded(NamedTuple):
 
 
 def embedded_configs(
-    snapshot: str, token: str | None, *, have_configs: bool, etcd: EtcdTarget | None = None
+    snapshot: str | SnapshotInput, token: str | None, *, have_configs: bool, etcd: EtcdTarget | None = None
 ) -> Embedded:
     """The EncryptionConfiguration K3s/RKE2 keep in ``snapshot``'s bootstrap data, if a token is given.
 
@@ -498,7 +502,7 @@ def embedded_configs(
 
 
 def keyset_for(
-    paths: Sequence[str | Path], snapshot: str, access: KeyAccess, etcd: EtcdTarget | None = None
+    paths: Sequence[str | Path], snapshot: str | SnapshotInput, access: KeyAccess, etcd: EtcdTarget | None = None
 ) -> KeySet:
     """The key set of a command: the configs under ``paths`` (first = current), then the config
     the snapshot carries when ``access`` has a K3s token (the current one when ``paths`` is empty).
@@ -509,6 +513,30 @@ def keyset_for(
     """
     embedded = embedded_configs(snapshot, access.k3s_token, have_configs=bool(paths), etcd=etcd)
     return load_keyset(paths, embedded.configs, embedded.notes)
+
+
+class Prepared(NamedTuple):
+    """A command's key set and its snapshot, opened already when the keys came from inside it."""
+
+    keyset: KeySet
+    snapshot: str | SnapshotInput
+
+
+def prepare_keyset(
+    paths: Sequence[str | Path],
+    snapshot: str | SnapshotInput,
+    access: KeyAccess,
+    stack: ExitStack,
+    s3: S3Options | None = None,
+    *,
+    progress: bool = False,
+) -> Prepared:
+    """:func:`keyset_for` for a snapshot: with a K3s token the keys are inside it, so a ``.zip``,
+    ``.gz`` or ``s3://`` snapshot is unpacked or downloaded first, once, and kept open on
+    ``stack`` for the read that follows; without one a bad config fails before any download."""
+    if access.k3s_token is not None:
+        snapshot = stack.enter_context(opened(snapshot, s3, progress=progress))
+    return Prepared(keyset_for(paths, snapshot, access), snapshot)
 
 
 # -- the ``keys`` report --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -32,8 +33,9 @@ from snapshot_tools.errors import (
     RewriteRefused,
     UsageError,
 )
+from snapshot_tools.inputs import SnapshotInput, is_s3_url, opened
 from snapshot_tools.integrity import require_integrity
-from snapshot_tools.k3s_bootstrap import keyset_for
+from snapshot_tools.k3s_bootstrap import prepare_keyset
 from snapshot_tools.keysets import config_files
 from snapshot_tools.providers import (
     ENCRYPTED_PREFIX,
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 
     from snapshot_tools.config import EncryptionConfig, ProviderEntry, StaticKey
     from snapshot_tools.config_model import KMSProvider
+    from snapshot_tools.inputs import S3Options
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.providers import StaticProvider
     from snapshot_tools.readers import Resolution
@@ -70,7 +73,7 @@ IDENTITY = "identity"
 class RewriteOptions:
     """Everything ``reencrypt``/``decrypt`` need; ``to=None`` means decrypt (identity)."""
 
-    snapshot: str
+    snapshot: str | SnapshotInput  # a path, .zip, .gz or s3:// spec, or an input opened already
     access: KeyAccess  # the configs read (besides ``to``) and how to reach each KMS provider
     output: str
     to: str | None = None
@@ -83,6 +86,8 @@ class RewriteOptions:
     # --quarantine-unreadable DIR: objects whose latest value nothing reads are deleted at a new
     # revision and set aside in DIR (snapshot_tools.quarantine); older unreadable values are copied.
     quarantine_dir: str | None = None
+    s3: S3Options | None = None  # for an s3:// snapshot
+    download_progress: bool = False  # a download bar on stderr (the CLI: when it is a terminal)
 
 
 class KeyRef(NamedTuple):
@@ -321,12 +326,18 @@ def input_files(opts: RewriteOptions) -> list[str]:
     Raises:
         ConfigError: a config path that does not exist (or a directory without configs).
     """
-    files = [opts.snapshot]
+    files = _snapshot_files(opts.snapshot)
     for path in ([opts.to] if opts.to else []) + list(opts.access.configs):
         files.append(path)
         files.extend(str(f) for f in config_files(path))
     files.extend(opts.access.keyrings.values())
     return files
+
+
+def _snapshot_files(snapshot: str | SnapshotInput) -> list[str]:
+    """The local files behind the snapshot: the original (not an S3 URL) and its unpacked copy."""
+    names = [snapshot.path, snapshot.spec] if isinstance(snapshot, SnapshotInput) else [snapshot]
+    return list(dict.fromkeys(n for n in names if not is_s3_url(n)))
 
 
 def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
@@ -344,22 +355,28 @@ def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
     """
     started = time.monotonic()
     paths = ([opts.to] if opts.to else []) + list(opts.access.configs)
-    keyset = keyset_for(paths, opts.snapshot, opts.access)
-    inputs = input_files(opts)
-    check_target(opts.output, force=opts.force, inputs=inputs)  # before a KMS is asked anything
-    aside = None
-    if opts.quarantine_dir is not None:
-        if opts.skip_unreadable:
-            raise UsageError("--quarantine-unreadable and --skip-unreadable exclude each other: choose one")
-        aside = SetAsideDir(opts.quarantine_dir, force=opts.force, inputs=[*inputs, opts.output])
-    if not opts.skip_hash_check:
-        require_integrity(opts.snapshot)  # nothing is written from a snapshot etcd would refuse
-    with open_unwrappers(keyset, opts.access) as unwrappers:
-        return _rewrite(opts, keyset, unwrappers, started, inputs, aside)
+    with ExitStack() as stack:
+        keyset, snapshot = prepare_keyset(
+            paths, opts.snapshot, opts.access, stack, opts.s3, progress=opts.download_progress
+        )
+        inputs = input_files(opts)
+        check_target(opts.output, force=opts.force, inputs=inputs)  # before a KMS is asked anything
+        aside = None
+        if opts.quarantine_dir is not None:
+            if opts.skip_unreadable:
+                raise UsageError("--quarantine-unreadable and --skip-unreadable exclude each other: choose one")
+            aside = SetAsideDir(opts.quarantine_dir, force=opts.force, inputs=[*inputs, opts.output])
+        # Unpacked or downloaded once, for the integrity check and the read.
+        snapshot = stack.enter_context(opened(snapshot, opts.s3, progress=opts.download_progress))
+        if not opts.skip_hash_check:
+            require_integrity(snapshot)  # nothing is written from a snapshot etcd would refuse
+        unwrappers = stack.enter_context(open_unwrappers(keyset, opts.access))
+        return _rewrite(opts, snapshot, keyset, unwrappers, started, inputs, aside)
 
 
 def _rewrite(
     opts: RewriteOptions,
+    snapshot: SnapshotInput,
     keyset: KeySet,
     unwrappers: dict[str, Unwrapper],
     started: float,
@@ -381,7 +398,7 @@ def _rewrite(
     transitions = summary.transitions
     reported, resolve = reader.is_reported, reader.resolve
 
-    with Snapshot.open(opts.snapshot) as snap:
+    with Snapshot.open(snapshot.path) as snap:
         newest = {(r.main, r.sub) for r in snap.latest()} if opts.latest_only else None
         quarantine = RewriteQuarantine(snap, aside, opts.etcd_prefix) if aside is not None else None
 

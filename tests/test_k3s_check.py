@@ -9,12 +9,14 @@ scenario swaps the bootstrap records and saves a snapshot with etcdctl.
 from __future__ import annotations
 
 import json
+import tempfile
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from snapshot_tools.providers import aescbc, static_prefix
 from tests.support.etcd import EtcdServer
+from tests.support.inputs import k3s_zip, temp_leftovers
 from tests.support.k3s import (
     IDENTITY,
     bootstrap_files,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
     from tests.support.cli import Cli
     from tests.support.etcd import EtcdBinaries
+    from tests.support.inputs import MotoS3
 
 pytestmark = pytest.mark.etcd
 
@@ -269,4 +272,29 @@ def test_live_etcd_with_only_the_token(cluster: Cluster, cli: Cli) -> None:
     assert verdicts(live) == verdicts(from_file) == {k: want for k, (_, want) in SECRETS.items()}
     assert result.code == code_file == 1
     assert [c["path"] for c in live["configs"]] == [f"{cluster.server.endpoint}#{bootstrap_key(PASSWORD)}"]
+    assert_no_token(result.out, result.err)
+
+
+def test_s3_zip_with_only_the_token(
+    cluster: Cluster, cli: Cli, moto_s3: MotoS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's K3s drill: a zipped snapshot in S3 and the token, nothing else; no temporary
+    copy is left behind."""
+    name = "etcd-snapshot-node1-1700000000"
+    snap = cluster.snapshot(name, record(PASSWORD))
+    archive = k3s_zip(snap, tmp_path, name)
+    url = moto_s3.put("k3s-backups", f"{name}.zip", archive, {"K3s-Token-Hash": key_hash(PASSWORD)})
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    s3 = ["--s3-endpoint-url", moto_s3.url, "--s3-region", "us-east-1"]
+    result = cli("check", url, "--k3s-token", TOKEN, *s3, "-o", "json")
+    report = json.loads(result.out)
+    assert verdicts(report) == {k: want for k, (_, want) in SECRETS.items()}
+    assert result.code == 1  # the lost secret
+    assert [c["path"] for c in report["configs"]] == [f"{url}#{bootstrap_key(PASSWORD)}"]
+    assert temp_leftovers(scratch) == []
+    status = cli("status", url, *s3, "-o", "json").json()
+    assert [b["token_hash"] for b in status["bootstrap"]] == [key_hash(PASSWORD)]
     assert_no_token(result.out, result.err)

@@ -30,10 +30,15 @@ from snapshot_tools.cli.options import (
     Pkcs11PinOpt,
     Pkcs11TokenOpt,
     PrefixOpt,
+    S3EndpointOpt,
+    S3RegionOpt,
     SkipHashCheckOpt,
+    download_progress,
     key_access,
     pkcs11_access,
+    s3_options,
     snapshot_or_etcd,
+    stop_signals_unwind,
 )
 from snapshot_tools.cli.output import (
     TRAILER_MISMATCH,
@@ -108,6 +113,8 @@ def check(
     cert: EtcdCertOpt = None,
     key: EtcdKeyOpt = None,
     etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
+    s3_endpoint_url: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
 ) -> None:
     """Judge every stored value against the configs given: current, stale, retired or unreadable.
 
@@ -132,8 +139,11 @@ def check(
         resources=resource or (),
         etcd_prefix=etcd_prefix,
         skip_hash_check=skip_hash_check,
+        s3=s3_options(s3_endpoint_url, s3_region),
+        download_progress=download_progress(),
     )
-    with progress_reporter("checking") as progress:
+    # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
+    with stop_signals_unwind(), progress_reporter("checking") as progress:
         report = run_check(opts, progress)
     for warning in report.warnings:
         diagnostic(f"warning: {printable(warning)}")

@@ -30,10 +30,15 @@ from snapshot_tools.cli.options import (
     Pkcs11PinOpt,
     Pkcs11TokenOpt,
     PrefixOpt,
+    S3EndpointOpt,
+    S3RegionOpt,
     SkipHashCheckOpt,
+    download_progress,
     key_access,
     pkcs11_access,
+    s3_options,
     snapshot_or_etcd,
+    stop_signals_unwind,
 )
 from snapshot_tools.cli.output import diagnostic, kms_diagnostics, printable, progress_reporter
 from snapshot_tools.errors import EXIT_FINDINGS, UsageError
@@ -136,6 +141,8 @@ def extract(
     cert: EtcdCertOpt = None,
     key: EtcdKeyOpt = None,
     etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
+    s3_endpoint_url: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
 ) -> None:
     """Decrypt and decode objects into one v1 List on stdout, streamed (Secret values included), or
     one file per object with --output-dir. Add --strip-server-fields to re-create them on a fresh
@@ -165,13 +172,16 @@ def extract(
         show_managed_fields=show_managed_fields,
         etcd_prefix=etcd_prefix,
         skip_hash_check=skip_hash_check,
+        s3=s3_options(s3_endpoint_url, s3_region),
+        download_progress=download_progress(),
     )
     if force and output_dir is None:
         raise UsageError("--force only applies to --output-dir")
     inputs = [str(snapshot)] if snapshot is not None else []
     target = ObjectDir(output_dir, fmt=output.value, force=force, inputs=inputs) if output_dir else None
     result = ExtractResult()
-    with progress_reporter("extract") as progress:
+    # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
+    with stop_signals_unwind(), progress_reporter("extract") as progress:
         items = iter_extract(opts, result, progress)
         if target is not None:
             for item in items:

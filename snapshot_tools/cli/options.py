@@ -3,26 +3,31 @@ one :class:`~snapshot_tools.unwrap.KeyAccess` value built from them (:func:`key_
 
 from __future__ import annotations
 
-from pathlib import Path
+import sys
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kms_plugin import api as plugin
-from snapshot_tools.errors import ConfigError, UsageError
+from kms_plugin.cli_runner import interrupt_signal, stop_signals_raise
+from snapshot_tools.errors import ConfigError, InterruptedRead, UsageError
+from snapshot_tools.inputs import S3Options
 from snapshot_tools.k3s_bootstrap import read_token
 from snapshot_tools.unwrap import KeyAccess
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
     from kms_plugin.api import AwsSettings, Pkcs11Settings
     from snapshot_tools.live_etcd import EtcdTarget
 
 SnapshotArg = Annotated[
-    Path,
+    str,
     typer.Argument(
-        metavar="SNAPSHOT", help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy; only read."
+        metavar="SNAPSHOT",
+        help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy, a K3s/RKE2 .zip or a .gz "
+        "of one (told by content), or s3://BUCKET/KEY; only read.",
     ),
 ]
 ConfigOpt = Annotated[
@@ -99,6 +104,34 @@ Pkcs11PinOpt = Annotated[
 ]
 
 
+S3EndpointOpt = Annotated[
+    str | None,
+    typer.Option("--s3-endpoint-url", help="S3 endpoint URL for an s3:// SNAPSHOT (MinIO, another region's, ...)."),
+]
+S3RegionOpt = Annotated[str | None, typer.Option("--s3-region", help="S3 region for an s3:// SNAPSHOT.")]
+
+
+def s3_options(endpoint_url: str | None, region: str | None) -> S3Options:
+    """The S3 settings of an ``s3://`` SNAPSHOT, from --s3-endpoint-url and --s3-region."""
+    return S3Options(endpoint_url=endpoint_url, region=region)
+
+
+def download_progress() -> bool:
+    """Whether an S3 download draws a progress bar: only when stderr is a terminal."""
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def stop_signals_unwind() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise inside the block, so a temporary copy of the snapshot is
+    removed on the way out; the command then fails with one line and exits 128 + N."""
+    try:
+        with stop_signals_raise():
+            yield
+    except KeyboardInterrupt as exc:
+        raise InterruptedRead(interrupt_signal(exc)) from None
+
+
 def parse_assignments(values: Sequence[str], flag: str) -> dict[str, str]:
     """``["a=b", ...]`` -> ``{"a": "b"}``; a malformed or repeated name is a usage error."""
     out: dict[str, str] = {}
@@ -170,11 +203,11 @@ def key_access(
 # -- a live etcd instead of SNAPSHOT (status, check, extract) -------------------------------
 
 OptionalSnapshotArg = Annotated[
-    Path | None,
+    str | None,
     typer.Argument(
         metavar="SNAPSHOT",
-        help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy; only read. "
-        "Give it or --etcd-endpoint.",
+        help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy, a K3s/RKE2 .zip or a .gz "
+        "of one (told by content), or s3://BUCKET/KEY; only read. Give it or --etcd-endpoint.",
         show_default=False,
     ),
 ]
@@ -204,7 +237,7 @@ EtcdTimeoutOpt = Annotated[
 
 
 def snapshot_or_etcd(
-    snapshot: Path | None,
+    snapshot: str | None,
     endpoint: str | None,
     cacert: str | None,
     cert: str | None,

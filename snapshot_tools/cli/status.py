@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,12 +15,20 @@ from snapshot_tools.cli.options import (
     EtcdKeyOpt,
     EtcdTimeoutOpt,
     OptionalSnapshotArg,
+    S3EndpointOpt,
+    S3RegionOpt,
+    download_progress,
+    s3_options,
     snapshot_or_etcd,
+    stop_signals_unwind,
 )
 from snapshot_tools.cli.output import TRAILER_MISMATCH, OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.live_etcd import DEFAULT_TIMEOUT
 from snapshot_tools.live_status import LiveStatus, live_status
 from snapshot_tools.status import SnapshotStatus, snapshot_status
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 _TRAILER_NOTE = {
     "valid": "valid (SHA-256 matches)",
@@ -42,6 +50,8 @@ def status(
     cert: EtcdCertOpt = None,
     key: EtcdKeyOpt = None,
     etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
+    s3_endpoint_url: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
 ) -> None:
     """Summarise a snapshot: size, SHA-256 trailer, page size, and etcdutl's hash/revision/keys.
 
@@ -53,7 +63,9 @@ def status(
     (null for identity). bootstrap lists K3s/RKE2 /bootstrap/* records: key, token_hash (which
     server token opens it), size, revision, kind (lock: an empty value; data). The file is only read.
     Exit 0 ok, 2 usage, 3 unreadable or damaged file; a trailer mismatch is a warning on stderr, not an
-    error.
+    error. A zipped, gzipped or S3 snapshot is read from a private temporary copy; form says which,
+    s3_metadata holds the S3 object's user metadata (K3s-Token-Hash, K3s-Node-Name, K3s-Cluster-Id;
+    Rke2-... for RKE2).
 
     With --etcd-endpoint instead of SNAPSHOT: the running etcd, read-only at one revision:
     endpoint, etcd version, revision, compacted revision, db size (Maintenance.Status), live keys
@@ -65,7 +77,11 @@ def status(
         print(json.dumps(live.to_dict(), indent=2) if output is OutputFormat.json else _render_live(live))
         return
     assert snapshot is not None  # snapshot_or_etcd: one of them
-    result = snapshot_status(snapshot, etcd_prefix)
+    # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
+    with stop_signals_unwind():
+        result = snapshot_status(
+            snapshot, etcd_prefix, s3_options(s3_endpoint_url, s3_region), progress=download_progress()
+        )
     if result.trailer == "mismatch":
         diagnostic(TRAILER_MISMATCH)
     if output is OutputFormat.json:
@@ -89,6 +105,8 @@ def _render_live(s: LiveStatus) -> str:
 def _render(s: SnapshotStatus) -> str:
     rows = [
         ("path", s.path),
+        *([("form", f"{s.form} (read from a private temporary copy)")] if s.form != "file" else []),
+        *[(f"s3 {_canonical(k)}", v) for k, v in sorted(s.s3_metadata.items())],
         ("size", f"{s.size} bytes"),
         ("trailer", _TRAILER_NOTE.get(s.trailer, s.trailer)),
         ("page size", str(s.page_size)),
@@ -102,33 +120,25 @@ def _render(s: SnapshotStatus) -> str:
             + ("; they can still hold old values - a rewrite does not copy them" if s.free_pages else ""),
         ),
     ]
-    width = max(len(k) for k, _ in rows)
-    lines = [f"{k:<{width}}  {printable(v)}" for k, v in rows]
-    lines.append("")
+    extra: list[str] = []
     if s.bootstrap:
-        lines.append("K3s/RKE2 bootstrap data (open it with snapshot-tools keys --k3s-token):")
+        extra.append("K3s/RKE2 bootstrap data (open it with snapshot-tools keys --k3s-token):")
         boot_rows = [(b["key"], b["token_hash"], str(b["size"]), b["kind"]) for b in s.bootstrap]
-        lines.append(render_table(["BOOTSTRAP KEY", "TOKEN HASH", "SIZE", "KIND"], boot_rows))
-        lines.append("")
-    lines.append(f"live keys under {printable(s.etcd_prefix)}: {sum(s.resources.values())}")
-    if s.resources:
-        lines.append(render_table(["RESOURCE", "KEYS"], [(r, str(n)) for r, n in s.resources.items()]))
-        lines.append("")
-        lines.append(
-            render_table(
-                ["RESOURCE", "FORM", "NAME", "VALUES"],
-                [(f["resource"], f["form"], f["name"] or "-", str(f["count"])) for f in s.storage_forms],
-            )
-        )
-    return "\n".join(lines)
+        extra += [render_table(["BOOTSTRAP KEY", "TOKEN HASH", "SIZE", "KIND"], boot_rows), ""]
+    return _render_rows(rows, s.etcd_prefix, s.resources, s.storage_forms, extra)
 
 
 def _render_rows(
-    rows: list[tuple[str, str]], prefix: str, resources: dict[str, int], forms: list[dict[str, Any]]
+    rows: list[tuple[str, str]],
+    prefix: str,
+    resources: dict[str, int],
+    forms: list[dict[str, Any]],
+    extra: Sequence[str] = (),
 ) -> str:
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {printable(v)}" for k, v in rows]
     lines.append("")
+    lines.extend(extra)
     lines.append(f"live keys under {printable(prefix)}: {sum(resources.values())}")
     if resources:
         lines.append(render_table(["RESOURCE", "KEYS"], [(r, str(n)) for r, n in resources.items()]))
@@ -140,3 +150,8 @@ def _render_rows(
             )
         )
     return "\n".join(lines)
+
+
+def _canonical(name: str) -> str:
+    """An S3 metadata key as K3s wrote it (textproto canonical form): ``K3s-Token-Hash``."""
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))

@@ -33,6 +33,7 @@ __all__ = [
     "KMSUnreachable",
     "MalformedValue",
     "OutputError",
+    "RestoreFailed",
     "RewriteRefused",
     "SnapshotError",
     "UsageError",
@@ -105,6 +106,11 @@ class KMSUnreachable(KMSUnavailable):
 
     Unwrapping fails fast after the first one, so a dead KMS costs one timeout per provider.
     """
+
+
+class RestoreFailed(Error):
+    """The drill's restore stage failed: etcdutl refused the snapshot, etcd did not start, or
+    the restored keyspace differs from the snapshot (exit 1, a finding about the snapshot)."""
 
 
 class InvalidCiphertext(Error):

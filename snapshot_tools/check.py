@@ -20,6 +20,7 @@ from snapshot_tools.unwrap import kms_problems, open_unwrappers
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from snapshot_tools.inputs import S3Options, SnapshotInput
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.unwrap import KeyAccess, Unwrapper
 
@@ -28,12 +29,14 @@ if TYPE_CHECKING:
 class CheckOptions:
     """Everything ``check`` needs; built by the CLI from its flags."""
 
-    snapshot: str
+    snapshot: str | SnapshotInput  # a path, .zip, .gz or s3:// spec, or an input opened already
     access: KeyAccess  # the configs and how to reach each KMS provider
     all_revisions: bool = False
     resources: Sequence[str] = ()
     etcd_prefix: str = "/registry"
     skip_hash_check: bool = False  # etcdutl's flag: a missing/mismatched trailer does not fail
+    s3: S3Options | None = None  # for an s3:// snapshot
+    download_progress: bool = False  # a download bar on stderr (the CLI: when it is a terminal)
 
 
 def run_check(
@@ -61,7 +64,7 @@ def _check(
     parse = KeyParser(opts.etcd_prefix).parse
     reported, resolve, add = reader.is_reported, reader.resolve, report.rows.append
     new_row = tuple.__new__  # one Row per object: skip NamedTuple's Python-level __new__
-    with open_source(opts.snapshot) as source:
+    with open_source(opts.snapshot, opts.s3, progress=opts.download_progress) as source:
         source.start_integrity()
         done = 0
         for rec, latest, deleted in judged_records(source, all_revisions=opts.all_revisions):

@@ -35,6 +35,7 @@ __all__ = [
     "OutputError",
     "RestoreFailed",
     "RewriteRefused",
+    "S3Unreachable",
     "SnapshotError",
     "UsageError",
     "exit_code_for",
@@ -113,6 +114,13 @@ class RestoreFailed(Error):
     the restored keyspace differs from the snapshot (exit 1, a finding about the snapshot)."""
 
 
+class S3Unreachable(Error):
+    """An S3 endpoint that did not answer (connection refused, timed out, a server error).
+
+    A missing object or bucket, or credentials S3 refuses, are :class:`InputError` instead.
+    """
+
+
 class InvalidCiphertext(Error):
     """Decryption failed: wrong key, failed authentication or tampered data.
 
@@ -157,6 +165,7 @@ EXIT_CODES: dict[type[Exception], int] = {
     OutputError: EXIT_USAGE,
     InputError: EXIT_INPUT,  # SnapshotError and IntegrityError too
     KMSUnavailable: EXIT_KMS,
+    S3Unreachable: EXIT_KMS,  # exit 4: a remote the answer needs did not answer
     Error: EXIT_FINDINGS,  # RewriteRefused, InvalidCiphertext, MalformedValue
 }
 

@@ -28,7 +28,7 @@ import json
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -36,6 +36,7 @@ import yaml
 from snapshot_tools import objects
 from snapshot_tools.atomic_file import AtomicFile
 from snapshot_tools.errors import EXIT_FINDINGS, EXIT_KMS, EXIT_OK, MalformedValue, OutputError, UsageError
+from snapshot_tools.inputs import opened
 from snapshot_tools.integrity import require_integrity
 from snapshot_tools.keysets import load_keyset
 from snapshot_tools.readers import Reader
@@ -53,6 +54,7 @@ from snapshot_tools.unwrap import kms_problems, open_unwrappers
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
+    from snapshot_tools.inputs import S3Options, SnapshotInput
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.label_selector import Selector
     from snapshot_tools.resources import ResourceRef
@@ -102,7 +104,7 @@ _BY_RESOURCE = {gr: prefix for prefix, gr in BUILTIN_PREFIXES.items()}
 class ExtractOptions:
     """Everything ``extract`` needs; built by the CLI from its flags."""
 
-    snapshot: str
+    snapshot: str | SnapshotInput  # a path, .zip, .gz or s3:// spec, or an input opened already
     access: KeyAccess  # the configs and how to reach each KMS provider
     resources: Sequence[str] = ("secrets",)
     namespace: str | None = None
@@ -113,6 +115,8 @@ class ExtractOptions:
     show_managed_fields: bool = False
     etcd_prefix: str = "/registry"
     skip_hash_check: bool = False  # etcdutl's flag: read a snapshot with a missing/wrong trailer
+    s3: S3Options | None = None  # for an s3:// snapshot
+    download_progress: bool = False  # a download bar on stderr (the CLI: when it is a terminal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,11 +333,14 @@ def iter_extract(
         raise UsageError("--show-managed-fields and --strip-server-fields may not be used together")
     keyset = load_keyset(opts.access.configs)
     _labels(opts.resources, keyset.resource_names())  # unknown resources fail before any work
-    if not opts.skip_hash_check:
-        require_integrity(opts.snapshot)  # nothing is written from a snapshot etcd would refuse
-    with open_unwrappers(keyset, opts.access) as unwrappers:
-        yield from _extract(opts, keyset, unwrappers, result, progress)
-        result.kms = kms_problems(unwrappers)
+    # Unpacked or downloaded once, for the integrity check and the read.
+    with opened(opts.snapshot, opts.s3, progress=opts.download_progress) as snapshot:
+        opts = replace(opts, snapshot=snapshot)
+        if not opts.skip_hash_check:
+            require_integrity(snapshot)  # nothing is written from a snapshot etcd would refuse
+        with open_unwrappers(keyset, opts.access) as unwrappers:
+            yield from _extract(opts, keyset, unwrappers, result, progress)
+            result.kms = kms_problems(unwrappers)
 
 
 _PROGRESS_EVERY = 1024

@@ -9,10 +9,13 @@ write anything from a file etcd would not restore. The same flag lets all four r
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from snapshot_tools.errors import IntegrityError
 from snapshot_tools.sources import open_source
+
+if TYPE_CHECKING:
+    from snapshot_tools.inputs import SnapshotInput
 
 __all__ = ["SKIP_FLAG", "Integrity", "judge_integrity", "require_integrity"]
 
@@ -47,8 +50,8 @@ def refusal(path: str, reason: str) -> str:
     return f"{path}: {reason}; pass {SKIP_FLAG} to read it anyway"
 
 
-def require_integrity(path: str) -> None:
-    """Hash the snapshot at ``path``; raise unless etcdutl would restore it.
+def require_integrity(path: str | SnapshotInput) -> None:
+    """Hash the snapshot at ``path`` (or an opened input); raise unless etcdutl would restore it.
 
     Raises:
         IntegrityError: the trailer is missing or mismatched (exit 3).
@@ -56,5 +59,6 @@ def require_integrity(path: str) -> None:
     """
     with open_source(path) as source:
         verdict = judge_integrity(source.integrity(), skip=False)
+        name = source.name
     if verdict.reason is not None:
-        raise IntegrityError(refusal(path, verdict.reason))
+        raise IntegrityError(refusal(name, verdict.reason))

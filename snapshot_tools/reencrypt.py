@@ -32,6 +32,7 @@ from snapshot_tools.errors import (
     RewriteRefused,
     UsageError,
 )
+from snapshot_tools.inputs import SnapshotInput, is_s3_url, opened
 from snapshot_tools.integrity import require_integrity
 from snapshot_tools.keysets import config_files, load_keyset
 from snapshot_tools.providers import (
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
     from snapshot_tools.config import EncryptionConfig, ProviderEntry, StaticKey
     from snapshot_tools.config_model import KMSProvider
+    from snapshot_tools.inputs import S3Options
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.providers import StaticProvider
     from snapshot_tools.readers import Resolution
@@ -67,7 +69,7 @@ IDENTITY = "identity"
 class RewriteOptions:
     """Everything ``reencrypt``/``decrypt`` need; ``to=None`` means decrypt (identity)."""
 
-    snapshot: str
+    snapshot: str | SnapshotInput  # a path, .zip, .gz or s3:// spec, or an input opened already
     access: KeyAccess  # the configs read (besides ``to``) and how to reach each KMS provider
     output: str
     to: str | None = None
@@ -77,6 +79,8 @@ class RewriteOptions:
     skip_unreadable: bool = False
     etcd_prefix: str = "/registry"
     skip_hash_check: bool = False  # etcdutl's flag: read a snapshot with a missing/wrong trailer
+    s3: S3Options | None = None  # for an s3:// snapshot
+    download_progress: bool = False  # a download bar on stderr (the CLI: when it is a terminal)
 
 
 class KeyRef(NamedTuple):
@@ -311,12 +315,18 @@ def input_files(opts: RewriteOptions) -> list[str]:
     Raises:
         ConfigError: a config path that does not exist (or a directory without configs).
     """
-    files = [opts.snapshot]
+    files = _snapshot_files(opts.snapshot)
     for path in ([opts.to] if opts.to else []) + list(opts.access.configs):
         files.append(path)
         files.extend(str(f) for f in config_files(path))
     files.extend(opts.access.keyrings.values())
     return files
+
+
+def _snapshot_files(snapshot: str | SnapshotInput) -> list[str]:
+    """The local files behind the snapshot: the original (not an S3 URL) and its unpacked copy."""
+    names = [snapshot.path, snapshot.spec] if isinstance(snapshot, SnapshotInput) else [snapshot]
+    return list(dict.fromkeys(n for n in names if not is_s3_url(n)))
 
 
 def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
@@ -337,14 +347,21 @@ def run_rewrite(opts: RewriteOptions) -> RewriteSummary:
     keyset = load_keyset(paths)
     inputs = input_files(opts)
     check_target(opts.output, force=opts.force, inputs=inputs)  # before a KMS is asked anything
-    if not opts.skip_hash_check:
-        require_integrity(opts.snapshot)  # nothing is written from a snapshot etcd would refuse
-    with open_unwrappers(keyset, opts.access) as unwrappers:
-        return _rewrite(opts, keyset, unwrappers, started, inputs)
+    # Unpacked or downloaded once, for the integrity check and the read.
+    with opened(opts.snapshot, opts.s3, progress=opts.download_progress) as snapshot:
+        if not opts.skip_hash_check:
+            require_integrity(snapshot)  # nothing is written from a snapshot etcd would refuse
+        with open_unwrappers(keyset, opts.access) as unwrappers:
+            return _rewrite(opts, snapshot, keyset, unwrappers, started, inputs)
 
 
 def _rewrite(
-    opts: RewriteOptions, keyset: KeySet, unwrappers: dict[str, Unwrapper], started: float, inputs: list[str]
+    opts: RewriteOptions,
+    snapshot: SnapshotInput,
+    keyset: KeySet,
+    unwrappers: dict[str, Unwrapper],
+    started: float,
+    inputs: list[str],
 ) -> RewriteSummary:
     reader = Reader(keyset, unwrappers, keep_plaintext=True)
     target_config = keyset.configs[0] if opts.to else None
@@ -361,7 +378,7 @@ def _rewrite(
     transitions = summary.transitions
     reported, resolve = reader.is_reported, reader.resolve
 
-    with Snapshot.open(opts.snapshot) as snap:
+    with Snapshot.open(snapshot.path) as snap:
         newest = {(r.main, r.sub) for r in snap.latest()} if opts.latest_only else None
 
         def replace(rec: Record) -> bytes | None:

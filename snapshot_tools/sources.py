@@ -9,9 +9,11 @@ etcd plug in behind the same protocol.
 from __future__ import annotations
 
 import threading
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from snapshot_tools import mvcc
+from snapshot_tools.inputs import SnapshotInput, opened
 from snapshot_tools.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
+    from snapshot_tools.inputs import S3Options
     from snapshot_tools.snapshot import Record
 
 __all__ = ["RecordSource", "SnapshotSource", "Versioned", "as_of", "judged_records", "open_source"]
@@ -96,11 +99,18 @@ class _Integrity(threading.Thread):
 
 
 class SnapshotSource:
-    """An etcd snapshot file (``etcdctl snapshot save`` output, or a raw ``member/snap/db``)."""
+    """An etcd snapshot file (``etcdctl snapshot save`` output, or a raw ``member/snap/db``),
+    local, zipped, gzipped or in S3 (:mod:`snapshot_tools.inputs`); named as the user named it."""
 
-    def __init__(self, path: str) -> None:
-        self.name = path
-        self.snapshot = Snapshot.open(path)
+    def __init__(self, snapshot: str | SnapshotInput, s3: S3Options | None = None, *, progress: bool = False) -> None:
+        self._stack = ExitStack()  # the unpacked or downloaded copy, when this source made one
+        try:
+            self.input = self._stack.enter_context(opened(snapshot, s3, progress=progress))
+            self.name = self.input.spec
+            self.snapshot = Snapshot.open(self.input.path)
+        except BaseException:
+            self._stack.close()
+            raise
         self.revision = self.snapshot.revision
         self._integrity: _Integrity | None = None
 
@@ -127,6 +137,7 @@ class SnapshotSource:
         if self._integrity is not None:
             self._integrity.join()  # never close the map under the hashing thread
         self.snapshot.close()
+        self._stack.close()
 
     def __enter__(self) -> Self:
         return self
@@ -137,13 +148,15 @@ class SnapshotSource:
         self.close()
 
 
-def open_source(spec: str) -> RecordSource:
-    """The source ``spec`` names; today a snapshot file path.
+def open_source(spec: str | SnapshotInput, s3: S3Options | None = None, *, progress: bool = False) -> RecordSource:
+    """The source ``spec`` names: a snapshot file, ``.zip``, ``.gz`` or ``s3://`` object, or a
+    :class:`~snapshot_tools.inputs.SnapshotInput` the caller has opened already.
 
     Raises:
         InputError/SnapshotError: a missing, unreadable or damaged snapshot.
+        S3Unreachable: the S3 endpoint did not answer.
     """
-    return SnapshotSource(spec)
+    return SnapshotSource(spec, s3, progress=progress)
 
 
 def judged_records(source: RecordSource, *, all_revisions: bool, prefix: bytes = b"") -> Iterator[Versioned]:

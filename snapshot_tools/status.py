@@ -10,6 +10,7 @@ last ``key`` record; total size = ``Tx.Size()``. Spec section 1.4.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,14 +19,14 @@ import google_crc32c
 
 from snapshot_tools.bbolt.layout import BUCKET_LEAF_FLAG
 from snapshot_tools.errors import SnapshotError
+from snapshot_tools.inputs import SnapshotInput, opened
 from snapshot_tools.providers import storage_form
 from snapshot_tools.resources import normalize_prefix
 from snapshot_tools.snapshot import Snapshot
 
 if TYPE_CHECKING:
-    import os
-
     from snapshot_tools.bbolt import DB
+    from snapshot_tools.inputs import S3Options
 
 
 @dataclass
@@ -38,6 +39,10 @@ class SnapshotStatus:
     name (``None`` for identity). ``free_pages`` counts pages below the high-water mark that no
     bucket reaches: etcd copies them into snapshots as they are, so they can still hold old
     values (deleted or overwritten Secrets, old ciphertexts); a rewrite does not copy them.
+    ``path`` names the snapshot as the user did (a path or ``s3://`` URL); ``form`` is ``file``,
+    ``zip`` or ``gzip`` (from its content) and ``size`` that of the snapshot inside;
+    ``s3_metadata`` is the S3 object's user metadata (K3s/RKE2 put ``K3s-Token-Hash``,
+    ``K3s-Node-Name``, ``K3s-Cluster-Id`` there), as boto3 returns it.
     """
 
     path: str
@@ -52,6 +57,8 @@ class SnapshotStatus:
     free_pages: int = 0
     resources: dict[str, int] = field(default_factory=dict)
     storage_forms: list[dict[str, Any]] = field(default_factory=list)
+    form: str = "file"
+    s3_metadata: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,8 +103,15 @@ def etcdutl_figures(db: DB) -> tuple[int, int, int]:
     return crc, revision, total
 
 
-def snapshot_status(path: str | os.PathLike[str], etcd_prefix: str = "/registry") -> SnapshotStatus:
-    """Open ``path`` and gather its status; see :class:`SnapshotStatus`.
+def snapshot_status(
+    path: str | os.PathLike[str] | SnapshotInput,
+    etcd_prefix: str = "/registry",
+    s3: S3Options | None = None,
+    *,
+    progress: bool = False,
+) -> SnapshotStatus:
+    """Open ``path`` (a file, ``.zip``, ``.gz`` or ``s3://`` spec, or an opened input) and gather
+    its status; see :class:`SnapshotStatus`.
 
     Raises:
         InputError: the path cannot be opened.
@@ -105,7 +119,8 @@ def snapshot_status(path: str | os.PathLike[str], etcd_prefix: str = "/registry"
     """
     key_prefix = normalize_prefix(etcd_prefix).encode()  # with its trailing "/"
     prefix = key_prefix.decode().rstrip("/") or "/"  # as reported: "/registry"
-    with Snapshot.open(path) as snap:
+    spec = path if isinstance(path, SnapshotInput) else os.fspath(path)
+    with opened(spec, s3, progress=progress) as inp, Snapshot.open(inp.path) as snap:
         crc, revision, total = etcdutl_figures(snap.db)
         pages = snap.db.page_map()
         resources: Counter[str] = Counter()
@@ -115,7 +130,7 @@ def snapshot_status(path: str | os.PathLike[str], etcd_prefix: str = "/registry"
             resources[label] += 1
             forms[(label, *storage_form(record.value))] += 1
         return SnapshotStatus(
-            path=str(snap.path),
+            path=inp.spec,
             size=snap.size,
             trailer=snap.trailer,
             page_size=snap.page_size,
@@ -130,4 +145,6 @@ def snapshot_status(path: str | os.PathLike[str], etcd_prefix: str = "/registry"
                 {"resource": r, "form": f, "name": n, "count": c}
                 for (r, f, n), c in sorted(forms.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or ""))
             ],
+            form=inp.form,
+            s3_metadata=dict(inp.s3_metadata),
         )

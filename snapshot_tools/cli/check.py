@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
+from kms_plugin.cli_runner import stop_signals_raise
 from snapshot_tools.check import CheckOptions, run_check
 from snapshot_tools.cli import app
 from snapshot_tools.cli.options import (
@@ -18,9 +19,13 @@ from snapshot_tools.cli.options import (
     KeyringOpt,
     KmsOpt,
     PrefixOpt,
+    S3EndpointOpt,
+    S3RegionOpt,
     SkipHashCheckOpt,
     SnapshotArg,
+    download_progress,
     key_access,
+    s3_options,
 )
 from snapshot_tools.cli.output import (
     TRAILER_MISMATCH,
@@ -82,6 +87,8 @@ def check(
             help="Human report: at most N finding rows (and N groups); 0 shows all. JSON keeps every object.",
         ),
     ] = DEFAULT_LIMIT,
+    s3_endpoint_url: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
 ) -> None:
     """Judge every stored value against the configs given: current, stale, retired or unreadable.
 
@@ -98,8 +105,11 @@ def check(
         resources=resource or (),
         etcd_prefix=etcd_prefix,
         skip_hash_check=skip_hash_check,
+        s3=s3_options(s3_endpoint_url, s3_region),
+        download_progress=download_progress(),
     )
-    with progress_reporter("checking") as progress:
+    # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
+    with stop_signals_raise(), progress_reporter("checking") as progress:
         report = run_check(opts, progress)
     for warning in report.warnings:
         diagnostic(f"warning: {printable(warning)}")

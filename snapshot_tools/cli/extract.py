@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from kms_plugin.cli_runner import stop_signals_raise
 from snapshot_tools.cli import app
 from snapshot_tools.cli.options import (
     AwsContextOpt,
@@ -18,9 +19,13 @@ from snapshot_tools.cli.options import (
     KeyringOpt,
     KmsOpt,
     PrefixOpt,
+    S3EndpointOpt,
+    S3RegionOpt,
     SkipHashCheckOpt,
     SnapshotArg,
+    download_progress,
     key_access,
+    s3_options,
 )
 from snapshot_tools.cli.output import diagnostic, kms_diagnostics, printable, progress_reporter
 from snapshot_tools.errors import EXIT_FINDINGS, UsageError
@@ -110,6 +115,8 @@ def extract(
     ] = False,
     etcd_prefix: PrefixOpt = "/registry",
     skip_hash_check: SkipHashCheckOpt = False,
+    s3_endpoint_url: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
 ) -> None:
     """Decrypt and decode objects into one v1 List on stdout, streamed (Secret values included), or
     one file per object with --output-dir. Add --strip-server-fields to re-create them on a fresh
@@ -131,12 +138,15 @@ def extract(
         show_managed_fields=show_managed_fields,
         etcd_prefix=etcd_prefix,
         skip_hash_check=skip_hash_check,
+        s3=s3_options(s3_endpoint_url, s3_region),
+        download_progress=download_progress(),
     )
     if force and output_dir is None:
         raise UsageError("--force only applies to --output-dir")
     target = ObjectDir(output_dir, fmt=output.value, force=force, inputs=[str(snapshot)]) if output_dir else None
     result = ExtractResult()
-    with progress_reporter("extract") as progress:
+    # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
+    with stop_signals_raise(), progress_reporter("extract") as progress:
         items = iter_extract(opts, result, progress)
         if target is not None:
             for item in items:

@@ -3,13 +3,14 @@ one :class:`~snapshot_tools.unwrap.KeyAccess` value built from them (:func:`key_
 
 from __future__ import annotations
 
-from pathlib import Path
+import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kms_plugin import api as plugin
 from snapshot_tools.errors import ConfigError, UsageError
+from snapshot_tools.inputs import S3Options
 from snapshot_tools.unwrap import KeyAccess
 
 if TYPE_CHECKING:
@@ -18,9 +19,11 @@ if TYPE_CHECKING:
     from kms_plugin.api import AwsSettings
 
 SnapshotArg = Annotated[
-    Path,
+    str,
     typer.Argument(
-        metavar="SNAPSHOT", help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy; only read."
+        metavar="SNAPSHOT",
+        help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy, a K3s/RKE2 .zip or a .gz "
+        "of one (told by content), or s3://BUCKET/KEY; only read.",
     ),
 ]
 ConfigOpt = Annotated[
@@ -62,6 +65,23 @@ AwsEndpointOpt = Annotated[str | None, typer.Option("--aws-endpoint-url", help="
 AwsContextOpt = Annotated[
     str, typer.Option("--aws-encryption-context", help="k=v[,k=v...]: the plugin's static encryption context.")
 ]
+
+
+S3EndpointOpt = Annotated[
+    str | None,
+    typer.Option("--s3-endpoint-url", help="S3 endpoint URL for an s3:// SNAPSHOT (MinIO, another region's, ...)."),
+]
+S3RegionOpt = Annotated[str | None, typer.Option("--s3-region", help="S3 region for an s3:// SNAPSHOT.")]
+
+
+def s3_options(endpoint_url: str | None, region: str | None) -> S3Options:
+    """The S3 settings of an ``s3://`` SNAPSHOT, from --s3-endpoint-url and --s3-region."""
+    return S3Options(endpoint_url=endpoint_url, region=region)
+
+
+def download_progress() -> bool:
+    """Whether an S3 download draws a progress bar: only when stderr is a terminal."""
+    return sys.stderr.isatty()
 
 
 def parse_assignments(values: Sequence[str], flag: str) -> dict[str, str]:

@@ -25,9 +25,13 @@ from snapshot_tools.cli.options import (
     KeyringOpt,
     KmsOpt,
     PrefixOpt,
+    S3EndpointOpt,
+    S3RegionOpt,
     SkipHashCheckOpt,
     SnapshotArg,
+    download_progress,
     key_access,
+    s3_options,
 )
 from snapshot_tools.cli.output import OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.errors import Interrupted
@@ -76,6 +80,8 @@ def reencrypt(
     etcd_prefix: PrefixOpt = "/registry",
     skip_hash_check: SkipHashCheckOpt = False,
     output: OutputOpt = OutputFormat.table,
+    s3_endpoint_url: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
 ) -> None:
     """Re-encrypt every stored revision under the write key of --to, offline, into a new snapshot.
 
@@ -97,6 +103,8 @@ def reencrypt(
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
             skip_hash_check=skip_hash_check,
+            s3=s3_options(s3_endpoint_url, s3_region),
+            download_progress=download_progress(),
         ),
         output,
     )
@@ -119,6 +127,8 @@ def decrypt(
     etcd_prefix: PrefixOpt = "/registry",
     skip_hash_check: SkipHashCheckOpt = False,
     output: OutputOpt = OutputFormat.table,
+    s3_endpoint_url: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
 ) -> None:
     """Write a plaintext copy of the snapshot (for a migration): every encrypted value decrypted.
 
@@ -135,6 +145,8 @@ def decrypt(
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
             skip_hash_check=skip_hash_check,
+            s3=s3_options(s3_endpoint_url, s3_region),
+            download_progress=download_progress(),
         ),
         output,
     )

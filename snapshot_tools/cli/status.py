@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path  # noqa: TC003 - Typer reads the annotation at run time
 from typing import Annotated
 
 import typer
 
+from kms_plugin.cli_runner import stop_signals_raise
 from snapshot_tools.cli import app
+from snapshot_tools.cli.options import S3EndpointOpt, S3RegionOpt, SnapshotArg, download_progress, s3_options
 from snapshot_tools.cli.output import TRAILER_MISMATCH, OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.status import SnapshotStatus, snapshot_status
 
@@ -21,13 +22,13 @@ _TRAILER_NOTE = {
 
 @app.command()
 def status(
-    snapshot: Annotated[
-        Path, typer.Argument(help="etcd snapshot file (etcdctl snapshot save) or a member/snap/db copy.")
-    ],
+    snapshot: SnapshotArg,
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="table or json.")] = OutputFormat.table,
     etcd_prefix: Annotated[
         str, typer.Option("--etcd-prefix", help="kube-apiserver --etcd-prefix (registry, /registry/ mean /registry).")
     ] = "/registry",
+    s3_endpoint_url: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
 ) -> None:
     """Summarise a snapshot: size, SHA-256 trailer, page size, and etcdutl's hash/revision/keys.
 
@@ -37,9 +38,15 @@ def status(
     list of {resource, form, name, count}: live values under the prefix per storage form
     (identity, aescbc, aesgcm, secretbox, kms-v1, kms-v2, unknown) and key or KMS provider name
     (null for identity). The file is only read. Exit 0 ok, 2 usage, 3 unreadable or damaged
-    file; a trailer mismatch is a warning on stderr, not an error.
+    file; a trailer mismatch is a warning on stderr, not an error. A zipped, gzipped or S3
+    snapshot is read from a private temporary copy; form says which, s3_metadata holds the S3
+    object's user metadata (K3s-Token-Hash, K3s-Node-Name, K3s-Cluster-Id; Rke2-... for RKE2).
     """
-    result = snapshot_status(snapshot, etcd_prefix)
+    # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
+    with stop_signals_raise():
+        result = snapshot_status(
+            snapshot, etcd_prefix, s3_options(s3_endpoint_url, s3_region), progress=download_progress()
+        )
     if result.trailer == "mismatch":
         diagnostic(TRAILER_MISMATCH)
     if output is OutputFormat.json:
@@ -51,6 +58,8 @@ def status(
 def _render(s: SnapshotStatus) -> str:
     rows = [
         ("path", s.path),
+        *([("form", f"{s.form} (read from a private temporary copy)")] if s.form != "file" else []),
+        *[(f"s3 {_canonical(k)}", v) for k, v in sorted(s.s3_metadata.items())],
         ("size", f"{s.size} bytes"),
         ("trailer", _TRAILER_NOTE.get(s.trailer, s.trailer)),
         ("page size", str(s.page_size)),
@@ -78,3 +87,8 @@ def _render(s: SnapshotStatus) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def _canonical(name: str) -> str:
+    """An S3 metadata key as K3s wrote it (textproto canonical form): ``K3s-Token-Hash``."""
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))

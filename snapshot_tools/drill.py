@@ -16,7 +16,7 @@ unreachable, 1 findings) or 1 for a failed restore; :func:`worst` combines sever
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +40,10 @@ from snapshot_tools.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from contextlib import AbstractContextManager
 
     from snapshot_tools.etcd_bins import EtcdTools
+    from snapshot_tools.inputs import SnapshotInput
     from snapshot_tools.report import CheckReport
     from snapshot_tools.unwrap import KeyAccess
 
@@ -117,18 +119,19 @@ class DrillResult:
         return next((s for s in self.stages if s.name == name), None)
 
 
-def drill_snapshot(spec: str, path: str, opts: DrillOptions) -> DrillResult:
-    """Drill the snapshot at local ``path`` (named ``spec`` in reports): every stage in order.
+def drill_snapshot(snapshot: SnapshotInput, opts: DrillOptions) -> DrillResult:
+    """Drill an opened snapshot (its local ``path``, named by its ``spec``): every stage in order.
 
     Raises:
         UsageError/ConfigError/OutputError: the command's own mistake (not the snapshot's).
     """
-    result = DrillResult(spec, started=time.time())
+    result = DrillResult(snapshot.spec, started=time.time(), s3_metadata=dict(snapshot.s3_metadata))
     began = time.monotonic()
     report_box: list[CheckReport] = []
+    path = snapshot.path
     steps: list[tuple[str, Callable[[], StageResult]]] = [
         ("integrity", lambda: _integrity(path, opts)),
-        ("check", lambda: _check(path, opts, report_box)),
+        ("check", lambda: _check(snapshot, opts, report_box)),
         ("restore", lambda: _restore(path, opts)),
     ]
     blocked: str | None = None
@@ -149,11 +152,12 @@ def drill_snapshot(spec: str, path: str, opts: DrillOptions) -> DrillResult:
 
 
 def drill_inputs(
-    specs: list[str], opts: DrillOptions, opener: Callable[[str], AbstractContextManager[Any]]
+    specs: list[str], opts: DrillOptions, opener: Callable[[str], AbstractContextManager[SnapshotInput]]
 ) -> Iterator[DrillResult]:
-    """Drill each snapshot in turn; ``opener(spec)`` gives a local file (``.path``) for a spec
-    and removes anything it fetched or unpacked afterwards. A spec that cannot be opened
-    (missing, damaged archive, S3 unreachable) fails at integrity; the others still run."""
+    """Drill each snapshot in turn; ``opener(spec)`` gives it as a local file
+    (:func:`~snapshot_tools.inputs.open_input`) and removes anything it fetched or unpacked
+    afterwards. A spec that cannot be opened (missing, damaged archive, S3 unreachable) fails
+    at integrity; the others still run."""
     for spec in specs:
         with ExitStack() as stack:
             began = time.monotonic()
@@ -165,9 +169,8 @@ def drill_inputs(
                 yield failed_input(spec, exc)
                 continue
             fetched = time.monotonic() - began
-            result = drill_snapshot(spec, local.path, opts)
+            result = drill_snapshot(local, opts)
             result.fetch_seconds = fetched
-            result.s3_metadata = dict(getattr(local, "s3_metadata", None) or {})
         yield result
 
 
@@ -208,10 +211,10 @@ def _integrity(path: str, opts: DrillOptions) -> StageResult:
     return StageResult("integrity", PASSED, details=details)
 
 
-def _check(path: str, opts: DrillOptions, report_box: list[CheckReport]) -> StageResult:
+def _check(snapshot: SnapshotInput, opts: DrillOptions, report_box: list[CheckReport]) -> StageResult:
     report = run_check(
         CheckOptions(
-            snapshot=path, access=opts.access, etcd_prefix=opts.etcd_prefix, skip_hash_check=opts.skip_hash_check
+            snapshot=snapshot, access=opts.access, etcd_prefix=opts.etcd_prefix, skip_hash_check=opts.skip_hash_check
         )
     )
     report_box.append(report)

@@ -46,7 +46,11 @@ def junit_xml(results: Sequence[DrillResult]) -> bytes:
         )
         for stage in result.stages:
             case = ET.SubElement(
-                suite, "testcase", classname=_text(f"drill.{result.snapshot}"), name=stage.name, time=f"{stage.seconds:.3f}"
+                suite,
+                "testcase",
+                classname=_text(f"drill.{result.snapshot}"),
+                name=stage.name,
+                time=f"{stage.seconds:.3f}",
             )
             if stage.status == "failed":
                 failure = ET.SubElement(case, "failure", message=_text(stage.message or "failed"))
@@ -58,4 +62,5 @@ def junit_xml(results: Sequence[DrillResult]) -> bytes:
         totals["skipped"] += skipped
     for name, value in totals.items():
         root.set(name, str(value))
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+    data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return data + b"\n"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from snapshot_tools.errors import InputError, UsageError
+from snapshot_tools.errors import InputError, S3Unreachable, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -106,8 +106,9 @@ def list_prefix(client: Any, url: str) -> list[Candidate]:
 
     Raises:
         InputError: no such bucket, access denied, or no snapshot under the prefix.
+        S3Unreachable: the endpoint did not answer (exit 4).
     """
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     bucket, prefix = split_prefix(url)
     found: list[Candidate] = []
@@ -115,8 +116,16 @@ def list_prefix(client: Any, url: str) -> list[Candidate]:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             found.extend(candidates(bucket, page.get("Contents", []), prefix))
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "error")
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "error"))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if isinstance(status, int) and status >= 500:
+            raise S3Unreachable(f"{url}: S3 error {code} listing the prefix") from None
         raise InputError(f"{url}: cannot list the prefix: {code}") from None
+    except NoCredentialsError:
+        raise InputError(f"{url}: no usable AWS credentials to list the prefix") from None
+    except BotoCoreError as exc:
+        raise S3Unreachable(f"{url}: S3 could not be reached: {exc}") from None
     if not found:
         raise InputError(f"{url}: no snapshot under this prefix")
     return found

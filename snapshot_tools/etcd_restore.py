@@ -181,10 +181,12 @@ def _wait_healthy(proc: subprocess.Popen[bytes], port: int, scratch: Path, timeo
         rc = proc.poll()
         if rc is not None:
             raise RestoreFailed(f"etcd exited with status {rc} on the restored data: {_log_tail(scratch)}")
-        with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - our own http://127.0.0.1 URL
-                if json.loads(resp.read()).get("health") in ("true", True):
-                    return
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError, ValueError),
+            urllib.request.urlopen(url, timeout=2) as resp,
+        ):
+            if json.loads(resp.read()).get("health") in ("true", True):
+                return
         if time.monotonic() > deadline:
             raise RestoreFailed(f"etcd did not become healthy within {timeout:.0f}s: {_log_tail(scratch)}")
         time.sleep(0.05)

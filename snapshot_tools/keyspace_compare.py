@@ -84,7 +84,9 @@ class Comparison:
             self.examples.append(entry)
 
 
-def compare_keyspace(snapshot: str, client_port: int, *, page_keys: int = PAGE_KEYS, timeout: float = 300.0) -> Comparison:
+def compare_keyspace(
+    snapshot: str, client_port: int, *, page_keys: int = PAGE_KEYS, timeout: float = 300.0
+) -> Comparison:
     """Compare etcd at 127.0.0.1:``client_port`` with the latest view of ``snapshot``.
 
     Raises:

@@ -29,6 +29,7 @@ add_version_option(app, "snapshot-tools")
 # Import order is the order of the commands in --help.
 from snapshot_tools.cli import status  # noqa: E402, F401, I001
 from snapshot_tools.cli import check, extract, reencrypt  # noqa: E402, F401
+from snapshot_tools.cli import drill  # noqa: E402, F401
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path  # noqa: TC003 - Typer reads the annotations at run time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -24,8 +25,12 @@ from snapshot_tools.cli.options import (
     KeyringOpt,
     KmsOpt,
     PrefixOpt,
+    S3EndpointOpt,
+    S3RegionOpt,
     SkipHashCheckOpt,
+    download_progress,
     key_access,
+    s3_options,
 )
 from snapshot_tools.cli.output import OutputFormat, diagnostic, printable
 from snapshot_tools.drill import DrillOptions, DrillResult, drill_inputs, worst
@@ -34,13 +39,13 @@ from snapshot_tools.drill_metrics import metrics_text
 from snapshot_tools.drill_select import is_prefix, list_prefix, select
 from snapshot_tools.errors import UsageError
 from snapshot_tools.etcd_bins import require_etcd
-from snapshot_tools.inputs import S3Options, is_s3_url, open_input, s3_client
+from snapshot_tools.inputs import is_s3_url, open_input, s3_client
 from snapshot_tools.report import DEFAULT_FAIL_ON, parse_fail_on
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from pathlib import Path
 
+    from snapshot_tools.inputs import S3Options
     from snapshot_tools.unwrap import KeyAccess
 
 _FINDINGS = ("unreadable", "retired", "stale")
@@ -75,7 +80,8 @@ def drill(
     metrics_file: Annotated[
         Path | None,
         typer.Option(
-            "--metrics-file", help="Also write a Prometheus textfile here for node_exporter (replaced atomically; 0600)."
+            "--metrics-file",
+            help="Also write a Prometheus textfile here for node_exporter (replaced atomically; 0600).",
         ),
     ] = None,
     no_restore: Annotated[
@@ -87,16 +93,18 @@ def drill(
     ] = None,
     newest: Annotated[
         int | None,
-        typer.Option("--newest", min=1, help="For an s3:// prefix: drill the N newest snapshots (by the time in "
-                     "K3s/RKE2 names, else last-modified)."),
-    ] = None,  # fmt: skip
+        typer.Option(
+            "--newest",
+            min=1,
+            help="For an s3:// prefix: drill the N newest snapshots (by the time in K3s/RKE2 names, "
+            "else last-modified).",
+        ),
+    ] = None,
     per_node: Annotated[
         bool, typer.Option("--per-node", help="For an s3:// prefix: the newest (or --newest N) per node name.")
     ] = False,
-    s3_endpoint_url: Annotated[
-        str | None, typer.Option("--s3-endpoint-url", help="S3 endpoint URL (MinIO, moto, ...).")
-    ] = None,
-    s3_region: Annotated[str | None, typer.Option("--s3-region", help="S3 region.")] = None,
+    s3_endpoint_url: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
 ) -> None:
     """Drill a restore: integrity, check, then etcdutl snapshot restore + etcd on 127.0.0.1 with every
     key read back and compared; one result per snapshot.
@@ -111,7 +119,7 @@ def drill(
     if no_restore and etcd_bin is not None:
         raise UsageError("--no-restore and --etcd-bin may not be used together")
     tools = None if no_restore else require_etcd(etcd_bin)
-    s3 = S3Options(endpoint_url=s3_endpoint_url, region=s3_region)
+    s3 = s3_options(s3_endpoint_url, s3_region)
     local = [s for s in snapshots if not is_s3_url(s)]
     outputs = [p for p in (junit, metrics_file) if p is not None]
     if len(set(map(os.path.realpath, outputs))) < len(outputs):
@@ -121,7 +129,8 @@ def drill(
     specs = expand(snapshots, s3, newest, per_node=per_node)
     opts = DrillOptions(access, policy, tools, skip_hash_check=skip_hash_check, etcd_prefix=etcd_prefix)
     with stop_signals_raise():  # SIGTERM/SIGINT/SIGHUP: etcd stopped, scratch removed, exit 128+N
-        results = list(drill_inputs(specs, opts, lambda spec: open_input(spec, s3)))
+        progress = download_progress()
+        results = list(drill_inputs(specs, opts, lambda spec: open_input(spec, s3, progress=progress)))
         now = time.time()
         if junit is not None:
             _publish(junit, junit_xml(results), inputs=[*local, *config])
@@ -209,8 +218,9 @@ def render_drill(results: Sequence[DrillResult]) -> str:
     for r in results:
         verdict = "PASSED" if r.passed else f"FAILED (exit {r.exit_code})"
         lines.append(f"drill {printable(r.snapshot)}: {verdict} in {r.fetch_seconds + r.seconds:.2f}s")
-        for s in r.stages:
-            lines.append(f"  {s.name:<10} {s.status:<8} {s.seconds:8.2f}s  {printable(_stage_note(s))}".rstrip())
+        lines.extend(
+            f"  {s.name:<10} {s.status:<8} {s.seconds:8.2f}s  {printable(_stage_note(s))}".rstrip() for s in r.stages
+        )
         if r.report is not None:
             lines.append("")
             lines.append(render_check(r.report).rstrip("\n"))

@@ -24,6 +24,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "ConfigError",
+    "DrillInterrupted",
     "Error",
     "InputError",
     "IntegrityError",
@@ -154,6 +155,17 @@ class Interrupted(Error):
             super().__init__(f"{how} after {output} was written (complete and verified)")
         else:
             super().__init__(f"{how}; nothing was written to {output}")
+        self.signum = signum
+
+
+class DrillInterrupted(Error):
+    """SIGINT, SIGTERM or SIGHUP during a drill: etcd was stopped and its scratch directory
+    removed; no JUnit or metrics file was written. Exits 128 + N for its signal (``signum``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(
+            f"interrupted ({signal.Signals(signum).name}): etcd stopped, scratch directory removed, no report written"
+        )
         self.signum = signum
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kms_plugin.cli_runner import stop_signals_raise
+from kms_plugin.cli_runner import interrupt_signal, stop_signals_raise
 from snapshot_tools.atomic_file import AtomicFile, check_target
 from snapshot_tools.cli import app
 from snapshot_tools.cli.check import render_check
@@ -37,7 +37,7 @@ from snapshot_tools.drill import DrillOptions, DrillResult, drill_inputs, worst
 from snapshot_tools.drill_junit import junit_xml
 from snapshot_tools.drill_metrics import metrics_text
 from snapshot_tools.drill_select import is_prefix, list_prefix, select
-from snapshot_tools.errors import UsageError
+from snapshot_tools.errors import DrillInterrupted, UsageError
 from snapshot_tools.etcd_bins import require_etcd
 from snapshot_tools.inputs import is_s3_url, open_input, s3_client
 from snapshot_tools.report import DEFAULT_FAIL_ON, parse_fail_on
@@ -128,14 +128,18 @@ def drill(
         check_target(target, force=True, inputs=[*local, *config])
     specs = expand(snapshots, s3, newest, per_node=per_node)
     opts = DrillOptions(access, policy, tools, skip_hash_check=skip_hash_check, etcd_prefix=etcd_prefix)
-    with stop_signals_raise():  # SIGTERM/SIGINT/SIGHUP: etcd stopped, scratch removed, exit 128+N
-        progress = download_progress()
-        results = list(drill_inputs(specs, opts, lambda spec: open_input(spec, s3, progress=progress)))
-        now = time.time()
-        if junit is not None:
-            _publish(junit, junit_xml(results), inputs=[*local, *config])
-        if metrics_file is not None:
-            _publish(metrics_file, metrics_text(results, now), inputs=[*local, *config])
+    try:
+        with stop_signals_raise():  # SIGTERM/SIGINT/SIGHUP: etcd stopped, scratch removed, exit 128+N
+            progress = download_progress()
+            results = list(drill_inputs(specs, opts, lambda spec: open_input(spec, s3, progress=progress)))
+            now = time.time()
+            if junit is not None:
+                _publish(junit, junit_xml(results), inputs=[*local, *config])
+            if metrics_file is not None:
+                _publish(metrics_file, metrics_text(results, now), inputs=[*local, *config])
+    except KeyboardInterrupt as exc:
+        # Typer would make it a silent exit 130 whatever the signal; say what was cleaned up.
+        raise DrillInterrupted(interrupt_signal(exc)) from None
     code = worst([r.exit_code for r in results])
     if output is OutputFormat.json:
         json.dump(to_json(results, code), sys.stdout, indent=2)

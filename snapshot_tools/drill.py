@@ -35,6 +35,7 @@ from snapshot_tools.errors import (
 )
 from snapshot_tools.etcd_restore import restored_etcd
 from snapshot_tools.integrity import SKIP_FLAG, judge_integrity
+from snapshot_tools.keysets import load_keyset
 from snapshot_tools.keyspace_compare import compare_keyspace
 from snapshot_tools.snapshot import Snapshot
 
@@ -157,7 +158,13 @@ def drill_inputs(
     """Drill each snapshot in turn; ``opener(spec)`` gives it as a local file
     (:func:`~snapshot_tools.inputs.open_input`) and removes anything it fetched or unpacked
     afterwards. A spec that cannot be opened (missing, damaged archive, S3 unreachable) fails
-    at integrity; the others still run."""
+    at integrity; the others still run.
+
+    Raises:
+        ConfigError: a config cannot be used (before any snapshot is opened).
+    """
+    if opts.access.configs:
+        load_keyset(opts.access.configs)  # the command's error (exit 2), not each snapshot's
     for spec in specs:
         with ExitStack() as stack:
             began = time.monotonic()

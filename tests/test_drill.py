@@ -22,6 +22,7 @@ from snapshot_tools.keyspace_compare import compare_keyspace
 from tests.support.configs import IDENTITY, rule, static, write_config
 from tests.support.drill import live_key_count, live_processes, parse_junit
 from tests.support.fixtures import FIXTURE_CASES, KMS_CASE, config_path, kms_flags, snapshot_path
+from tests.support.snapshots import build_db, kv_bytes, revision_key, write_snapshot
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -256,3 +257,35 @@ def test_comparison_finds_a_different_keyspace(scratch_root: Path, etcd_bins: Et
     assert diff.examples and all("value" not in e or e["key"] for e in diff.examples)
     assert "restored keyspace differs" in str(diff.problem())
     assert_clean(scratch_root)
+
+
+def test_restore_refused_by_etcdutl_fails_the_restore_stage(tmp_path: Path, scratch_root: Path, cli: Cli) -> None:
+    """A valid bbolt file with a ``key`` bucket but no ``meta`` bucket: our reader and check take
+    it, etcdutl 3.5 refuses it (spec 1.5): the restore stage fails, exit 1. With the ``meta``
+    bucket the same keys restore and compare."""
+    values = {f"/registry/configmaps/default/cm-{i}": b"v" * i for i in range(5)}
+    ok = write_snapshot(tmp_path / "ok.db", values)
+    records = {
+        revision_key(rev): kv_bytes(key.encode(), create=rev, mod=rev, version=1, value=value)
+        for rev, (key, value) in enumerate(sorted(values.items()), start=2)
+    }
+    refused = tmp_path / "no-meta.db"
+    refused.write_bytes(build_db({b"key": records}))
+    r = cli("drill", ok, refused, "-c", config_path("b-aescbc"), "-o", "json")
+    assert r.code == 1, r.err
+    first, second = stages(r.json(), 0), stages(r.json(), 1)
+    assert first["restore"]["status"] == "passed" and first["restore"]["details"]["keys_compared"] == 5
+    assert second["integrity"]["status"] == second["check"]["status"] == "passed"
+    assert second["restore"]["status"] == "failed"
+    assert second["restore"]["message"].startswith("etcdutl snapshot restore refused the snapshot")
+    assert "restore failed: etcdutl snapshot restore refused" in r.err
+    assert_clean(scratch_root)
+
+
+def test_broken_config_is_a_usage_error_before_any_snapshot(tmp_path: Path, cli: Cli) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: EncryptionConfiguration\nresources: [")
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(bytes(8192))
+    r = cli("drill", damaged, "-c", bad, "--no-restore")
+    assert r.code == 2 and r.out == "" and len(r.err.strip().splitlines()) == 1

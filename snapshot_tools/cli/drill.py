@@ -115,7 +115,8 @@ def drill(
     (3, then 4, then 1).
     """
     policy = parse_fail_on(fail_on)
-    access = drill_key_access(config, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context)
+    configs = list(config or [])
+    access = drill_key_access(configs, kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context)
     if no_restore and etcd_bin is not None:
         raise UsageError("--no-restore and --etcd-bin may not be used together")
     tools = None if no_restore else require_etcd(etcd_bin)
@@ -125,7 +126,7 @@ def drill(
     if len(set(map(os.path.realpath, outputs))) < len(outputs):
         raise UsageError("--junit and --metrics-file name the same file")
     for target in outputs:  # before any work: a drill must not end in an unwritable report
-        check_target(target, force=True, inputs=[*local, *config])
+        check_target(target, force=True, inputs=[*local, *configs])
     specs = expand(snapshots, s3, newest, per_node=per_node)
     opts = DrillOptions(access, policy, tools, skip_hash_check=skip_hash_check, etcd_prefix=etcd_prefix)
     try:
@@ -134,9 +135,9 @@ def drill(
             results = list(drill_inputs(specs, opts, lambda spec: open_input(spec, s3, progress=progress)))
             now = time.time()
             if junit is not None:
-                _publish(junit, junit_xml(results), inputs=[*local, *config])
+                _publish(junit, junit_xml(results), inputs=[*local, *configs])
             if metrics_file is not None:
-                _publish(metrics_file, metrics_text(results, now), inputs=[*local, *config])
+                _publish(metrics_file, metrics_text(results, now), inputs=[*local, *configs])
     except KeyboardInterrupt as exc:
         # Typer would make it a silent exit 130 whatever the signal; say what was cleaned up.
         raise DrillInterrupted(interrupt_signal(exc)) from None

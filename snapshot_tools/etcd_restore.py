@@ -41,6 +41,7 @@ __all__ = ["HOST", "RunningEtcd", "restored_etcd"]
 
 HOST = "127.0.0.1"
 MEMBER = "drill"
+RESTORE_TIMEOUT = 3600.0  # etcdutl copies and hashes the file: minutes for the largest (8 GiB)
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of etcd's process group
 _PORT_RETRIES = 3  # a free port can be taken between the probe and etcd's bind
 
@@ -88,7 +89,10 @@ def restored_etcd(
     Raises:
         RestoreFailed: etcdutl refused the snapshot, or etcd exited or did not get healthy.
     """
-    scratch = Path(tempfile.mkdtemp(prefix="snapshot-tools-drill-"))  # 0700, ours alone
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix="snapshot-tools-drill-"))  # 0700, ours alone
+    except OSError as exc:
+        raise RestoreFailed(f"cannot create a scratch directory in {tempfile.gettempdir()}: {exc.strerror}") from None
     proc: subprocess.Popen[bytes] | None = None
     try:
         began = time.monotonic()
@@ -129,9 +133,14 @@ def _restore(tools: EtcdTools, snapshot: str | os.PathLike[str], data: Path, *, 
     if skip_hash_check:
         cmd.append("--skip-hash-check")
     # Its own session too: a Ctrl-C at the terminal reaches us, and we stop it (run() kills it).
-    proc = subprocess.run(  # noqa: S603 - our own argv, no shell
-        cmd, capture_output=True, env=clean_env(), check=False, start_new_session=True, timeout=3600
-    )
+    try:
+        proc = subprocess.run(  # noqa: S603 - our own argv, no shell
+            cmd, capture_output=True, env=clean_env(), check=False, start_new_session=True, timeout=RESTORE_TIMEOUT
+        )
+    except subprocess.TimeoutExpired:
+        raise RestoreFailed(f"etcdutl snapshot restore did not finish within {RESTORE_TIMEOUT:.0f}s") from None
+    except OSError as exc:
+        raise RestoreFailed(f"cannot run {tools.etcdutl}: {exc.strerror}") from None
     if proc.returncode != 0:
         out = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip().splitlines()
         why = _etcd_error(out) or f"exit status {proc.returncode}, no message"
@@ -169,9 +178,12 @@ def _start(tools: EtcdTools, data: Path, client: int, peer: int, log: IO[bytes])
         "--log-level", "warn",
     ]  # fmt: skip
     # A new session: its own process group, so the whole group can be stopped.
-    return subprocess.Popen(  # noqa: S603 - our own argv, no shell
-        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True
-    )
+    try:
+        return subprocess.Popen(  # noqa: S603 - our own argv, no shell
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True
+        )
+    except OSError as exc:
+        raise RestoreFailed(f"cannot run {tools.etcd}: {exc.strerror}") from None
 
 
 def _wait_healthy(proc: subprocess.Popen[bytes], port: int, scratch: Path, timeout: float) -> None:

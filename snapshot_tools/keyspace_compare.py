@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["PAGE_KEYS", "Comparison", "compare_keyspace"]
 
 PAGE_KEYS = 1000  # keys per Range page: a few MB of Secrets, a hundred round trips per 100k keys
+PAGE_BYTES = 64 << 20  # pages of big objects get fewer keys: a page stays near this size
 MAX_LISTED = 20  # mismatching keys named in the result (the rest are counted)
 _ALL = b"\x00"  # key and range_end both "\0": every key
 _GRPC_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
@@ -106,9 +107,9 @@ def compare_keyspace(
 
 def _served(rpc: Any, kv: Any, page_keys: int, timeout: float, result: Comparison) -> Iterator[Any]:
     """Every KeyValue etcd serves, in key order, page by page at one revision."""
-    start, revision = _ALL, 0
+    start, revision, limit = _ALL, 0, page_keys
     while True:
-        request = rpc.RangeRequest(key=start, range_end=_ALL, limit=page_keys, revision=revision)
+        request = rpc.RangeRequest(key=start, range_end=_ALL, limit=limit, revision=revision)
         try:
             page = kv.Range(request, timeout=timeout)
         except grpc.RpcError as exc:
@@ -117,8 +118,13 @@ def _served(rpc: Any, kv: Any, page_keys: int, timeout: float, result: Compariso
         if revision == 0:  # the first page fixes the revision, and counts every key
             revision = result.etcd_revision = page.header.revision
             result.etcd_keys = page.count
+        if not page.kvs:
+            return
+        # Keys per page from this page's bytes per key: memory stays near PAGE_BYTES per page.
+        per_key = page.ByteSize() // len(page.kvs) + 1
+        limit = max(1, min(page_keys, PAGE_BYTES // per_key))
         yield from page.kvs
-        if not page.more or not page.kvs:
+        if not page.more:
             return
         start = page.kvs[-1].key + b"\x00"
 

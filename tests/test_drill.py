@@ -243,15 +243,22 @@ def test_outputs_refused_before_any_work(tmp_path: Path, cli: Cli) -> None:
     assert not (tmp_path / "elsewhere.xml").exists()
 
 
-def test_comparison_finds_a_different_keyspace(scratch_root: Path, etcd_bins: EtcdBinaries) -> None:
-    """The read-back can fail: etcd serving one snapshot, compared with another."""
+def test_comparison_finds_a_different_keyspace(
+    scratch_root: Path, etcd_bins: EtcdBinaries, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-back can fail: etcd serving one snapshot, compared with another. Pages shrink to
+    stay near PAGE_BYTES (here 1 byte: one key per page after the first)."""
     tools = find_etcd()
     assert tools is not None
     served, other = snapshot_path("b-aescbc"), snapshot_path("c-aesgcm")
+    keys = live_key_count(served)
     with restored_etcd(served, tools) as etcd:
         same = compare_keyspace(str(served), etcd.client_port, page_keys=7)
         diff = compare_keyspace(str(other), etcd.client_port, page_keys=7)
-    assert same.ok and same.pages > 1 and same.keys_compared == live_key_count(served)
+        monkeypatch.setattr("snapshot_tools.keyspace_compare.PAGE_BYTES", 1)
+        small = compare_keyspace(str(served), etcd.client_port, page_keys=7)
+    assert same.ok and same.pages == -(-keys // 7) and same.keys_compared == keys
+    assert small.ok and small.pages == 1 + keys - 7 and small.keys_compared == keys
     assert not diff.ok
     assert diff.mismatches + diff.missing + diff.extra > 0
     assert diff.examples and all("value" not in e or e["key"] for e in diff.examples)

@@ -15,7 +15,7 @@ import typer
 from kms_plugin.cli_runner import interrupt_signal, stop_signals_raise
 from snapshot_tools.atomic_file import AtomicFile, check_target
 from snapshot_tools.cli import app
-from snapshot_tools.cli.check import render_check
+from snapshot_tools.cli.check import DEFAULT_LIMIT, render_check
 from snapshot_tools.cli.options import (
     AwsContextOpt,
     AwsEndpointOpt,
@@ -103,6 +103,9 @@ def drill(
     per_node: Annotated[
         bool, typer.Option("--per-node", help="For an s3:// prefix: the newest (or --newest N) per node name.")
     ] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", min=0, help="Human report: at most N finding rows per snapshot (as check).")
+    ] = DEFAULT_LIMIT,
     s3_endpoint_url: S3EndpointOpt = None,
     s3_region: S3RegionOpt = None,
 ) -> None:
@@ -146,7 +149,7 @@ def drill(
         json.dump(to_json(results, code), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render_drill(results))
+        sys.stdout.write(render_drill(results, limit))
     for r in results:
         for s in r.stages:
             if s.status == "failed":
@@ -217,7 +220,7 @@ def to_json(results: Sequence[DrillResult], code: int) -> dict[str, Any]:
     }
 
 
-def render_drill(results: Sequence[DrillResult]) -> str:
+def render_drill(results: Sequence[DrillResult], limit: int = DEFAULT_LIMIT) -> str:
     """The human report: per snapshot one line per stage, then check's report."""
     lines: list[str] = []
     for r in results:
@@ -228,7 +231,7 @@ def render_drill(results: Sequence[DrillResult]) -> str:
         )
         if r.report is not None:
             lines.append("")
-            lines.append(render_check(r.report).rstrip("\n"))
+            lines.append(render_check(r.report, limit).rstrip("\n"))
         lines.append("")
     if len(results) > 1:
         passed = sum(r.passed for r in results)

@@ -29,6 +29,7 @@ __all__ = [
     "InputError",
     "IntegrityError",
     "Interrupted",
+    "InterruptedRead",
     "InvalidCiphertext",
     "KMSUnavailable",
     "KMSUnreachable",
@@ -166,6 +167,16 @@ class DrillInterrupted(Error):
         super().__init__(
             f"interrupted ({signal.Signals(signum).name}): etcd stopped, scratch directory removed, no report written"
         )
+        self.signum = signum
+
+
+class InterruptedRead(Error):
+    """SIGINT, SIGTERM or SIGHUP while a command only read: any temporary copy of the snapshot
+    (unpacked or downloaded) is gone. Exits 128 + N for its signal (``signum``), like
+    :class:`Interrupted`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__("interrupted" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})")
         self.signum = signum
 
 

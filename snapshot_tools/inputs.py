@@ -251,12 +251,19 @@ def _gunzip(path: str, spec: str, out: IO[bytes], budget: int) -> None:
 
 
 def _check_size(spec: str, size: int, budget: int, *, declared: bool) -> None:
-    if size > budget:
-        what = "declares" if declared else "unpacks to more than"
-        raise InputError(
-            f"{spec}: {what} {size:,} bytes, more than the {budget:,} bytes allowed "
-            f"(at most {MAX_UNPACKED >> 30} GiB and the free space of {tempfile.gettempdir()})"
-        )
+    if size <= budget:
+        return
+    why = f"the smaller of {_human(MAX_UNPACKED)} and the free space in {tempfile.gettempdir()}"
+    if declared:
+        raise InputError(f"{spec}: declares {size:,} bytes, more than the {budget:,} bytes allowed ({why})")
+    raise InputError(f"{spec}: unpacks to more than the {budget:,} bytes allowed ({why})")
+
+
+def _human(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):g} {unit}"
+    return f"{n} bytes"
 
 
 def _copy(src: _Readable, out: IO[bytes], spec: str, budget: int, tick: Callable[[int], None] | None = None) -> int:

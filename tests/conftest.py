@@ -10,6 +10,7 @@ import pytest
 from tests.support.aws import FaultProxy, MotoKms, fault_proxy, moto_server
 from tests.support.cli import Cli
 from tests.support.etcd import EtcdBinaries, EtcdServer, find_binaries
+from tests.support.inputs import MotoS3
 from tests.support.kms import TestKMSPlugin, fixture_plugin
 
 if TYPE_CHECKING:
@@ -73,3 +74,12 @@ def proxy(moto_kms: MotoKms) -> Iterator[FaultProxy]:
     """A fault-injecting proxy in front of ``moto_kms``, counting calls per operation."""
     with fault_proxy(moto_kms) as p:
         yield p
+
+
+# --- S3 on the same moto server (tests/support/inputs.py) ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_s3(moto_kms: MotoKms) -> MotoS3:
+    """S3 on the session's moto server (HTTP on 127.0.0.1); tests make their own buckets."""
+    return MotoS3(moto_kms.url)

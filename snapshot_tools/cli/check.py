@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
-from kms_plugin.cli_runner import stop_signals_raise
 from snapshot_tools.check import CheckOptions, run_check
 from snapshot_tools.cli import app
 from snapshot_tools.cli.options import (
@@ -26,6 +25,7 @@ from snapshot_tools.cli.options import (
     download_progress,
     key_access,
     s3_options,
+    stop_signals_unwind,
 )
 from snapshot_tools.cli.output import (
     TRAILER_MISMATCH,
@@ -109,7 +109,7 @@ def check(
         download_progress=download_progress(),
     )
     # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
-    with stop_signals_raise(), progress_reporter("checking") as progress:
+    with stop_signals_unwind(), progress_reporter("checking") as progress:
         report = run_check(opts, progress)
     for warning in report.warnings:
         diagnostic(f"warning: {printable(warning)}")

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kms_plugin.cli_runner import stop_signals_raise
 from snapshot_tools.cli import app
 from snapshot_tools.cli.options import (
     AwsContextOpt,
@@ -26,6 +25,7 @@ from snapshot_tools.cli.options import (
     download_progress,
     key_access,
     s3_options,
+    stop_signals_unwind,
 )
 from snapshot_tools.cli.output import diagnostic, kms_diagnostics, printable, progress_reporter
 from snapshot_tools.errors import EXIT_FINDINGS, UsageError
@@ -146,7 +146,7 @@ def extract(
     target = ObjectDir(output_dir, fmt=output.value, force=force, inputs=[str(snapshot)]) if output_dir else None
     result = ExtractResult()
     # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
-    with stop_signals_raise(), progress_reporter("extract") as progress:
+    with stop_signals_unwind(), progress_reporter("extract") as progress:
         items = iter_extract(opts, result, progress)
         if target is not None:
             for item in items:

@@ -4,17 +4,19 @@ one :class:`~snapshot_tools.unwrap.KeyAccess` value built from them (:func:`key_
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kms_plugin import api as plugin
-from snapshot_tools.errors import ConfigError, UsageError
+from kms_plugin.cli_runner import interrupt_signal, stop_signals_raise
+from snapshot_tools.errors import ConfigError, InterruptedRead, UsageError
 from snapshot_tools.inputs import S3Options
 from snapshot_tools.unwrap import KeyAccess
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from kms_plugin.api import AwsSettings
 
@@ -82,6 +84,17 @@ def s3_options(endpoint_url: str | None, region: str | None) -> S3Options:
 def download_progress() -> bool:
     """Whether an S3 download draws a progress bar: only when stderr is a terminal."""
     return sys.stderr.isatty()
+
+
+@contextmanager
+def stop_signals_unwind() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP raise inside the block, so a temporary copy of the snapshot is
+    removed on the way out; the command then fails with one line and exits 128 + N."""
+    try:
+        with stop_signals_raise():
+            yield
+    except KeyboardInterrupt as exc:
+        raise InterruptedRead(interrupt_signal(exc)) from None
 
 
 def parse_assignments(values: Sequence[str], flag: str) -> dict[str, str]:

@@ -7,9 +7,15 @@ from typing import Annotated
 
 import typer
 
-from kms_plugin.cli_runner import stop_signals_raise
 from snapshot_tools.cli import app
-from snapshot_tools.cli.options import S3EndpointOpt, S3RegionOpt, SnapshotArg, download_progress, s3_options
+from snapshot_tools.cli.options import (
+    S3EndpointOpt,
+    S3RegionOpt,
+    SnapshotArg,
+    download_progress,
+    s3_options,
+    stop_signals_unwind,
+)
 from snapshot_tools.cli.output import TRAILER_MISMATCH, OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.status import SnapshotStatus, snapshot_status
 
@@ -43,7 +49,7 @@ def status(
     object's user metadata (K3s-Token-Hash, K3s-Node-Name, K3s-Cluster-Id; Rke2-... for RKE2).
     """
     # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
-    with stop_signals_raise():
+    with stop_signals_unwind():
         result = snapshot_status(
             snapshot, etcd_prefix, s3_options(s3_endpoint_url, s3_region), progress=download_progress()
         )

@@ -12,7 +12,6 @@ import zipfile
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
 
 from snapshot_tools.drill_select import Candidate, candidates, is_prefix, parse_name, select
@@ -23,9 +22,9 @@ from tests.support.fixtures import config_path, snapshot_path
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.support.aws import MotoKms
     from tests.support.cli import Cli
     from tests.support.etcd import EtcdBinaries
+    from tests.support.inputs import MotoS3
 
 CASE = "b-aescbc"
 
@@ -97,12 +96,11 @@ def _zipped(path: Path, entry: str) -> bytes:
 
 
 @pytest.fixture
-def bucket(moto_kms: MotoKms, tmp_path: Path) -> str:
+def bucket(moto_s3: MotoS3, tmp_path: Path) -> str:
     """A bucket with K3s-style snapshots under ``k3s/``: node1's newest is a zip, node2's newest
     is damaged; a ``.metadata/`` object carries the newest name of all (it is no snapshot)."""
-    s3 = boto3.client("s3", endpoint_url=moto_kms.url, region_name=REGION)
-    name = f"drill-{tmp_path.name.lower().replace('_', '-')}"[:63]
-    s3.create_bucket(Bucket=name)
+    s3 = moto_s3.client()
+    name = moto_s3.bucket(f"drill-{tmp_path.name.lower().replace('_', '-')}"[:63])
     good = snapshot_path(CASE)
     damaged = bytearray(good.read_bytes())
     damaged[0:8192] = bytes(8192)
@@ -121,14 +119,14 @@ def bucket(moto_kms: MotoKms, tmp_path: Path) -> str:
     return name
 
 
-def _drill(cli: Cli, moto: MotoKms, *args: Any) -> Any:
+def _drill(cli: Cli, moto: MotoS3, *args: Any) -> Any:
     return cli("drill", *args, "-c", config_path(CASE), "--s3-endpoint-url", moto.url, "--s3-region", REGION,
                "-o", "json")  # fmt: skip
 
 
 @pytest.mark.etcd
-def test_newest_one_restores_the_zip(bucket: str, moto_kms: MotoKms, cli: Cli, etcd_bins: EtcdBinaries) -> None:
-    r = _drill(cli, moto_kms, f"s3://{bucket}/k3s/", "--newest", "1")
+def test_newest_one_restores_the_zip(bucket: str, moto_s3: MotoS3, cli: Cli, etcd_bins: EtcdBinaries) -> None:
+    r = _drill(cli, moto_s3, f"s3://{bucket}/k3s/", "--newest", "1")
     assert r.code == 0, r.err
     [snap] = r.json()["snapshots"]
     assert snap["snapshot"] == f"s3://{bucket}/k3s/etcd-snapshot-node1-1700003600.zip"
@@ -137,22 +135,22 @@ def test_newest_one_restores_the_zip(bucket: str, moto_kms: MotoKms, cli: Cli, e
     assert restore["status"] == "passed" and restore["details"]["keys_compared"] > 10
 
 
-def test_newest_and_per_node_pick_by_name_time(bucket: str, moto_kms: MotoKms, cli: Cli) -> None:
+def test_newest_and_per_node_pick_by_name_time(bucket: str, moto_s3: MotoS3, cli: Cli) -> None:
     url = f"s3://{bucket}/k3s/"
-    r = _drill(cli, moto_kms, url, "--newest", "3", "--no-restore")
+    r = _drill(cli, moto_s3, url, "--newest", "3", "--no-restore")
     assert r.code == 3, r.err  # the damaged on-demand snapshot is among them: the worst code
     assert [(s["snapshot"].rsplit("/", 1)[1], s["exit_code"]) for s in r.json()["snapshots"]] == [
         ("etcd-snapshot-node1-1700003600.zip", 0),
         ("on-demand-node2-1700002000", 3),
         ("etcd-snapshot-node2-1700001800", 0),
     ]
-    r = _drill(cli, moto_kms, url, "--per-node", "--no-restore")
+    r = _drill(cli, moto_s3, url, "--per-node", "--no-restore")
     assert r.code == 3, r.err
     assert [s["snapshot"].rsplit("/", 1)[1] for s in r.json()["snapshots"]] == [
         "etcd-snapshot-node1-1700003600.zip",
         "on-demand-node2-1700002000",
     ]
-    r = _drill(cli, moto_kms, url, "--per-node", "--newest", "2", "--no-restore")
+    r = _drill(cli, moto_s3, url, "--per-node", "--newest", "2", "--no-restore")
     assert sorted(s["snapshot"].rsplit("/", 1)[1] for s in r.json()["snapshots"]) == [
         "etcd-snapshot-node1-1700000000",
         "etcd-snapshot-node1-1700003600.zip",
@@ -161,19 +159,19 @@ def test_newest_and_per_node_pick_by_name_time(bucket: str, moto_kms: MotoKms, c
     ]
 
 
-def test_prefix_usage_and_remote_errors(bucket: str, moto_kms: MotoKms, cli: Cli) -> None:
-    r = _drill(cli, moto_kms, f"s3://{bucket}/k3s/", "--no-restore")
+def test_prefix_usage_and_remote_errors(bucket: str, moto_s3: MotoS3, cli: Cli) -> None:
+    r = _drill(cli, moto_s3, f"s3://{bucket}/k3s/", "--no-restore")
     assert r.code == 2 and "--newest" in r.err and r.out == ""
-    r = _drill(cli, moto_kms, str(snapshot_path(CASE)), "--newest", "1", "--no-restore")
+    r = _drill(cli, moto_s3, str(snapshot_path(CASE)), "--newest", "1", "--no-restore")
     assert r.code == 2 and "s3://bucket/prefix/" in r.err
-    r = _drill(cli, moto_kms, f"s3://{bucket}/nothing-here/", "--newest", "1", "--no-restore")
+    r = _drill(cli, moto_s3, f"s3://{bucket}/nothing-here/", "--newest", "1", "--no-restore")
     assert r.code == 3 and "no snapshot under this prefix" in r.err
-    r = _drill(cli, moto_kms, "s3://no-such-bucket-drill/", "--newest", "1", "--no-restore")
+    r = _drill(cli, moto_s3, "s3://no-such-bucket-drill/", "--newest", "1", "--no-restore")
     assert r.code == 3 and "NoSuchBucket" in r.err
     r = cli("drill", f"s3://{bucket}/k3s/", "--newest", "1", "--no-restore", "-c", config_path(CASE),
             "--s3-endpoint-url", "http://127.0.0.1:9", "--s3-region", REGION)  # fmt: skip
     assert r.code == 4 and "could not be reached" in r.err
     # One object that is gone: that snapshot fails at integrity (3), the others still run.
-    r = _drill(cli, moto_kms, f"s3://{bucket}/k3s/gone-node1-1700000000", str(snapshot_path(CASE)), "--no-restore")
+    r = _drill(cli, moto_s3, f"s3://{bucket}/k3s/gone-node1-1700000000", str(snapshot_path(CASE)), "--no-restore")
     assert r.code == 3
     assert [s["exit_code"] for s in r.json()["snapshots"]] == [3, 0]

@@ -296,3 +296,20 @@ def test_broken_config_is_a_usage_error_before_any_snapshot(tmp_path: Path, cli:
     damaged.write_bytes(bytes(8192))
     r = cli("drill", damaged, "-c", bad, "--no-restore")
     assert r.code == 2 and r.out == "" and len(r.err.strip().splitlines()) == 1
+
+
+def test_kms_unreachable_is_exit_4_and_ranks_between_3_and_1(tmp_path: Path, cli: Cli) -> None:
+    """check's order for the worst of several: damaged (3), then KMS unreachable (4), then findings (1)."""
+    dead = ["--kms", f"testkms=unix://{tmp_path}/no-plugin.sock"]
+    kms_snap, kms_cfg = snapshot_path(KMS_CASE), config_path(KMS_CASE)
+    r = cli("drill", kms_snap, "-c", kms_cfg, *dead, "--no-restore", "-o", "json")
+    assert r.code == 4, r.err
+    check = stages(r.json())["check"]
+    assert check["status"] == "failed" and "did not answer: testkms" in check["message"]
+    wrong_key_snap = snapshot_path("a-identity")  # plaintext Secrets: unreadable under the KMS config
+    r = cli("drill", wrong_key_snap, kms_snap, "-c", kms_cfg, *dead, "--no-restore", "-o", "json")
+    assert [s["exit_code"] for s in r.json()["snapshots"]] == [1, 4] and r.code == 4
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(bytes(8192))
+    r = cli("drill", kms_snap, damaged, "-c", kms_cfg, *dead, "--no-restore", "-o", "json")
+    assert [s["exit_code"] for s in r.json()["snapshots"]] == [4, 3] and r.code == 3

@@ -9,6 +9,7 @@ Fixtures: tests/fixtures/apiserver-v1.36 (written by a real kube-apiserver v1.36
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any
@@ -313,3 +314,15 @@ def test_kms_unreachable_is_exit_4_and_ranks_between_3_and_1(tmp_path: Path, cli
     damaged.write_bytes(bytes(8192))
     r = cli("drill", kms_snap, damaged, "-c", kms_cfg, *dead, "--no-restore", "-o", "json")
     assert [s["exit_code"] for s in r.json()["snapshots"]] == [4, 3] and r.code == 3
+
+
+def test_gzipped_snapshot_is_unpacked_restored_and_cleaned_up(tmp_path: Path, scratch_root: Path, cli: Cli) -> None:
+    """A .gz (told by content) drills like the file; its unpacked copy goes too."""
+    case = "c-aesgcm"
+    packed = tmp_path / "snap.db.gz"
+    packed.write_bytes(gzip.compress(snapshot_path(case).read_bytes()))
+    r = cli("drill", packed, "-c", config_path(case), "-o", "json")
+    assert r.code == 0, r.err
+    assert r.json()["snapshots"][0]["snapshot"] == str(packed)
+    assert stages(r.json())["restore"]["details"]["keys_compared"] == live_key_count(snapshot_path(case))
+    assert_clean(scratch_root)

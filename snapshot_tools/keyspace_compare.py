@@ -13,8 +13,10 @@ for every key, ``limit``, ``revision``, ``more``).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from queue import Full, Queue
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
@@ -22,7 +24,7 @@ from snapshot_tools.errors import RestoreFailed
 from snapshot_tools.snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator, Iterator
 
     from snapshot_tools.snapshot import Record
 
@@ -98,15 +100,18 @@ def compare_keyspace(
 
     result = Comparison()
     with grpc.insecure_channel(f"127.0.0.1:{client_port}", options=_GRPC_OPTIONS) as channel:
-        served = _served(etcdrpc, etcdrpc.KVStub(channel), page_keys, timeout, result)
-        with Snapshot.open(snapshot) as snap:
-            result.snapshot_revision = snap.revision
-            _walk(snap.latest(), served, result)
+        pages = _prefetched(_pages(etcdrpc, etcdrpc.KVStub(channel), page_keys, timeout, result))
+        try:
+            with Snapshot.open(snapshot) as snap:
+                result.snapshot_revision = snap.revision
+                _walk(snap.latest(), (kv for page in pages for kv in page), result)
+        finally:
+            pages.close()  # stops the reader thread, whatever happened
     return result
 
 
-def _served(rpc: Any, kv: Any, page_keys: int, timeout: float, result: Comparison) -> Iterator[Any]:
-    """Every KeyValue etcd serves, in key order, page by page at one revision."""
+def _pages(rpc: Any, kv: Any, page_keys: int, timeout: float, result: Comparison) -> Iterator[Any]:
+    """Every KeyValue etcd serves, in key order, a page (list) at a time, at one revision."""
     start, revision, limit = _ALL, 0, page_keys
     while True:
         request = rpc.RangeRequest(key=start, range_end=_ALL, limit=limit, revision=revision)
@@ -123,10 +128,57 @@ def _served(rpc: Any, kv: Any, page_keys: int, timeout: float, result: Compariso
         # Keys per page from this page's bytes per key: memory stays near PAGE_BYTES per page.
         per_key = page.ByteSize() // len(page.kvs) + 1
         limit = max(1, min(page_keys, PAGE_BYTES // per_key))
-        yield from page.kvs
+        yield page.kvs
         if not page.more:
             return
         start = page.kvs[-1].key + b"\x00"
+
+
+class _Failed(NamedTuple):
+    error: BaseException
+
+
+_END = object()
+
+
+def _prefetched(pages: Iterator[Any], depth: int = 2) -> Generator[Any, None, None]:
+    """``pages`` read by a thread, at most ``depth`` ahead: etcd's answer and its decoding (gRPC
+    and upb, mostly outside the GIL) overlap the snapshot's decoding in the caller's thread.
+    An error in the thread is raised here; closing this generator stops the thread."""
+    queue: Queue[Any] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for page in pages:
+                if not put(page):
+                    return
+            put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, raised there
+            put(_Failed(exc))
+
+    reader = threading.Thread(target=run, name="etcd-read-back", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        reader.join(timeout=5)  # the channel closes next, which ends a call still in flight
 
 
 def _walk(expected: Iterator[Record], served: Iterator[Any], result: Comparison) -> None:

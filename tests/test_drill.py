@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from snapshot_tools.errors import RestoreFailed
 from snapshot_tools.etcd_bins import find_etcd
-from snapshot_tools.etcd_restore import restored_etcd
+from snapshot_tools.etcd_restore import free_ports, restored_etcd
 from snapshot_tools.keyspace_compare import compare_keyspace
 from tests.support.configs import IDENTITY, rule, static, write_config
 from tests.support.drill import live_key_count, live_processes, parse_junit
@@ -326,3 +327,10 @@ def test_gzipped_snapshot_is_unpacked_restored_and_cleaned_up(tmp_path: Path, sc
     assert r.json()["snapshots"][0]["snapshot"] == str(packed)
     assert stages(r.json())["restore"]["details"]["keys_compared"] == live_key_count(snapshot_path(case))
     assert_clean(scratch_root)
+
+
+def test_comparison_without_etcd_is_a_failed_restore() -> None:
+    """The read-back thread's error reaches the caller as one RestoreFailed."""
+    [port] = free_ports(1)
+    with pytest.raises(RestoreFailed, match="did not answer a range read: UNAVAILABLE"):
+        compare_keyspace(str(snapshot_path("b-aescbc")), port, timeout=10)

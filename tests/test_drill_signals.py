@@ -45,6 +45,8 @@ def test_signal_mid_restore_leaves_nothing(sig: int, tmp_path: Path, etcd_bins: 
     child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         etcd_pids = wait_for_process(f"--data-dir {root}", child)
+        [scratch] = list(root.iterdir())  # the restore's private scratch directory
+        assert scratch.stat().st_mode & 0o777 == 0o700
         child.send_signal(sig)
         _out, err = child.communicate(timeout=60)
     finally:

@@ -116,9 +116,6 @@ class DrillResult:
     def passed(self) -> bool:
         return all(s.status != FAILED for s in self.stages) and self.exit_code == EXIT_OK
 
-    def stage(self, name: str) -> StageResult | None:
-        return next((s for s in self.stages if s.name == name), None)
-
 
 def drill_snapshot(snapshot: SnapshotInput, opts: DrillOptions) -> DrillResult:
     """Drill an opened snapshot (its local ``path``, named by its ``spec``): every stage in order.
@@ -128,11 +125,10 @@ def drill_snapshot(snapshot: SnapshotInput, opts: DrillOptions) -> DrillResult:
     """
     result = DrillResult(snapshot.spec, started=time.time(), s3_metadata=dict(snapshot.s3_metadata))
     began = time.monotonic()
-    report_box: list[CheckReport] = []
     path = snapshot.path
     steps: list[tuple[str, Callable[[], StageResult]]] = [
         ("integrity", lambda: _integrity(path, opts)),
-        ("check", lambda: _check(snapshot, opts, report_box)),
+        ("check", lambda: _check(snapshot, opts, result)),
         ("restore", lambda: _restore(path, opts)),
     ]
     blocked: str | None = None
@@ -147,7 +143,6 @@ def drill_snapshot(snapshot: SnapshotInput, opts: DrillOptions) -> DrillResult:
         result.stages.append(stage)
         if stage.status == FAILED:
             blocked = name
-    result.report = report_box[0] if report_box else None
     result.seconds = time.monotonic() - began
     return result
 
@@ -218,13 +213,14 @@ def _integrity(path: str, opts: DrillOptions) -> StageResult:
     return StageResult("integrity", PASSED, details=details)
 
 
-def _check(snapshot: SnapshotInput, opts: DrillOptions, report_box: list[CheckReport]) -> StageResult:
+def _check(snapshot: SnapshotInput, opts: DrillOptions, result: DrillResult) -> StageResult:
+    """check's verdicts; the report is kept on ``result`` (the human and JSON reports show it)."""
     report = run_check(
         CheckOptions(
             snapshot=snapshot, access=opts.access, etcd_prefix=opts.etcd_prefix, skip_hash_check=opts.skip_hash_check
         )
     )
-    report_box.append(report)
+    result.report = report
     code = report.exit_code(opts.fail_on)
     details = {"summary": report.summary(), "fail_on": sorted(opts.fail_on)}
     if code == EXIT_OK:

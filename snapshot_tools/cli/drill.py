@@ -204,6 +204,7 @@ def to_json(results: Sequence[DrillResult], code: int) -> dict[str, Any]:
                 "snapshot": r.snapshot,
                 "passed": r.passed,
                 "exit_code": r.exit_code,
+                "started": round(r.started, 3),
                 "seconds": round(r.fetch_seconds + r.seconds, 6),
                 "fetch_seconds": round(r.fetch_seconds, 6),
                 "s3_metadata": r.s3_metadata,

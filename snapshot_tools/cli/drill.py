@@ -56,7 +56,7 @@ def drill(
     snapshots: Annotated[
         list[str],
         typer.Argument(
-            metavar="SNAPSHOT...",
+            metavar="SNAPSHOT",
             help="Snapshot files (.db, .zip, .gz), s3://bucket/key objects, or s3://bucket/prefix/ "
             "(with --newest/--per-node); only read.",
         ),

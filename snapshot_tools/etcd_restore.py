@@ -2,10 +2,10 @@
 started on it at 127.0.0.1, and the scratch directory and every etcd process gone afterwards.
 
 :func:`restored_etcd` owns the whole lifecycle. etcd runs in a process group of its own (a new
-session), so stopping it means signalling the group (SIGTERM, then SIGKILL after a grace time)
-and waiting for the leader: nothing survives, not even a child etcd might have forked. The
-``finally`` runs for a Python exception and for the ``Interrupt`` that
-``kms_plugin.cli_runner.stop_signals_raise`` turns SIGINT/SIGTERM/SIGHUP into. The scratch
+session), so stopping it means SIGKILL to the whole group and waiting for the leader: nothing
+survives, not even a child etcd might have forked. The ``finally`` runs for a Python exception
+and for the ``Interrupt`` that ``kms_plugin.cli_runner.stop_signals_raise`` turns
+SIGINT/SIGTERM/SIGHUP into. The scratch
 directory comes from ``tempfile.mkdtemp`` (mode 0700, under ``$TMPDIR``): a restored keyspace
 holds every Secret of the cluster.
 
@@ -42,7 +42,6 @@ __all__ = ["HOST", "RunningEtcd", "restored_etcd"]
 HOST = "127.0.0.1"
 MEMBER = "drill"
 RESTORE_TIMEOUT = 3600.0  # etcdutl copies and hashes the file: minutes for the largest (8 GiB)
-STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of etcd's process group
 _PORT_RETRIES = 3  # a free port can be taken between the probe and etcd's bind
 
 
@@ -213,15 +212,11 @@ def _log_tail(scratch: Path) -> str:
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM etcd's process group, SIGKILL it after :data:`STOP_GRACE`, and reap the leader."""
-    for sig, wait in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        # The leader is gone; anything left in its group goes too.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        return
+    """SIGKILL etcd's whole process group and reap the leader.
+
+    No SIGTERM first: the data directory is thrown away, so a graceful shutdown (etcd's takes a
+    few hundred ms) buys nothing, and SIGKILL cannot be ignored or delayed.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -87,10 +87,17 @@ def _s3_zip(env: Env) -> list[str]:
     return [url, "--s3-endpoint-url", server.url]
 
 
+def _s3_plain(env: Env) -> list[str]:
+    server = env.s3()
+    url = server.put("bench-snapshots", f"node1/{SNAPSHOT_NAME}", env.plain, K3S_METADATA)
+    return [url, "--s3-endpoint-url", server.url]
+
+
 ROWS: list[Row] = [
     Row("local plain file", _local_plain, baseline=True),
     Row("local K3s .zip", _local_zip),
     Row("S3 K3s .zip (moto, HTTP)", _s3_zip),
+    Row("S3 plain file (moto, HTTP)", _s3_plain),  # the transport alone, for reference
 ]
 
 

@@ -8,8 +8,8 @@ user's files, and the directory is removed when the block exits, whatever the re
 turns SIGINT/SIGTERM/SIGHUP into exceptions, so signals unwind through here too).
 
 Unpacking is bounded: a zip must hold exactly one plain file entry (K3s's layout), and no
-unpacked file may exceed :data:`MAX_UNPACKED` or the free space of the temporary directory,
-whichever is smaller, by its declared size or by the bytes it really yields.
+unpacked file may exceed ``archives.MAX_UNPACKED`` (64 GiB) or the free space of the temporary
+directory, whichever is smaller, by its declared size or by the bytes it really yields.
 
 References: K3s ``compressSnapshot``/``decompressSnapshot`` (``pkg/etcd/snapshot.go``) and S3 user
 metadata (``pkg/etcd/s3/s3.go``); spec ``k3s-rke2-bootstrap.md`` sections 6.1-6.4.
@@ -17,24 +17,22 @@ metadata (``pkg/etcd/s3/s3.go``); spec ``k3s-rke2-bootstrap.md`` sections 6.1-6.
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
-import sys
+import stat
 import tempfile
-import time
-import zipfile
-import zlib
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from snapshot_tools.errors import Error, InputError, S3Unreachable, UsageError
+from snapshot_tools import archives
+from snapshot_tools.archives import form_of, gunzip_stream, unzip_stream, zip_entry
+from snapshot_tools.errors import Error, InputError
+from snapshot_tools.s3_fetch import S3_PREFIX, fetch, split_s3_url
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 __all__ = [
-    "MAX_UNPACKED",
     "S3Options",
     "SnapshotInput",
     "is_s3_url",
@@ -43,19 +41,7 @@ __all__ = [
     "s3_client",
 ]
 
-# No etcd snapshot is near this (etcd's default quota is 2 GiB, its maximum 8 GiB), so a bigger
-# archive is a bomb or a mistake; 64 GiB leaves room for unusual quotas.
-MAX_UNPACKED = 64 << 30
-_CHUNK = 1 << 20
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
-_GZIP_MAGIC = b"\x1f\x8b"
-_S3_PREFIX = "s3://"
-_UNPACKED = "snapshot.db"  # the names inside the private directory
-_DOWNLOADED = "snapshot.download"
-
-
-class _Readable(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
+_UNPACKED = "snapshot.db"  # the one file in the private directory
 
 
 class S3Options(NamedTuple):
@@ -76,7 +62,7 @@ class SnapshotInput(NamedTuple):
 
 def is_s3_url(spec: str) -> bool:
     """Whether ``spec`` names an S3 object (``s3://bucket/key``)."""
-    return spec.startswith(_S3_PREFIX)
+    return spec.startswith(S3_PREFIX)
 
 
 def s3_client(s3: S3Options) -> Any:
@@ -108,14 +94,10 @@ def open_input(spec: str, s3: S3Options | None = None, *, progress: bool = False
     workdir = _Workdir()
     try:
         if is_s3_url(spec):
-            local, metadata = _download(spec, s3 or S3Options(), workdir, progress)
+            yield _download(spec, s3 or S3Options(), workdir, progress)
         else:
-            local, metadata = spec, {}
-        form = _form_of(local, spec)
-        path = local if form == "file" else _unpack(local, form, spec, workdir)
-        if path != local and local != spec:
-            os.unlink(local)  # the downloaded archive is no longer needed
-        yield SnapshotInput(spec, path, form, metadata)
+            form = _form_of(spec, spec)
+            yield SnapshotInput(spec, spec if form == "file" else _unpack(spec, form, spec, workdir), form, {})
     except Error as exc:
         workdir.rename_in(exc, spec)
         raise
@@ -164,15 +146,14 @@ class _Workdir:
         return open(os.path.join(self.path, name), "xb", opener=lambda p, f: os.open(p, f | extra, 0o600))
 
     def budget(self) -> int:
-        """Bytes one file here may take: :data:`MAX_UNPACKED` or the free space, the smaller."""
-        return min(MAX_UNPACKED, shutil.disk_usage(self.path).free)
+        """Bytes one file here may take: ``archives.MAX_UNPACKED`` or the free space, the smaller."""
+        return min(archives.MAX_UNPACKED, shutil.disk_usage(self.path).free)
 
     def rename_in(self, exc: Error, spec: str) -> None:
         """Name the snapshot in an error as the user did, never by its temporary path."""
         if self._path is not None:
-            for name in (_UNPACKED, _DOWNLOADED):
-                tmp = os.path.join(self._path, name)
-                exc.args = tuple(a.replace(tmp, spec) if isinstance(a, str) else a for a in exc.args)
+            tmp = os.path.join(self._path, _UNPACKED)
+            exc.args = tuple(a.replace(tmp, spec) if isinstance(a, str) else a for a in exc.args)
 
     def remove(self) -> None:
         if self._path is not None:
@@ -180,198 +161,48 @@ class _Workdir:
             self._path = None
 
 
-# -- content detection and unpacking ------------------------------------------------------------
+# -- local archives and S3 ----------------------------------------------------------------------
 
 
 def _form_of(path: str, spec: str) -> str:
-    """``zip``, ``gzip`` or ``file``, from the first bytes (a missing file fails as the reader would)."""
+    """``zip``, ``gzip`` or ``file``, from the first bytes of a regular file (a missing file or
+    another kind of node fails as the reader would, before anything is opened: a FIFO would block)."""
     try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{spec}: is a directory, not a snapshot file")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{spec}: not a regular file")
         with open(path, "rb") as f:
-            head = f.read(4)
+            return form_of(f.read(4))
     except FileNotFoundError:
         raise InputError(f"{spec}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{spec}: is a directory, not a snapshot file") from None
     except PermissionError:
         raise InputError(f"{spec}: permission denied") from None
     except OSError as exc:
         raise InputError(f"{spec}: cannot open: {exc.strerror}") from None
-    if head in _ZIP_MAGIC:
-        return "zip"
-    if head.startswith(_GZIP_MAGIC):
-        return "gzip"
-    return "file"
 
 
 def _unpack(path: str, form: str, spec: str, workdir: _Workdir) -> str:
     budget = workdir.budget()
-    with workdir.new_file(_UNPACKED) as out:
+    with workdir.new_file(_UNPACKED) as out, open(path, "rb") as src:
         if form == "zip":
-            _unzip(path, spec, out, budget)
+            # The central directory from the file's tail alone: a huge one is refused unread.
+            size = os.fstat(src.fileno()).st_size
+            start = max(0, size - archives.TAIL)
+            src.seek(start)
+            entry = zip_entry(spec, archives.TailFile(spec, size, start, src.read()))  # type: ignore[arg-type]
+            src.seek(entry.header_offset)
+            unzip_stream(spec, src, entry, out, budget)
         else:
-            _gunzip(path, spec, out, budget)
+            gunzip_stream(spec, src, out, budget)
         return str(out.name)
 
 
-def _unzip(path: str, spec: str, out: IO[bytes], budget: int) -> None:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            entries = zf.infolist()
-            if len(entries) != 1:
-                raise InputError(
-                    f"{spec}: the zip holds {len(entries)} entries; a snapshot zip (K3s/RKE2) holds exactly one"
-                )
-            entry = entries[0]
-            name = entry.filename
-            if entry.is_dir():
-                raise InputError(f"{spec}: the zip's entry {name!r} is a directory, not a snapshot")
-            if "/" in name or "\\" in name or name in ("", ".", ".."):
-                raise InputError(f"{spec}: the zip's entry {name!r} is a path; a snapshot zip names its one file only")
-            if entry.flag_bits & 0x1:
-                raise InputError(f"{spec}: the zip's entry {name!r} is encrypted")
-            _check_size(spec, entry.file_size, budget, declared=True)
-            with zf.open(entry) as src:
-                _copy(src, out, spec, budget)
-    except zipfile.BadZipFile as exc:
-        raise InputError(f"{spec}: damaged zip: {exc}") from None
-    except (zlib.error, EOFError) as exc:
-        raise InputError(f"{spec}: damaged zip: {exc or 'truncated'}") from None
-    except NotImplementedError as exc:
-        raise InputError(f"{spec}: unsupported zip: {exc}") from None
-
-
-def _gunzip(path: str, spec: str, out: IO[bytes], budget: int) -> None:
-    try:
-        with gzip.open(path, "rb") as src:
-            _copy(src, out, spec, budget)
-    except EOFError:
-        raise InputError(f"{spec}: truncated gzip (the stream ends before its end marker)") from None
-    except (gzip.BadGzipFile, zlib.error) as exc:
-        raise InputError(f"{spec}: damaged gzip: {exc}") from None
-
-
-def _check_size(spec: str, size: int, budget: int, *, declared: bool) -> None:
-    if size <= budget:
-        return
-    why = f"the smaller of {_human(MAX_UNPACKED)} and the free space in {tempfile.gettempdir()}"
-    if declared:
-        raise InputError(f"{spec}: declares {size:,} bytes, more than the {budget:,} bytes allowed ({why})")
-    raise InputError(f"{spec}: unpacks to more than the {budget:,} bytes allowed ({why})")
-
-
-def _human(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):g} {unit}"
-    return f"{n} bytes"
-
-
-def _copy(src: _Readable, out: IO[bytes], spec: str, budget: int, tick: Callable[[int], None] | None = None) -> int:
-    done = 0
-    while True:
-        chunk = src.read(_CHUNK)
-        if not chunk:
-            return done
-        done += len(chunk)
-        _check_size(spec, done, budget, declared=False)
-        try:
-            out.write(chunk)
-        except OSError as exc:
-            where = tempfile.gettempdir()
-            raise InputError(f"{spec}: cannot write the temporary copy in {where}: {exc.strerror}") from None
-        if tick is not None:
-            tick(done)
-
-
-# -- S3 -----------------------------------------------------------------------------------------
-
-
-def _split_s3(spec: str) -> tuple[str, str]:
-    bucket, _, key = spec[len(_S3_PREFIX) :].partition("/")
-    if not bucket or not key:
-        raise UsageError(f"{spec}: an S3 snapshot is s3://BUCKET/KEY")
-    return bucket, key
-
-
-# S3 error codes that mean "this object is not there for you": exit 3, like a missing file.
-_S3_MISSING = {
-    "NoSuchKey": "no such object",
-    "404": "no such object",
-    "NotFound": "no such object",
-    "NoSuchBucket": "no such bucket",
-    "InvalidBucketName": "invalid bucket name",
-    "AccessDenied": "access denied",
-    "403": "access denied",
-    "AllAccessDisabled": "access denied",
-    "InvalidAccessKeyId": "bad credentials (the access key id is unknown)",
-    "SignatureDoesNotMatch": "bad credentials (the secret key does not match)",
-    "ExpiredToken": "bad credentials (the session token has expired)",
-    "InvalidToken": "bad credentials (invalid session token)",
-    "TokenRefreshRequired": "bad credentials (the session token has expired)",
-}
-
-
-def _download(spec: str, s3: S3Options, workdir: _Workdir, progress: bool) -> tuple[str, dict[str, str]]:
-    """Stream the object to a private file; its path and user metadata."""
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        NoCredentialsError,
-        PartialCredentialsError,
-    )
-
-    bucket, key = _split_s3(spec)
-    try:
-        obj = s3_client(s3).get_object(Bucket=bucket, Key=key)
-        size = int(obj.get("ContentLength") or 0)
-        budget = workdir.budget()
-        _check_size(spec, size, budget, declared=True)
-        with workdir.new_file(_DOWNLOADED) as out, _Bar(spec, size, progress) as bar:
-            body = obj["Body"]
-            try:
-                done = _copy(body, out, spec, budget, bar.tick)
-            finally:
-                body.close()
-            name = str(out.name)
-        if done != size:
-            raise S3Unreachable(f"{spec}: the download ended after {done:,} of {size:,} bytes")
-        return name, dict(obj.get("Metadata") or {})
-    except ClientError as exc:
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        if code in _S3_MISSING:
-            raise InputError(f"{spec}: {_S3_MISSING[code]}") from None
-        raise S3Unreachable(f"{spec}: S3 error {code}: {err.get('Message', '')}".rstrip(": ")) from None
-    except (NoCredentialsError, PartialCredentialsError):
-        raise InputError(
-            f"{spec}: no usable AWS credentials (environment, ~/.aws/credentials, AWS_PROFILE, instance role)"
-        ) from None
-    except BotoCoreError as exc:
-        raise S3Unreachable(f"{spec}: S3 could not be reached: {exc}") from None
-
-
-class _Bar:
-    """A download bar on stderr, only when asked (the CLI asks when stderr is a terminal)."""
-
-    def __init__(self, spec: str, size: int, enabled: bool) -> None:
-        self.spec, self.size, self.enabled = spec, size, enabled
-        self.tick: Callable[[int], None] | None = self._draw if enabled else None
-        self._last = 0.0
-
-    def _draw(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self._last < 0.1 and done < self.size:
-            return
-        self._last = now
-        share = done / self.size if self.size else 1.0
-        filled = int(share * 30)
-        sys.stderr.write(f"\rdownloading [{'#' * filled}{'.' * (30 - filled)}] {share:4.0%} {done >> 20} MiB")
-        sys.stderr.flush()
-
-    def __enter__(self) -> _Bar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+def _download(spec: str, s3: S3Options, workdir: _Workdir, progress: bool) -> SnapshotInput:
+    """The S3 object, unpacked if need be, in the private directory."""
+    split_s3_url(spec)  # a malformed URL is a usage error before any client is built
+    budget = workdir.budget()
+    with workdir.new_file(_UNPACKED) as out:
+        fetched = fetch(spec, s3_client(s3), out, budget, progress=progress)
+        return SnapshotInput(spec, str(out.name), fetched.form, fetched.metadata)

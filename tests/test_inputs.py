@@ -19,17 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from snapshot_tools import inputs
+from snapshot_tools import archives, inputs
 from snapshot_tools.errors import InputError
 from snapshot_tools.inputs import SnapshotInput, open_input
 from tests.support.fixtures import config_path, snapshot_path
 from tests.support.inputs import (
     SNAPSHOT_NAME,
     gzipped,
+    hostile_archive,
     k3s_zip,
-    lying_zip,
     temp_leftovers,
-    truncated,
     zip_of,
 )
 
@@ -172,6 +171,12 @@ def test_an_exception_in_the_block_still_removes_the_copy(tmp_path: Path, privat
     assert temp_leftovers(private_tmp) == []
 
 
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path, private_tmp: Path, cli: Cli) -> None:
+    fifo = tmp_path / "snapshot.zip"
+    os.mkfifo(fifo)
+    assert _one_error(cli("status", fifo)) == f"snapshot-tools: error: {fifo}: not a regular file"
+
+
 def test_a_missing_file_is_one_line_exit_3(tmp_path: Path, private_tmp: Path, cli: Cli) -> None:
     missing = tmp_path / "nope.zip"
     line = _one_error(cli("status", missing))
@@ -179,33 +184,6 @@ def test_a_missing_file_is_one_line_exit_3(tmp_path: Path, private_tmp: Path, cl
 
 
 # -- hostile archives ---------------------------------------------------------------------------
-
-
-def _hostile(name: str, tmp_path: Path) -> Path:
-    data = snapshot_path("b-aescbc").read_bytes()
-    if name == "two-entries":
-        return zip_of(tmp_path / "x.zip", {SNAPSHOT_NAME: data, "second": data})
-    if name == "directory":
-        return zip_of(tmp_path / "x.zip", {"snapshots/": b""})
-    if name == "dotdot":
-        return zip_of(tmp_path / "x.zip", {f"../{SNAPSHOT_NAME}": data})
-    if name == "absolute":
-        return zip_of(tmp_path / "x.zip", {f"/tmp/{SNAPSHOT_NAME}": data})
-    if name == "empty-zip":
-        return zip_of(tmp_path / "x.zip", {})
-    if name == "truncated-gzip":
-        return truncated(gzipped(snapshot_path("b-aescbc"), tmp_path / "full.gz"), tmp_path / "x.gz")
-    if name == "truncated-zip":
-        return truncated(k3s_zip(snapshot_path("b-aescbc"), tmp_path), tmp_path / "x.zip")
-    if name == "lying-zip":  # declares fewer bytes than it holds
-        return lying_zip(tmp_path / "x.zip", data, declared=4096)
-    if name == "garbage-after-gzip-magic":
-        path = tmp_path / "x.gz"
-        path.write_bytes(b"\x1f\x8b" + os.urandom(512))
-        return path
-    if name == "zip-of-garbage":  # a sound archive whose one entry is no snapshot
-        return zip_of(tmp_path / "x.zip", {SNAPSHOT_NAME: b"not a snapshot" * 100})
-    raise AssertionError(name)
 
 
 @pytest.mark.parametrize(
@@ -216,6 +194,7 @@ def _hostile(name: str, tmp_path: Path) -> Path:
         ("dotdot", "is a path; a snapshot zip names its one file only"),
         ("absolute", "is a path; a snapshot zip names its one file only"),
         ("empty-zip", "holds 0 entries"),
+        ("many-entries", "central directory is not where a one-entry snapshot zip has it"),
         ("truncated-gzip", "truncated gzip"),
         ("truncated-zip", "damaged zip"),
         ("lying-zip", "damaged zip"),
@@ -227,7 +206,7 @@ def _hostile(name: str, tmp_path: Path) -> Path:
 def test_hostile_archives_are_one_line_exit_3_and_leave_nothing(
     name: str, said: str, command: str, tmp_path: Path, private_tmp: Path, cli: Cli
 ) -> None:
-    path = _hostile(name, tmp_path)
+    path = hostile_archive(name, tmp_path, snapshot_path("b-aescbc"))
     before = sorted(p.name for p in tmp_path.iterdir())
     args = [command, path] + (["-c", config_path("b-aescbc")] if command == "check" else [])
     line = _one_error(cli(*args))
@@ -242,7 +221,7 @@ def test_hostile_archives_are_one_line_exit_3_and_leave_nothing(
 def test_a_zip_declaring_more_than_the_cap_is_refused_before_unpacking(
     tmp_path: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
 ) -> None:
-    monkeypatch.setattr(inputs, "MAX_UNPACKED", 1 << 20)
+    monkeypatch.setattr(archives, "MAX_UNPACKED", 1 << 20)
     bomb = zip_of(tmp_path / "bomb.zip", {SNAPSHOT_NAME: bytes(4 << 20)})
     line = _one_error(cli("status", bomb))
     assert "declares 4,194,304 bytes, more than the 1,048,576 bytes allowed" in line
@@ -252,7 +231,7 @@ def test_a_zip_declaring_more_than_the_cap_is_refused_before_unpacking(
 def test_a_gzip_bomb_stops_at_the_cap(
     tmp_path: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
 ) -> None:
-    monkeypatch.setattr(inputs, "MAX_UNPACKED", 1 << 20)
+    monkeypatch.setattr(archives, "MAX_UNPACKED", 1 << 20)
     bomb = tmp_path / "bomb.gz"
     with gzip.open(bomb, "wb", compresslevel=9) as f:
         for _ in range(64):
@@ -264,7 +243,7 @@ def test_a_gzip_bomb_stops_at_the_cap(
 
 
 def test_the_cap_is_also_the_free_space_of_tmpdir(private_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inputs, "MAX_UNPACKED", 1 << 62)  # far beyond any disk
+    monkeypatch.setattr(archives, "MAX_UNPACKED", 1 << 62)  # far beyond any disk
     workdir = inputs._Workdir()
     try:
         assert abs(workdir.budget() - shutil.disk_usage(private_tmp).free) < 64 << 20

@@ -12,19 +12,24 @@ access key with ``InvalidAccessKeyId``; the session's server accepts any (moto's
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
 import tempfile
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from snapshot_tools.inputs import S3Options, is_s3_url, open_input
-from tests.support.fixtures import config_path, snapshot_path
+from tests.support.cli import SNAPSHOT_TOOLS
+from tests.support.fixtures import ROOT, config_path, snapshot_path
 from tests.support.inputs import (
     K3S_METADATA,
     SNAPSHOT_NAME,
     auth_moto_server,
     free_port,
     gzipped,
+    hostile_archive,
     k3s_zip,
     temp_leftovers,
 )
@@ -184,6 +189,69 @@ def test_an_unreachable_endpoint_is_one_line_exit_4(private_tmp: Path, cli: Cli)
     line = _one_error(cli("status", url, "--s3-endpoint-url", dead), 4)
     assert line.startswith(f"snapshot-tools: error: {url}: S3 could not be reached")
     assert temp_leftovers(private_tmp) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("two-entries", "a one-entry snapshot zip"),
+        ("directory", "is a directory, not a snapshot"),
+        ("dotdot", "is a path; a snapshot zip names its one file only"),
+        ("empty-zip", "damaged zip"),
+        ("many-entries", "a one-entry snapshot zip"),
+        ("truncated-gzip", "truncated gzip"),
+        ("truncated-zip", "damaged zip"),
+        ("lying-zip", "damaged zip: the central directory disagrees with the entry"),
+        ("garbage-after-gzip-magic", "gzip"),
+        ("stored-zip", "compression method 0; K3s writes Deflate"),
+        ("zip-of-garbage", "damaged snapshot"),
+    ],
+)
+def test_hostile_archives_in_s3_are_one_line_exit_3(
+    name: str, said: str, moto_s3: MotoS3, tmp_path: Path, private_tmp: Path, cli: Cli
+) -> None:
+    path = hostile_archive(name, tmp_path, snapshot_path(CASE))
+    url = moto_s3.put("hostile", f"{name}.zip", path)
+    line = _one_error(cli("check", url, "-c", config_path(CASE), *_s3(moto_s3)))
+    assert said in line
+    if name != "zip-of-garbage":
+        assert url in line
+    assert str(private_tmp) not in line
+    assert temp_leftovers(private_tmp) == []
+
+
+def test_a_stored_zip_is_read_from_a_file(tmp_path: Path, private_tmp: Path, cli: Cli) -> None:
+    path = hostile_archive("stored-zip", tmp_path, snapshot_path(CASE))
+    assert cli("check", path, "-c", config_path(CASE)).code == 0
+
+
+def test_a_progress_bar_only_on_a_terminal(objects: dict[str, str], moto_s3: MotoS3, tmp_path: Path) -> None:
+    """stderr a pseudo-terminal: the download draws a bar (and clears it); piped: nothing."""
+    args = [*SNAPSHOT_TOOLS, "status", objects["zip"], "-o", "json", *_s3(moto_s3)]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=ROOT, check=False, timeout=120)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child's end is closed
+                break
+            if not data:
+                break
+            seen += data
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["path"] == objects["zip"]
+    assert b"downloading [" in seen
+    assert b"100%" in seen
+    assert seen.endswith(b"\r\x1b[K")  # cleared: the terminal is left clean
+    piped = subprocess.run(args, capture_output=True, env=env, cwd=ROOT, check=False, timeout=120)
+    assert piped.returncode == 0
+    assert piped.stderr == b""
 
 
 @pytest.mark.parametrize("url", ["s3://", "s3://bucket-only", "s3://bucket-only/"])

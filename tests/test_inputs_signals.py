@@ -125,7 +125,7 @@ def test_a_signal_mid_download_removes_the_partial_object(
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
     child = _start(["check", url, "-c", str(EXAMPLE_CONFIG), "--s3-endpoint-url", stalling.url], tmpdir)
-    _wait(child, lambda: any(p.stat().st_size > 0 for p in _copies(tmpdir, "snapshot.download")))
+    _wait(child, lambda: any(p.stat().st_size > 0 for p in _copies(tmpdir, "snapshot.db")))
     _, err = _signalled(child, sig)
     assert child.returncode == rc, err
     assert err.decode().splitlines() == [f"snapshot-tools: error: {SAID[sig]}"]

@@ -89,6 +89,41 @@ def truncated(src: Path, out: Path) -> Path:
     return out
 
 
+def hostile_archive(name: str, tmp_path: Path, snapshot: Path) -> Path:
+    """An archive that must be refused, in ``tmp_path``: ``name`` says how it is built."""
+    data = snapshot.read_bytes()
+    if name == "two-entries":
+        return zip_of(tmp_path / "x.zip", {SNAPSHOT_NAME: data, "second": data})
+    if name == "directory":
+        return zip_of(tmp_path / "x.zip", {"snapshots/": b""})
+    if name == "dotdot":
+        return zip_of(tmp_path / "x.zip", {f"../{SNAPSHOT_NAME}": data})
+    if name == "absolute":
+        return zip_of(tmp_path / "x.zip", {f"/tmp/{SNAPSHOT_NAME}": data})
+    if name == "empty-zip":
+        return zip_of(tmp_path / "x.zip", {})
+    if name == "truncated-gzip":
+        return truncated(gzipped(snapshot, tmp_path / "full.gz"), tmp_path / "x.gz")
+    if name == "truncated-zip":
+        return truncated(k3s_zip(snapshot, tmp_path), tmp_path / "x.zip")
+    if name == "lying-zip":  # declares fewer bytes than it holds
+        return lying_zip(tmp_path / "x.zip", data, declared=4096)
+    if name == "garbage-after-gzip-magic":
+        path = tmp_path / "x.gz"
+        path.write_bytes(b"\x1f\x8b" + os.urandom(512))
+        return path
+    if name == "many-entries":  # a central directory far beyond any one-entry zip's
+        return zip_of(tmp_path / "x.zip", {f"e{i:05d}": b"" for i in range(5000)})
+    if name == "stored-zip":  # no compression: fine from a file, no end a stream can find
+        path = tmp_path / "x.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr(SNAPSHOT_NAME, data)
+        return path
+    if name == "zip-of-garbage":  # a sound archive whose one entry is no snapshot
+        return zip_of(tmp_path / "x.zip", {SNAPSHOT_NAME: b"not a snapshot" * 100})
+    raise AssertionError(name)
+
+
 def temp_leftovers(directory: Path) -> list[str]:
     """Everything below ``directory`` (a test's TMPDIR), as relative paths."""
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
@@ -156,7 +191,7 @@ def auth_moto_server() -> Iterator[str]:
 
 
 class StallingProxy:
-    """Forwards GETs to ``upstream`` but sends only the headers and half of each body, then
+    """Forwards GETs to ``upstream``; of a body over 1 MiB it sends the headers and half, then
     holds the connection open until closed: a download that hangs mid-way."""
 
     def __init__(self, upstream: str) -> None:
@@ -195,6 +230,9 @@ class StallingProxy:
                             self.send_header(k, v)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
+                    if len(data) <= 1 << 20:
+                        self.wfile.write(data)
+                        return
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
                     proxy.release.wait(60)

@@ -24,6 +24,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "ConfigError",
+    "DrillInterrupted",
     "Error",
     "EtcdUnreachable",
     "InputError",
@@ -35,6 +36,7 @@ __all__ = [
     "KMSUnreachable",
     "MalformedValue",
     "OutputError",
+    "RestoreFailed",
     "RewriteRefused",
     "S3Unreachable",
     "SnapshotError",
@@ -118,6 +120,11 @@ class EtcdUnreachable(Error):
     """
 
 
+class RestoreFailed(Error):
+    """The drill's restore stage failed: etcdutl refused the snapshot, etcd did not start, or
+    the restored keyspace differs from the snapshot (exit 1, a finding about the snapshot)."""
+
+
 class S3Unreachable(Error):
     """An S3 endpoint that did not answer (connection refused, timed out, a server error).
 
@@ -172,6 +179,17 @@ class TokenError(ConfigError):
 
 class BootstrapError(InputError):
     """The snapshot's K3s/RKE2 bootstrap data is missing, only a lock, or damaged (exit 3)."""
+
+class DrillInterrupted(Error):
+    """SIGINT, SIGTERM or SIGHUP during a drill: etcd was stopped and its scratch directory
+    removed; no JUnit or metrics file was written. Exits 128 + N for its signal (``signum``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(
+            f"interrupted ({signal.Signals(signum).name}): etcd stopped, scratch directory removed, no report written"
+        )
+        self.signum = signum
+
 
 class InterruptedRead(Error):
     """SIGINT, SIGTERM or SIGHUP while a command only read: any temporary copy of the snapshot

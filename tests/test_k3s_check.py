@@ -298,3 +298,21 @@ def test_s3_zip_with_only_the_token(
     status = cli("status", url, *s3, "-o", "json").json()
     assert [b["token_hash"] for b in status["bootstrap"]] == [key_hash(PASSWORD)]
     assert_no_token(result.out, result.err)
+
+
+def test_drill_with_only_the_token(cluster: Cluster, cli: Cli) -> None:
+    snap = cluster.snapshot("drill", record(PASSWORD))
+    result = cli("drill", snap, "--k3s-token", TOKEN, "--fail-on", "none", "-o", "json")
+    assert result.code == 0, result.err
+    [drilled] = result.json()["snapshots"]
+    assert [(s["name"], s["status"]) for s in drilled["stages"]] == [
+        ("integrity", "passed"),
+        ("check", "passed"),
+        ("restore", "passed"),
+    ]
+    result = cli("drill", snap, "--k3s-token", TOKEN, "--no-restore")
+    assert result.code == 1  # the lost secret is unreadable
+    result = cli("drill", snap, "--k3s-token", full_token("not-the-password"), "--no-restore")
+    assert result.code == 2
+    assert key_hash(PASSWORD) in result.err + result.out  # names the token hash the snapshot needs
+    assert_no_token(result.out, result.err)

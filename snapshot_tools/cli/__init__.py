@@ -36,6 +36,7 @@ from snapshot_tools.cli import status  # noqa: E402, F401, I001
 from snapshot_tools.cli import check, extract, reencrypt  # noqa: E402, F401
 from snapshot_tools.cli import keys  # noqa: E402, F401
 from snapshot_tools.cli import quarantine  # noqa: E402, F401
+from snapshot_tools.cli import drill  # noqa: E402, F401
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from kms_plugin.errors import ConfigError, Error, InputError, RetireRefused
+from kms_plugin.errors import ConfigError, Error, InputError, PluginUnavailable, RetireRefused
 from kms_plugin.terminal import printable
 
 if TYPE_CHECKING:
@@ -37,14 +37,17 @@ _PHRASE_FILE_HELP = (
 
 
 def _from_snapshot_tools(exc: Exception) -> Error:
-    """A ``snapshot_tools`` error as ours, keeping its exit code (3 input, 2 usage, else 1)."""
-    from snapshot_tools.errors import EXIT_INPUT, EXIT_USAGE, exit_code_for
+    """A ``snapshot_tools`` error as ours, keeping its exit code (3 input, 2 usage, 4 a source that
+    did not answer, else 1)."""
+    from snapshot_tools.errors import EXIT_INPUT, EXIT_KMS, EXIT_USAGE, exit_code_for
 
     code = exit_code_for(exc)
     if code == EXIT_INPUT:
         return InputError(str(exc))
     if code == EXIT_USAGE:
         return ConfigError(str(exc))
+    if code == EXIT_KMS:  # an S3 or etcd source that did not answer
+        return PluginUnavailable(str(exc))
     return Error(str(exc))
 
 
@@ -92,8 +95,16 @@ def keyring_retire(
     file: Path = typer.Argument(..., help="Keyring file."),
     kek_id: str = typer.Argument(..., help="The decrypt-only KEK to retire."),
     proof: list[str] = typer.Option(
-        [], "--proof", help="A SOURCE (etcd snapshot file) to prove unused against; repeat for several."
+        [],
+        "--proof",
+        help="A SOURCE to prove unused against: an etcd snapshot (.db, .zip, .gz), s3://BUCKET/KEY, or a "
+        "running etcd https://HOST:PORT (read-only, all revisions since its compaction); repeat for several.",
     ),
+    s3_endpoint_url: str | None = typer.Option(None, "--s3-endpoint-url", help="S3 endpoint for s3:// sources."),
+    s3_region: str | None = typer.Option(None, "--s3-region", help="S3 region for s3:// sources."),
+    cacert: str | None = typer.Option(None, "--cacert", metavar="FILE", help="etcd sources: PEM CA bundle."),
+    cert: str | None = typer.Option(None, "--cert", metavar="FILE", help="etcd sources: PEM client certificate."),
+    key: str | None = typer.Option(None, "--key", metavar="FILE", help="etcd sources: PEM key of --cert."),
     provider: list[str] = typer.Option(
         [],
         "--provider",
@@ -111,7 +122,8 @@ def keyring_retire(
     from kms_plugin.keks.lifecycle import retirable, retire
     from kms_plugin.keks.local import Keyring
     from snapshot_tools.errors import Error as SnapshotToolsError
-    from snapshot_tools.kek_usage import kek_usage
+    from snapshot_tools.inputs import S3Options
+    from snapshot_tools.kek_usage import ProofAccess, kek_usage
 
     if not proof:
         raise ConfigError("give at least one --proof SOURCE (an etcd snapshot of the cluster)")
@@ -119,7 +131,8 @@ def keyring_retire(
     kek = retirable(keyring, kek_id)
     try:
         with stop_signals_raise():
-            usage = kek_usage(proof, keyring, kek_id, providers=provider)
+            reach = ProofAccess(S3Options(s3_endpoint_url, s3_region), cacert, cert, key)
+            usage = kek_usage(proof, keyring, kek_id, providers=provider, access=reach)
     except SnapshotToolsError as exc:
         raise _from_snapshot_tools(exc) from None
     _render_usage(usage, output)

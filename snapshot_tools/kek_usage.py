@@ -24,7 +24,7 @@ and no problem. Work is one pass per source; memory is bounded by the counts and
 unwrap cache.
 
 Sources go through :func:`open_proof_source`, the one place that turns a SOURCE argument into
-records (snapshot files now; S3 objects and live etcd plug in there).
+records: snapshot files (also ``.zip``/``.gz``), ``s3://`` objects and a running etcd.
 
 References: ``snapshot_tools/check.py`` (the same sources and record walk), ``kmsv2.parse``
 (``ValidateEncryptedObject``), ``kms_plugin.keks.format`` (the wrapped-key header).
@@ -39,7 +39,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kms_plugin import api as plugin
+from snapshot_tools.drill_select import parse_name
 from snapshot_tools.errors import MalformedValue, UsageError
+from snapshot_tools.inputs import is_s3_url
 from snapshot_tools.providers import kmsv1, kmsv2
 from snapshot_tools.providers.registry import FORMATS, IDENTITY, format_of
 from snapshot_tools.resources import parse_etcd_key, resource_label
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from kms_plugin.api import Keyring
+    from snapshot_tools.inputs import S3Options
     from snapshot_tools.sources import RecordSource
 
 FIRST_KEYS = 5  # keys listed per resource (the rest are counted)
@@ -65,12 +68,34 @@ class ProofSource(NamedTuple):
     taken_at: float | None
 
 
-def open_proof_source(spec: str) -> ProofSource:
-    """The one entry point for a ``--proof`` SOURCE: a snapshot file path today.
+class ProofAccess(NamedTuple):
+    """How to reach the SOURCEs that are not local files: S3 and a live etcd's TLS files."""
+
+    s3: S3Options | None = None
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+def open_proof_source(spec: str, access: ProofAccess = ProofAccess()) -> ProofSource:  # noqa: B008 - immutable
+    """The one entry point for a ``--proof`` SOURCE: a snapshot file (``.db``, ``.zip``, ``.gz``),
+    an ``s3://bucket/key`` object, or a running etcd (``https://host:port``, read at one revision
+    with its history down to the compaction point).
+
+    ``taken_at``: a local file's mtime; an S3 object's time from its K3s/RKE2 name
+    (``<name>-<node>-<unix seconds>``), else unknown; a live etcd is now (``None``).
 
     Raises:
         InputError/SnapshotError: a missing, unreadable or damaged snapshot.
+        S3Unreachable, EtcdUnreachable: a remote source that did not answer (exit 4).
     """
+    if spec.startswith(("http://", "https://")):
+        from snapshot_tools.live_etcd import EtcdSource, etcd_target  # grpc and pyetcd only when needed
+
+        return ProofSource(EtcdSource(etcd_target(spec, access.cacert, access.cert, access.key)), None)
+    if is_s3_url(spec):
+        name = parse_name(spec.rsplit("/", 1)[-1])
+        return ProofSource(open_source(spec, access.s3), None if name is None else float(name.timestamp))
     source = open_source(spec)
     try:
         taken_at: float | None = os.stat(spec).st_mtime
@@ -283,7 +308,12 @@ def _demoted_at(keyring: Keyring, kek_id: str) -> float | None:
 
 
 def kek_usage(
-    sources: Sequence[str], keyring: Keyring, kek_id: str, *, providers: Sequence[str] = ()
+    sources: Sequence[str],
+    keyring: Keyring,
+    kek_id: str,
+    *,
+    providers: Sequence[str] = (),
+    access: ProofAccess = ProofAccess(),  # noqa: B008 - immutable
 ) -> KekUsage:
     """Scan every revision of every source for values that need KEK ``kek_id`` of ``keyring``.
 
@@ -301,7 +331,7 @@ def kek_usage(
     scanner = _Scanner(keyring, kek_id, providers, usage)
     demoted = _demoted_at(keyring, kek_id)
     for spec in sources:
-        opened = open_proof_source(spec)
+        opened = open_proof_source(spec, access)
         with opened.source as source:
             scan = SourceScan(source.name, source.revision, source.compacted_revision())
             usage.sources.append(scan)

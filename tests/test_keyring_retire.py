@@ -19,6 +19,7 @@ from kms_plugin.keks.audit import read_audit
 from kms_plugin.keks.local import ACTIVE, Keyring
 from snapshot_tools.providers import kms_prefix, kmsv2
 from tests.support.configs import kms, rule, write_config
+from tests.support.inputs import k3s_zip
 from tests.support.k8s_objects import json_object
 from tests.support.kms import file_mode, served, short_dir
 from tests.support.lifecycle import assert_no_material, run_plugin
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tests.support.cli import Cli
+    from tests.support.inputs import MotoS3
 
 pytestmark = pytest.mark.etcd
 
@@ -156,3 +158,34 @@ def test_retire_refuses_a_damaged_or_missing_source(
         # The intact snapshot proves it.
         res = run_plugin(capsys, "keyring", "retire", keyring, old.id, "--proof", snap)
         assert res.code == 0, res.err
+
+
+def test_retire_proves_against_a_live_etcd_and_a_zipped_s3_snapshot(
+    etcd_server, tmp_path: Path, capsys: pytest.CaptureFixture[str], moto_s3: MotoS3
+) -> None:
+    """Every SOURCE form gives the same proof as the snapshot file of the same keyspace."""
+    secrets = [f"/registry/secrets/default/s{i}" for i in range(3)]
+    with short_dir() as d:
+        keyring = d / "k.json"
+        assert run_plugin(capsys, "keyring", "init", keyring).code == 0
+        etcd = etcd_server.client()
+        with served(d), KMSv2Client(f"unix://{d / 'p.sock'}") as client:
+            _write(etcd, client, secrets)  # under A
+            assert run_plugin(capsys, "keyring", "rotate", keyring).code == 0
+            _write(etcd, client, secrets[:1])  # A still live in s1, s2 and in s0's history
+        snap = etcd_server.snapshot_save(tmp_path / "etcd-snapshot-node1-1700000000")
+        url = moto_s3.put("k3s-backups", "etcd-snapshot-node1-1700000000.zip", k3s_zip(snap, tmp_path, snap.name))
+        a = Keyring.load(keyring).keks[0]
+
+        def needing(*args: str | Path) -> dict[str, int]:
+            res = run_plugin(capsys, "keyring", "retire", keyring, a.id, *args, "--dry-run", "-o", "json")
+            assert res.code == 1, res.err  # A is still needed: refused, nothing changed
+            return {row["what"]: row["count"] for row in json.loads(res.out)["needing"]}
+
+        from_file = needing("--proof", snap)
+        assert from_file == {"secrets": 3}  # s0's old revision, s1, s2
+        assert needing("--proof", etcd_server.endpoint) == from_file
+        assert needing("--proof", url, "--s3-endpoint-url", moto_s3.url, "--s3-region", "us-east-1") == from_file
+        dead = run_plugin(capsys, "keyring", "retire", keyring, a.id, "--proof", "http://127.0.0.1:9", "--dry-run")
+        assert dead.code == 4 and dead.err.count("\n") == 1
+        assert len(Keyring.load(keyring).keks) == 2

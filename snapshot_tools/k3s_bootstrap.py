@@ -614,14 +614,16 @@ class KeysReport:
         }
 
 
-def keys_report(snapshot: str, token: str) -> KeysReport:
+def keys_report(
+    snapshot: str, token: str, s3: S3Options | None = None, *, progress: bool = False
+) -> KeysReport:
     """Open ``snapshot``'s bootstrap data with ``token`` and describe the keys it carries.
 
     Raises:
         TokenError, BootstrapError: as :func:`find_bootstrap`.
         ConfigError: the embedded config is not a valid EncryptionConfiguration.
     """
-    with open_record_source(snapshot) as source:
+    with open_record_source(snapshot, None, s3, progress=progress) as source:
         data = read_bootstrap(source, token, source.name)
     config = data.encryption_config
     if config is None:

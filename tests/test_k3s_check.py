@@ -297,6 +297,14 @@ def test_s3_zip_with_only_the_token(
     assert temp_leftovers(scratch) == []
     status = cli("status", url, *s3, "-o", "json").json()
     assert [b["token_hash"] for b in status["bootstrap"]] == [key_hash(PASSWORD)]
+    keys = cli("keys", url, "--k3s-token", TOKEN, *s3, "-o", "json")
+    assert keys.code == 0, keys.err
+    assert [(k["name"], k["active"]) for k in keys.json()["keys"] if k["provider"] == "aescbc"] == [
+        (NEW_NAME, True),
+        ("aescbckey", False),
+    ]
+    assert temp_leftovers(scratch) == []
+    assert_no_token(keys.out, keys.err)
     assert_no_token(result.out, result.err)
 
 

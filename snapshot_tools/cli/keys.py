@@ -11,7 +11,15 @@ import typer
 
 from snapshot_tools.atomic_file import check_target
 from snapshot_tools.cli import app
-from snapshot_tools.cli.options import K3sTokenOpt, SnapshotArg  # noqa: TC001 - Typer reads the annotations at run time
+from snapshot_tools.cli.options import (  # Typer reads the annotations at run time
+    K3sTokenOpt,
+    S3EndpointOpt,
+    S3RegionOpt,
+    SnapshotArg,
+    download_progress,
+    s3_options,
+    stop_signals_unwind,
+)
 from snapshot_tools.cli.output import OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.errors import UsageError
 from snapshot_tools.k3s_bootstrap import KeysReport, export_config, keys_report, read_token
@@ -37,6 +45,8 @@ def keys(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="With --export: replace an existing regular file.")] = False,
+    s3_endpoint_url: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
 ) -> None:
     """Show the encryption config K3s/RKE2 keep in the snapshot's /bootstrap record (needs the server token).
 
@@ -50,7 +60,11 @@ def keys(
         raise UsageError("keys needs the server token: --k3s-token TOKEN|@FILE (or K3S_TOKEN / RKE2_TOKEN)")
     if export is not None:
         check_target(export, force=force, inputs=[str(snapshot)])  # before any KDF work
-    report = keys_report(str(snapshot), read_token(k3s_token))
+    # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
+    with stop_signals_unwind():
+        report = keys_report(
+            snapshot, read_token(k3s_token), s3_options(s3_endpoint_url, s3_region), progress=download_progress()
+        )
     for note in report.data.notes():
         diagnostic(f"note: {printable(note)}")
     if export is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -39,8 +40,9 @@ from snapshot_tools.errors import (
     SnapshotError,
     UsageError,
 )
+from snapshot_tools.inputs import is_s3_url, opened
 from snapshot_tools.integrity import require_integrity
-from snapshot_tools.k3s_bootstrap import keyset_for
+from snapshot_tools.k3s_bootstrap import prepare_keyset
 from snapshot_tools.keysets import config_files, load_keyset
 from snapshot_tools.mvcc import (
     KEY_BUCKET,
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
     from pathlib import Path
 
+    from snapshot_tools.inputs import S3Options, SnapshotInput
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.readers import Resolution
     from snapshot_tools.set_aside import RestoreEntry
@@ -88,6 +91,8 @@ class QuarantineOptions:
     force: bool = False
     etcd_prefix: str = "/registry"
     skip_hash_check: bool = False
+    s3: S3Options | None = None  # for an s3:// snapshot
+    download_progress: bool = False  # a download bar on stderr (the CLI: when it is a terminal)
 
 
 @dataclass
@@ -339,7 +344,7 @@ def input_files(snapshot: str, paths: Sequence[str], access: KeyAccess) -> list[
     Raises:
         ConfigError: a config path that does not exist.
     """
-    files = [snapshot]
+    files = [] if is_s3_url(snapshot) else [snapshot]  # a local .zip/.gz is an input too
     for path in paths:
         files.append(path)
         files.extend(str(f) for f in config_files(path))
@@ -357,33 +362,39 @@ def run_quarantine(opts: QuarantineOptions) -> QuarantineSummary:
         KMSUnavailable: a KMS needed for a verdict did not answer: nothing is written.
     """
     started = time.monotonic()
-    keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access)
-    known = keyset.resource_names()
-    wanted = {resolve_resource(label, known) for label in opts.resources}  # typos fail here
-    inputs = input_files(opts.snapshot, opts.access.configs, opts.access)
-    set_aside: SetAsideDir | None = None
-    if not opts.dry_run:
-        if opts.output is None or opts.directory is None:
-            raise UsageError("quarantine writes OUT and the set-aside directory: give both (or --dry-run)")
-        check_target(opts.output, force=opts.force, inputs=inputs)  # before a KMS is asked anything
-        set_aside = SetAsideDir(opts.directory, force=opts.force, inputs=[*inputs, opts.output])
-    if not opts.skip_hash_check:
-        require_integrity(opts.snapshot)
-    with open_unwrappers(keyset, opts.access) as unwrappers:
-        return _quarantine(opts, Reader(keyset, unwrappers), wanted, set_aside, inputs, started)
+    with ExitStack() as stack:
+        keyset, snapshot = prepare_keyset(
+            opts.access.configs, opts.snapshot, opts.access, stack, opts.s3, progress=opts.download_progress
+        )
+        known = keyset.resource_names()
+        wanted = {resolve_resource(label, known) for label in opts.resources}  # typos fail here
+        inputs = input_files(opts.snapshot, opts.access.configs, opts.access)
+        set_aside: SetAsideDir | None = None
+        if not opts.dry_run:
+            if opts.output is None or opts.directory is None:
+                raise UsageError("quarantine writes OUT and the set-aside directory: give both (or --dry-run)")
+            check_target(opts.output, force=opts.force, inputs=inputs)  # before a KMS is asked anything
+            set_aside = SetAsideDir(opts.directory, force=opts.force, inputs=[*inputs, opts.output])
+        # Unpacked or downloaded once, for the integrity check and the read.
+        local = stack.enter_context(opened(snapshot, opts.s3, progress=opts.download_progress))
+        if not opts.skip_hash_check:
+            require_integrity(local)
+        unwrappers = stack.enter_context(open_unwrappers(keyset, opts.access))
+        return _quarantine(opts, local, Reader(keyset, unwrappers), wanted, set_aside, inputs, started)
 
 
 def _quarantine(
     opts: QuarantineOptions,
+    local: SnapshotInput,
     reader: Reader,
     wanted: set[str],
     set_aside: SetAsideDir | None,
     inputs: list[str],
     started: float,
 ) -> QuarantineSummary:
-    summary = QuarantineSummary(opts.snapshot, opts.output, opts.directory, opts.dry_run)
+    summary = QuarantineSummary(local.spec, opts.output, opts.directory, opts.dry_run)
     judge = _Judge(opts, reader, wanted)
-    with Snapshot.open(opts.snapshot) as snap:
+    with Snapshot.open(local.path) as snap:
         summary.revision_in = summary.revision_out = snap.revision
         summary.bytes_in = snap.size
         objects = find_quarantine(snap, opts, judge)
@@ -534,6 +545,8 @@ class RestoreOptions:
     force: bool = False
     etcd_prefix: str = "/registry"
     skip_hash_check: bool = False
+    s3: S3Options | None = None  # for an s3:// snapshot
+    download_progress: bool = False
 
 
 @dataclass
@@ -585,21 +598,22 @@ def run_restore(opts: RestoreOptions) -> RestoreSummary:
     paths = ([opts.to] if opts.to else []) + list(opts.access.configs)
     if opts.to and not opts.access.configs:
         raise UsageError("--to needs --config: the configs that read the set-aside values")
-    inputs = input_files(opts.snapshot, paths, opts.access) if paths else [opts.snapshot]
+    inputs = input_files(opts.snapshot, paths, opts.access)
     inputs += [str(e.path) for e in entries]
     check_target(opts.output, force=opts.force, inputs=inputs)
-    if not opts.skip_hash_check:
-        require_integrity(opts.snapshot)
+    keyset = load_keyset(paths) if paths else None  # a bad config fails before any download
     summary = RestoreSummary(opts.output, opts.directory, reencrypted=opts.to is not None, checked=bool(paths))
-    if not paths:
-        return _restore(opts, entries, None, None, summary, inputs, started)
-    keyset = load_keyset(paths)
-    with open_unwrappers(keyset, opts.access) as unwrappers:
-        return _restore(opts, entries, keyset, unwrappers, summary, inputs, started)
+    with ExitStack() as stack:
+        local = stack.enter_context(opened(opts.snapshot, opts.s3, progress=opts.download_progress))
+        if not opts.skip_hash_check:
+            require_integrity(local)
+        unwrappers = stack.enter_context(open_unwrappers(keyset, opts.access)) if keyset is not None else None
+        return _restore(opts, local, entries, keyset, unwrappers, summary, inputs, started)
 
 
 def _restore(
     opts: RestoreOptions,
+    local: SnapshotInput,
     entries: Sequence[RestoreEntry],
     keyset: KeySet | None,
     unwrappers: dict[str, Unwrapper] | None,
@@ -614,7 +628,7 @@ def _restore(
     target = _Target(keyset.configs[0], unwrappers or {}) if keyset is not None and opts.to else None
     unreadable: list[str] = []
     unavailable: list[str] = []
-    with Snapshot.open(opts.snapshot) as snap:
+    with Snapshot.open(local.path) as snap:
         summary.revision_in = summary.revision_out = snap.revision
         live = {r.key for r in snap.latest()}
         leases = {k for k, _v in snap.items(b"lease")} if b"lease" in snap.buckets() else set()

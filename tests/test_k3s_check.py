@@ -262,6 +262,11 @@ def test_quarantine_with_only_the_token(cluster: Cluster, cli: Cli, tmp_path: Pa
     assert S + "lost" not in verdicts(report)  # tombstoned at a new revision
     assert verdicts(report)[S + "stale"] == ("stale", None)
     assert code == 0
+    # The K3s .zip of the same snapshot: the same objects would be set aside.
+    zipped = k3s_zip(snap, tmp_path, snap.name)
+    dry = [cli("quarantine", spec, "--k3s-token", TOKEN, "--dry-run", "-o", "json") for spec in (snap, zipped)]
+    assert [r.code for r in dry] == [1, 1]
+    assert dry[0].json()["objects"] == dry[1].json()["objects"] != []
 
 
 def test_live_etcd_with_only_the_token(cluster: Cluster, cli: Cli) -> None:

@@ -26,10 +26,20 @@ from snapshot_tools.cli.options import (
     K3sTokenOpt,
     KeyringOpt,
     KmsOpt,
+    Pkcs11KeyOpt,
+    Pkcs11ModuleOpt,
+    Pkcs11Opt,
+    Pkcs11PinOpt,
+    Pkcs11TokenOpt,
     PrefixOpt,
+    S3EndpointOpt,
+    S3RegionOpt,
     SkipHashCheckOpt,
     SnapshotArg,
+    download_progress,
     key_access,
+    pkcs11_access,
+    s3_options,
 )
 from snapshot_tools.cli.output import OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.errors import EXIT_FINDINGS, Interrupted, UsageError
@@ -94,6 +104,13 @@ def quarantine(
     aws_endpoint_url: AwsEndpointOpt = None,
     aws_encryption_context: AwsContextOpt = "",
     k3s_token: K3sTokenOpt = None,
+    pkcs11: Pkcs11Opt = None,
+    pkcs11_module: Pkcs11ModuleOpt = None,
+    pkcs11_token_label: Pkcs11TokenOpt = None,
+    pkcs11_key_label: Pkcs11KeyOpt = None,
+    pkcs11_pin: Pkcs11PinOpt = None,
+    s3_endpoint_url: S3EndpointOpt = None,
+    s3_region: S3RegionOpt = None,
     resource: Annotated[
         list[str] | None,
         typer.Option("--resource", "-r", help="Only objects of this resource (secrets, configmaps, ...); repeatable."),
@@ -138,7 +155,9 @@ def quarantine(
         aws_encryption_context,
         k3s_token,
         required=restore_from is None,
+        pkcs11=pkcs11_access(pkcs11, pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin),
     )
+    s3 = s3_options(s3_endpoint_url, s3_region)
     if restore_from is not None:
         if output_file is None:
             raise UsageError("--restore-from needs OUT")
@@ -153,6 +172,8 @@ def quarantine(
             force=force,
             etcd_prefix=etcd_prefix,
             skip_hash_check=skip_hash_check,
+            s3=s3,
+            download_progress=download_progress(),
         )
         _show_restore(_interruptible(opts.output, lambda: run_restore(opts)), output)
         return
@@ -174,6 +195,8 @@ def quarantine(
         force=force,
         etcd_prefix=etcd_prefix,
         skip_hash_check=skip_hash_check,
+        s3=s3,
+        download_progress=download_progress(),
     )
     s = _interruptible(qopts.output, lambda: run_quarantine(qopts))
     _show_quarantine(s, output)

@@ -289,7 +289,8 @@ _REASON_HINTS = {
         "(an older key reused the name, or the values were moved or tampered with)"
     ),
     "kms-unavailable": (
-        "start the KMS plugin, or pass --kms NAME=unix:///... / --keyring NAME=FILE / --aws-kms NAME[=KEY]"
+        "start the KMS plugin, or pass --kms NAME=unix:///... / --keyring NAME=FILE / --aws-kms NAME[=KEY] / "
+        "--pkcs11 NAME with the --pkcs11-* flags"
     ),
     "plaintext-rejected": (
         "stored unencrypted but no config lists identity for the resource; "

@@ -96,7 +96,8 @@ class PluginMetrics:
         )
         self.remote_calls = Counter(
             "kms_plugin_remote_calls_total",
-            "Calls to a remote KMS (AWS) by operation and outcome; probes included.",
+            "Calls to the key backend outside the process (AWS KMS, a PKCS#11 token) by operation and outcome; "
+            "probes included.",
             ["operation", "outcome"],
             registry=r,
         )

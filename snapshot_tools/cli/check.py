@@ -9,35 +9,13 @@ import typer
 
 from snapshot_tools.check import CheckOptions, run_check
 from snapshot_tools.cli import app
+from snapshot_tools.cli.flag_groups import EtcdFlags, KeyFlags, S3Flags, expand
 from snapshot_tools.cli.options import (
-    AwsContextOpt,
-    AwsEndpointOpt,
-    AwsKmsOpt,
-    AwsRegionOpt,
     ConfigOpt,
-    EtcdCacertOpt,
-    EtcdCertOpt,
-    EtcdEndpointOpt,
-    EtcdKeyOpt,
-    EtcdTimeoutOpt,
-    K3sTokenOpt,
-    KeyringOpt,
-    KmsOpt,
     OptionalSnapshotArg,
-    Pkcs11KeyOpt,
-    Pkcs11ModuleOpt,
-    Pkcs11Opt,
-    Pkcs11PinOpt,
-    Pkcs11TokenOpt,
     PrefixOpt,
-    S3EndpointOpt,
-    S3RegionOpt,
     SkipHashCheckOpt,
     download_progress,
-    key_access,
-    pkcs11_access,
-    s3_options,
-    snapshot_or_etcd,
     stop_signals_unwind,
 )
 from snapshot_tools.cli.output import (
@@ -50,7 +28,7 @@ from snapshot_tools.cli.output import (
     render_table,
 )
 from snapshot_tools.integrity import SKIP_FLAG, refusal
-from snapshot_tools.live_etcd import DEFAULT_TIMEOUT, LIVE
+from snapshot_tools.live_etcd import LIVE
 from snapshot_tools.report import DEFAULT_FAIL_ON, CheckReport, parse_fail_on
 
 if TYPE_CHECKING:
@@ -64,22 +42,12 @@ DEFAULT_LIMIT = 50  # rows of the human report; 3,000 findings must not print 3,
 
 
 @app.command()
+@expand
 def check(
     snapshot: OptionalSnapshotArg = None,
     *,
     config: ConfigOpt = None,
-    kms: KmsOpt = None,
-    keyring: KeyringOpt = None,
-    aws_kms: AwsKmsOpt = None,
-    aws_region: AwsRegionOpt = None,
-    aws_endpoint_url: AwsEndpointOpt = None,
-    aws_encryption_context: AwsContextOpt = "",
-    k3s_token: K3sTokenOpt = None,
-    pkcs11: Pkcs11Opt = None,
-    pkcs11_module: Pkcs11ModuleOpt = None,
-    pkcs11_token_label: Pkcs11TokenOpt = None,
-    pkcs11_key_label: Pkcs11KeyOpt = None,
-    pkcs11_pin: Pkcs11PinOpt = None,
+    keys: KeyFlags,
     all_revisions: Annotated[
         bool, typer.Option("--all-revisions", help="Judge every stored revision, deleted keys included.")
     ] = False,
@@ -108,13 +76,8 @@ def check(
             help="Human report: at most N finding rows (and N groups); 0 shows all. JSON keeps every object.",
         ),
     ] = DEFAULT_LIMIT,
-    etcd_endpoint: EtcdEndpointOpt = None,
-    cacert: EtcdCacertOpt = None,
-    cert: EtcdCertOpt = None,
-    key: EtcdKeyOpt = None,
-    etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
-    s3_endpoint_url: S3EndpointOpt = None,
-    s3_region: S3RegionOpt = None,
+    etcd: EtcdFlags,
+    s3: S3Flags,
 ) -> None:
     """Judge every stored value against the configs given: current, stale, retired or unreadable.
 
@@ -127,19 +90,15 @@ def check(
     revision, with the same verdicts as a snapshot of that revision; exit 4 when it cannot be read.
     """
     policy = parse_fail_on(fail_on)
-    etcd = snapshot_or_etcd(snapshot, etcd_endpoint, cacert, cert, key, etcd_timeout)
     opts = CheckOptions(
-        snapshot=str(snapshot or ""),
-        etcd=etcd,
-        access=key_access(
-            config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token,
-            pkcs11=pkcs11_access(pkcs11, pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin),
-        ),
+        snapshot=snapshot or "",
+        etcd=etcd.target(snapshot),
+        access=keys.access(config),
         all_revisions=all_revisions,
         resources=resource or (),
         etcd_prefix=etcd_prefix,
         skip_hash_check=skip_hash_check,
-        s3=s3_options(s3_endpoint_url, s3_region),
+        s3=s3.options(),
         download_progress=download_progress(),
     )
     # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).

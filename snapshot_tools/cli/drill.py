@@ -14,30 +14,14 @@ import typer
 
 from kms_plugin.cli_runner import interrupt_signal, stop_signals_raise
 from snapshot_tools.atomic_file import AtomicFile, check_target
-from snapshot_tools.cli import app
+from snapshot_tools.cli import app, flag_groups
 from snapshot_tools.cli.check import DEFAULT_LIMIT, render_check
+from snapshot_tools.cli.flag_groups import KeyFlags, S3Flags  # noqa: TC001 - Typer reads the annotations at run time
 from snapshot_tools.cli.options import (
-    AwsContextOpt,
-    AwsEndpointOpt,
-    AwsKmsOpt,
-    AwsRegionOpt,
     ConfigOpt,
-    K3sTokenOpt,
-    KeyringOpt,
-    KmsOpt,
-    Pkcs11KeyOpt,
-    Pkcs11ModuleOpt,
-    Pkcs11Opt,
-    Pkcs11PinOpt,
-    Pkcs11TokenOpt,
     PrefixOpt,
-    S3EndpointOpt,
-    S3RegionOpt,
     SkipHashCheckOpt,
     download_progress,
-    key_access,
-    pkcs11_access,
-    s3_options,
 )
 from snapshot_tools.cli.output import OutputFormat, diagnostic, printable
 from snapshot_tools.drill import DrillOptions, DrillResult, drill_inputs, worst
@@ -58,6 +42,7 @@ _FINDINGS = ("unreadable", "retired", "stale")
 
 
 @app.command()
+@flag_groups.expand
 def drill(
     snapshots: Annotated[
         list[str],
@@ -67,13 +52,9 @@ def drill(
             "(with --newest/--per-node); only read.",
         ),
     ],
+    *,
     config: ConfigOpt = None,
-    kms: KmsOpt = None,
-    keyring: KeyringOpt = None,
-    aws_kms: AwsKmsOpt = None,
-    aws_region: AwsRegionOpt = None,
-    aws_endpoint_url: AwsEndpointOpt = None,
-    aws_encryption_context: AwsContextOpt = "",
+    keys: KeyFlags,
     etcd_prefix: PrefixOpt = "/registry",
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="table or json.")] = OutputFormat.table,
     fail_on: Annotated[
@@ -112,14 +93,7 @@ def drill(
     limit: Annotated[
         int, typer.Option("--limit", min=0, help="Human report: at most N finding rows per snapshot (as check).")
     ] = DEFAULT_LIMIT,
-    s3_endpoint_url: S3EndpointOpt = None,
-    s3_region: S3RegionOpt = None,
-    k3s_token: K3sTokenOpt = None,
-    pkcs11: Pkcs11Opt = None,
-    pkcs11_module: Pkcs11ModuleOpt = None,
-    pkcs11_token_label: Pkcs11TokenOpt = None,
-    pkcs11_key_label: Pkcs11KeyOpt = None,
-    pkcs11_pin: Pkcs11PinOpt = None,
+    s3: S3Flags,
 ) -> None:
     """Drill a restore: integrity, check, then etcdutl snapshot restore + etcd on 127.0.0.1 with every
     key read back and compared; one result per snapshot.
@@ -131,33 +105,23 @@ def drill(
     """
     policy = parse_fail_on(fail_on)
     configs = list(config or [])
-    access = key_access(
-        configs,
-        kms,
-        keyring,
-        aws_kms,
-        aws_region,
-        aws_endpoint_url,
-        aws_encryption_context,
-        k3s_token,
-        pkcs11=pkcs11_access(pkcs11, pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin),
-    )
+    access = keys.access(configs)
     if no_restore and etcd_bin is not None:
         raise UsageError("--no-restore and --etcd-bin may not be used together")
     tools = None if no_restore else require_etcd(etcd_bin)
-    s3 = s3_options(s3_endpoint_url, s3_region)
+    s3_opts = s3.options()
     local = [s for s in snapshots if not is_s3_url(s)]
     outputs = [p for p in (junit, metrics_file) if p is not None]
     if len(set(map(os.path.realpath, outputs))) < len(outputs):
         raise UsageError("--junit and --metrics-file name the same file")
     for target in outputs:  # before any work: a drill must not end in an unwritable report
         check_target(target, force=True, inputs=[*local, *configs])
-    specs = expand(snapshots, s3, newest, per_node=per_node)
+    specs = expand(snapshots, s3_opts, newest, per_node=per_node)
     opts = DrillOptions(access, policy, tools, skip_hash_check=skip_hash_check, etcd_prefix=etcd_prefix)
     try:
         with stop_signals_raise():  # SIGTERM/SIGINT/SIGHUP: etcd stopped, scratch removed, exit 128+N
             progress = download_progress()
-            results = list(drill_inputs(specs, opts, lambda spec: open_input(spec, s3, progress=progress)))
+            results = list(drill_inputs(specs, opts, lambda spec: open_input(spec, s3_opts, progress=progress)))
             now = time.time()
             if junit is not None:
                 _publish(junit, junit_xml(results), inputs=[*local, *configs])

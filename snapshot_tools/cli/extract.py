@@ -9,35 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from snapshot_tools.cli import app
+from snapshot_tools.cli.flag_groups import EtcdFlags, KeyFlags, S3Flags, expand
 from snapshot_tools.cli.options import (
-    AwsContextOpt,
-    AwsEndpointOpt,
-    AwsKmsOpt,
-    AwsRegionOpt,
     ConfigOpt,
-    EtcdCacertOpt,
-    EtcdCertOpt,
-    EtcdEndpointOpt,
-    EtcdKeyOpt,
-    EtcdTimeoutOpt,
-    K3sTokenOpt,
-    KeyringOpt,
-    KmsOpt,
     OptionalSnapshotArg,
-    Pkcs11KeyOpt,
-    Pkcs11ModuleOpt,
-    Pkcs11Opt,
-    Pkcs11PinOpt,
-    Pkcs11TokenOpt,
     PrefixOpt,
-    S3EndpointOpt,
-    S3RegionOpt,
     SkipHashCheckOpt,
     download_progress,
-    key_access,
-    pkcs11_access,
-    s3_options,
-    snapshot_or_etcd,
     stop_signals_unwind,
 )
 from snapshot_tools.cli.output import diagnostic, kms_diagnostics, printable, progress_reporter
@@ -52,7 +30,6 @@ from snapshot_tools.extract import (
     stream_yaml,
 )
 from snapshot_tools.label_selector import parse_selector
-from snapshot_tools.live_etcd import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -66,22 +43,12 @@ class ManifestFormat(enum.StrEnum):
 
 
 @app.command()
+@expand
 def extract(
     snapshot: OptionalSnapshotArg = None,
     *,
     config: ConfigOpt = None,
-    kms: KmsOpt = None,
-    keyring: KeyringOpt = None,
-    aws_kms: AwsKmsOpt = None,
-    aws_region: AwsRegionOpt = None,
-    aws_endpoint_url: AwsEndpointOpt = None,
-    aws_encryption_context: AwsContextOpt = "",
-    k3s_token: K3sTokenOpt = None,
-    pkcs11: Pkcs11Opt = None,
-    pkcs11_module: Pkcs11ModuleOpt = None,
-    pkcs11_token_label: Pkcs11TokenOpt = None,
-    pkcs11_key_label: Pkcs11KeyOpt = None,
-    pkcs11_pin: Pkcs11PinOpt = None,
+    keys: KeyFlags,
     resource: Annotated[
         list[str] | None,
         typer.Option(
@@ -136,13 +103,8 @@ def extract(
     ] = False,
     etcd_prefix: PrefixOpt = "/registry",
     skip_hash_check: SkipHashCheckOpt = False,
-    etcd_endpoint: EtcdEndpointOpt = None,
-    cacert: EtcdCacertOpt = None,
-    cert: EtcdCertOpt = None,
-    key: EtcdKeyOpt = None,
-    etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
-    s3_endpoint_url: S3EndpointOpt = None,
-    s3_region: S3RegionOpt = None,
+    etcd: EtcdFlags,
+    s3: S3Flags,
 ) -> None:
     """Decrypt and decode objects into one v1 List on stdout, streamed (Secret values included), or
     one file per object with --output-dir. Add --strip-server-fields to re-create them on a fresh
@@ -155,14 +117,10 @@ def extract(
     With --etcd-endpoint instead of SNAPSHOT the running etcd is read (never written) at one
     revision; exit 4 when it cannot be read.
     """
-    etcd = snapshot_or_etcd(snapshot, etcd_endpoint, cacert, cert, key, etcd_timeout)
     opts = ExtractOptions(
-        snapshot=str(snapshot or ""),
-        etcd=etcd,
-        access=key_access(
-            config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token,
-            pkcs11=pkcs11_access(pkcs11, pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin),
-        ),
+        snapshot=snapshot or "",
+        etcd=etcd.target(snapshot),
+        access=keys.access(config),
         resources=resource or ("secrets",),
         namespace=namespace,
         name=name,
@@ -172,7 +130,7 @@ def extract(
         show_managed_fields=show_managed_fields,
         etcd_prefix=etcd_prefix,
         skip_hash_check=skip_hash_check,
-        s3=s3_options(s3_endpoint_url, s3_region),
+        s3=s3.options(),
         download_progress=download_progress(),
     )
     if force and output_dir is None:

@@ -11,13 +11,11 @@ import typer
 
 from snapshot_tools.atomic_file import check_target
 from snapshot_tools.cli import app
+from snapshot_tools.cli.flag_groups import S3Flags, expand
 from snapshot_tools.cli.options import (  # Typer reads the annotations at run time
     K3sTokenOpt,
-    S3EndpointOpt,
-    S3RegionOpt,
     SnapshotArg,
     download_progress,
-    s3_options,
     stop_signals_unwind,
 )
 from snapshot_tools.cli.output import OutputFormat, diagnostic, printable, render_table
@@ -32,8 +30,10 @@ _VARIANTS = {
 
 
 @app.command()
+@expand
 def keys(
     snapshot: SnapshotArg,
+    *,
     k3s_token: K3sTokenOpt = None,
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="table or json.")] = OutputFormat.table,
     export: Annotated[
@@ -45,8 +45,7 @@ def keys(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="With --export: replace an existing regular file.")] = False,
-    s3_endpoint_url: S3EndpointOpt = None,
-    s3_region: S3RegionOpt = None,
+    s3: S3Flags,
 ) -> None:
     """Show the encryption config K3s/RKE2 keep in the snapshot's /bootstrap record (needs the server token).
 
@@ -63,7 +62,7 @@ def keys(
     # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
     with stop_signals_unwind():
         report = keys_report(
-            snapshot, read_token(k3s_token), s3_options(s3_endpoint_url, s3_region), progress=download_progress()
+            snapshot, read_token(k3s_token), s3.options(), progress=download_progress()
         )
     for note in report.data.notes():
         diagnostic(f"note: {printable(note)}")

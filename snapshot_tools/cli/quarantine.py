@@ -18,28 +18,12 @@ import typer
 
 from kms_plugin.cli_runner import interrupt_signal, stop_signals_raise
 from snapshot_tools.cli import app
+from snapshot_tools.cli.flag_groups import KeyFlags, S3Flags, expand
 from snapshot_tools.cli.options import (
-    AwsContextOpt,
-    AwsEndpointOpt,
-    AwsKmsOpt,
-    AwsRegionOpt,
-    K3sTokenOpt,
-    KeyringOpt,
-    KmsOpt,
-    Pkcs11KeyOpt,
-    Pkcs11ModuleOpt,
-    Pkcs11Opt,
-    Pkcs11PinOpt,
-    Pkcs11TokenOpt,
     PrefixOpt,
-    S3EndpointOpt,
-    S3RegionOpt,
     SkipHashCheckOpt,
     SnapshotArg,
     download_progress,
-    key_access,
-    pkcs11_access,
-    s3_options,
 )
 from snapshot_tools.cli.output import OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.errors import EXIT_FINDINGS, Interrupted, UsageError
@@ -90,27 +74,17 @@ ToOpt = Annotated[
 
 
 @app.command()
+@expand
 def quarantine(
     snapshot: SnapshotArg,
     output_file: OptionalOutArg = None,
+    *,
     config: OptionalConfigOpt = None,
     to_dir: ToDirOpt = None,
     restore_from: RestoreFromOpt = None,
     to: ToOpt = None,
-    kms: KmsOpt = None,
-    keyring: KeyringOpt = None,
-    aws_kms: AwsKmsOpt = None,
-    aws_region: AwsRegionOpt = None,
-    aws_endpoint_url: AwsEndpointOpt = None,
-    aws_encryption_context: AwsContextOpt = "",
-    k3s_token: K3sTokenOpt = None,
-    pkcs11: Pkcs11Opt = None,
-    pkcs11_module: Pkcs11ModuleOpt = None,
-    pkcs11_token_label: Pkcs11TokenOpt = None,
-    pkcs11_key_label: Pkcs11KeyOpt = None,
-    pkcs11_pin: Pkcs11PinOpt = None,
-    s3_endpoint_url: S3EndpointOpt = None,
-    s3_region: S3RegionOpt = None,
+    keys: KeyFlags,
+    s3: S3Flags,
     resource: Annotated[
         list[str] | None,
         typer.Option("--resource", "-r", help="Only objects of this resource (secrets, configmaps, ...); repeatable."),
@@ -145,19 +119,8 @@ def quarantine(
     unreadable; 2 usage/config error, existing OUT or non-empty DIR without --force; 3 damaged
     snapshot or set-aside directory; 4 a KMS needed could not be reached (nothing written).
     """
-    access = key_access(
-        config or [],
-        kms,
-        keyring,
-        aws_kms,
-        aws_region,
-        aws_endpoint_url,
-        aws_encryption_context,
-        k3s_token,
-        required=restore_from is None,
-        pkcs11=pkcs11_access(pkcs11, pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin),
-    )
-    s3 = s3_options(s3_endpoint_url, s3_region)
+    access = keys.access(config, required=restore_from is None)
+    s3_opts = s3.options()
     if restore_from is not None:
         if output_file is None:
             raise UsageError("--restore-from needs OUT")
@@ -172,14 +135,14 @@ def quarantine(
             force=force,
             etcd_prefix=etcd_prefix,
             skip_hash_check=skip_hash_check,
-            s3=s3,
+            s3=s3_opts,
             download_progress=download_progress(),
         )
         _show_restore(_interruptible(opts.output, lambda: run_restore(opts)), output)
         return
     if to is not None:
         raise UsageError("--to only goes with --restore-from (reencrypt writes a whole snapshot under a new key)")
-    if not config and k3s_token is None:
+    if not config and keys.k3s_token is None:
         raise UsageError("quarantine needs --config (or --k3s-token): the encryption configs to judge the values with")
     if not dry_run and (output_file is None or to_dir is None):
         raise UsageError("quarantine needs OUT and --to-dir DIR (where the objects are kept), or --dry-run")
@@ -195,7 +158,7 @@ def quarantine(
         force=force,
         etcd_prefix=etcd_prefix,
         skip_hash_check=skip_hash_check,
-        s3=s3,
+        s3=s3_opts,
         download_progress=download_progress(),
     )
     s = _interruptible(qopts.output, lambda: run_quarantine(qopts))

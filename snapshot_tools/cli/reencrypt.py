@@ -16,29 +16,13 @@ import typer
 
 from kms_plugin.cli_runner import interrupt_signal, stop_signals_raise
 from snapshot_tools.cli import app
+from snapshot_tools.cli.flag_groups import KeyFlags, S3Flags, expand
 from snapshot_tools.cli.options import (
-    AwsContextOpt,
-    AwsEndpointOpt,
-    AwsKmsOpt,
-    AwsRegionOpt,
     ConfigOpt,
-    K3sTokenOpt,
-    KeyringOpt,
-    KmsOpt,
-    Pkcs11KeyOpt,
-    Pkcs11ModuleOpt,
-    Pkcs11Opt,
-    Pkcs11PinOpt,
-    Pkcs11TokenOpt,
     PrefixOpt,
-    S3EndpointOpt,
-    S3RegionOpt,
     SkipHashCheckOpt,
     SnapshotArg,
     download_progress,
-    key_access,
-    pkcs11_access,
-    s3_options,
 )
 from snapshot_tools.cli.output import OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.errors import Interrupted
@@ -71,27 +55,18 @@ OutputOpt = Annotated[OutputFormat, typer.Option("--output", "-o", help="The sum
 
 
 @app.command()
+@expand
 def reencrypt(
     snapshot: SnapshotArg,
     to: Annotated[
         Path, typer.Option("--to", help="The new EncryptionConfiguration: its write provider/key is the target.")
     ],
     output_file: OutArg,
+    *,
     config: ConfigOpt = None,
     force: ForceOpt = False,
     latest_only: LatestOpt = False,
-    kms: KmsOpt = None,
-    keyring: KeyringOpt = None,
-    aws_kms: AwsKmsOpt = None,
-    aws_region: AwsRegionOpt = None,
-    aws_endpoint_url: AwsEndpointOpt = None,
-    aws_encryption_context: AwsContextOpt = "",
-    k3s_token: K3sTokenOpt = None,
-    pkcs11: Pkcs11Opt = None,
-    pkcs11_module: Pkcs11ModuleOpt = None,
-    pkcs11_token_label: Pkcs11TokenOpt = None,
-    pkcs11_key_label: Pkcs11KeyOpt = None,
-    pkcs11_pin: Pkcs11PinOpt = None,
+    keys: KeyFlags,
     decrypt_uncovered: Annotated[
         bool,
         typer.Option(
@@ -103,8 +78,7 @@ def reencrypt(
     etcd_prefix: PrefixOpt = "/registry",
     skip_hash_check: SkipHashCheckOpt = False,
     output: OutputOpt = OutputFormat.table,
-    s3_endpoint_url: S3EndpointOpt = None,
-    s3_region: S3RegionOpt = None,
+    s3: S3Flags,
 ) -> None:
     """Re-encrypt every stored revision under the write key of --to, offline, into a new snapshot.
 
@@ -121,16 +95,13 @@ def reencrypt(
             to=str(to),
             force=force,
             latest_only=latest_only,
-            access=key_access(
-                config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token,
-                pkcs11=pkcs11_access(pkcs11, pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin),
-            ),
+            access=keys.access(config),
             decrypt_uncovered=decrypt_uncovered,
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
             skip_hash_check=skip_hash_check,
             quarantine_dir=None if quarantine_unreadable is None else str(quarantine_unreadable),
-            s3=s3_options(s3_endpoint_url, s3_region),
+            s3=s3.options(),
             download_progress=download_progress(),
         ),
         output,
@@ -138,30 +109,20 @@ def reencrypt(
 
 
 @app.command()
+@expand
 def decrypt(
     snapshot: SnapshotArg,
     output_file: OutArg,
+    *,
     config: ConfigOpt = None,
     force: ForceOpt = False,
     latest_only: LatestOpt = False,
-    kms: KmsOpt = None,
-    keyring: KeyringOpt = None,
-    aws_kms: AwsKmsOpt = None,
-    aws_region: AwsRegionOpt = None,
-    aws_endpoint_url: AwsEndpointOpt = None,
-    aws_encryption_context: AwsContextOpt = "",
-    k3s_token: K3sTokenOpt = None,
-    pkcs11: Pkcs11Opt = None,
-    pkcs11_module: Pkcs11ModuleOpt = None,
-    pkcs11_token_label: Pkcs11TokenOpt = None,
-    pkcs11_key_label: Pkcs11KeyOpt = None,
-    pkcs11_pin: Pkcs11PinOpt = None,
+    keys: KeyFlags,
     skip_unreadable: SkipOpt = False,
     etcd_prefix: PrefixOpt = "/registry",
     skip_hash_check: SkipHashCheckOpt = False,
     output: OutputOpt = OutputFormat.table,
-    s3_endpoint_url: S3EndpointOpt = None,
-    s3_region: S3RegionOpt = None,
+    s3: S3Flags,
 ) -> None:
     """Write a plaintext copy of the snapshot (for a migration): every encrypted value decrypted.
 
@@ -174,14 +135,11 @@ def decrypt(
             output=str(output_file),
             force=force,
             latest_only=latest_only,
-            access=key_access(
-                config or [], kms, keyring, aws_kms, aws_region, aws_endpoint_url, aws_encryption_context, k3s_token,
-                pkcs11=pkcs11_access(pkcs11, pkcs11_module, pkcs11_token_label, pkcs11_key_label, pkcs11_pin),
-            ),
+            access=keys.access(config),
             skip_unreadable=skip_unreadable,
             etcd_prefix=etcd_prefix,
             skip_hash_check=skip_hash_check,
-            s3=s3_options(s3_endpoint_url, s3_region),
+            s3=s3.options(),
             download_progress=download_progress(),
         ),
         output,

@@ -8,22 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from snapshot_tools.cli import app
+from snapshot_tools.cli.flag_groups import EtcdFlags, S3Flags, expand
 from snapshot_tools.cli.options import (
-    EtcdCacertOpt,
-    EtcdCertOpt,
-    EtcdEndpointOpt,
-    EtcdKeyOpt,
-    EtcdTimeoutOpt,
     OptionalSnapshotArg,
-    S3EndpointOpt,
-    S3RegionOpt,
     download_progress,
-    s3_options,
-    snapshot_or_etcd,
     stop_signals_unwind,
 )
 from snapshot_tools.cli.output import TRAILER_MISMATCH, OutputFormat, diagnostic, printable, render_table
-from snapshot_tools.live_etcd import DEFAULT_TIMEOUT
 from snapshot_tools.live_status import LiveStatus, live_status
 from snapshot_tools.status import SnapshotStatus, snapshot_status
 
@@ -38,6 +29,7 @@ _TRAILER_NOTE = {
 
 
 @app.command()
+@expand
 def status(
     snapshot: OptionalSnapshotArg = None,
     *,
@@ -45,13 +37,8 @@ def status(
     etcd_prefix: Annotated[
         str, typer.Option("--etcd-prefix", help="kube-apiserver --etcd-prefix (registry, /registry/ mean /registry).")
     ] = "/registry",
-    etcd_endpoint: EtcdEndpointOpt = None,
-    cacert: EtcdCacertOpt = None,
-    cert: EtcdCertOpt = None,
-    key: EtcdKeyOpt = None,
-    etcd_timeout: EtcdTimeoutOpt = DEFAULT_TIMEOUT,
-    s3_endpoint_url: S3EndpointOpt = None,
-    s3_region: S3RegionOpt = None,
+    etcd: EtcdFlags,
+    s3: S3Flags,
 ) -> None:
     """Summarise a snapshot: size, SHA-256 trailer, page size, and etcdutl's hash/revision/keys.
 
@@ -71,17 +58,15 @@ def status(
     endpoint, etcd version, revision, compacted revision, db size (Maintenance.Status), live keys
     per resource and storage forms. Exit 4 when it cannot be read.
     """
-    etcd = snapshot_or_etcd(snapshot, etcd_endpoint, cacert, cert, key, etcd_timeout)
-    if etcd is not None:
-        live = live_status(etcd, etcd_prefix)
+    target = etcd.target(snapshot)
+    if target is not None:
+        live = live_status(target, etcd_prefix)
         print(json.dumps(live.to_dict(), indent=2) if output is OutputFormat.json else _render_live(live))
         return
-    assert snapshot is not None  # snapshot_or_etcd: one of them
+    assert snapshot is not None  # etcd.target: one of them
     # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
     with stop_signals_unwind():
-        result = snapshot_status(
-            snapshot, etcd_prefix, s3_options(s3_endpoint_url, s3_region), progress=download_progress()
-        )
+        result = snapshot_status(snapshot, etcd_prefix, s3.options(), progress=download_progress())
     if result.trailer == "mismatch":
         diagnostic(TRAILER_MISMATCH)
     if output is OutputFormat.json:

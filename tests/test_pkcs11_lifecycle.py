@@ -9,6 +9,7 @@ revisions (overwritten and deleted keys), K-2 wrapped nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -86,6 +87,7 @@ def test_retire_restore_purge_a_pkcs11_key(
             old_seed, old = _write(etcd, client, [*secrets, "/registry/configmaps/default/c0"])  # under K-1
         assert bool(old.annotations) == local_kek
         assert run_plugin(capsys, "pkcs11", "rotate-key", *token.flags()).code == 0  # K-2: wraps nothing
+        early = etcd_server.snapshot_save(tmp_path / "early.db")  # taken while K-2 was current
         assert run_plugin(capsys, "pkcs11", "rotate-key", *token.flags()).code == 0  # K-3: current
         with serving(config), KMSv2Client(f"unix://{d / 'p.sock'}") as client:
             _write(etcd, client, [*secrets, "/registry/secrets/default/s9"])  # K-1 only in history now
@@ -95,6 +97,10 @@ def test_retire_restore_purge_a_pkcs11_key(
             assert client.decrypt(old.ciphertext, old.key_id, old.annotations) == old_seed
             assert _labels(capsys, token) == {"kek-1": "decrypt-only", "kek-2": "decrypt-only", "kek-3": "current"}
             cfg = write_config(tmp_path / "enc.json", rule(["secrets", "configmaps"], kms("ours", "unix:///gone.sock")))
+
+            # A SOURCE taken before K-2 stopped being current (the audit log says when) proves nothing.
+            res = run_plugin(capsys, "pkcs11", "retire-key", *token.flags(), "kek-2", "--proof", early, "--dry-run")
+            assert res.code == 1 and "was written before KEK kek-2 stopped being active" in res.out
 
             # K-2: no stored value needs it -> retired in the token (relabelled, encrypt/decrypt off).
             res = run_plugin(capsys, "pkcs11", "retire-key", *token.flags(), "kek-2", "--proof", snap)
@@ -202,3 +208,40 @@ def test_concurrent_rotations_make_two_distinct_keys(capsys: pytest.CaptureFixtu
         assert len({r["key_id"] for r in rows}) == 3
         actions = [json.loads(line)["action"] for line in token.audit_log.read_text().splitlines()]
         assert actions == ["init-key", "rotate-key", "rotate-key"]
+
+
+def test_a_value_naming_another_key_must_unwrap(
+    etcd_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An altered value that names the current key (either format) cannot hide a use: unreadable."""
+    from kms_plugin.api import Pkcs11Keys
+
+    with softhsm_token() as token:
+        assert run_plugin(capsys, "pkcs11", "init-key", *token.flags()).code == 0
+        assert run_plugin(capsys, "pkcs11", "rotate-key", *token.flags()).code == 0
+        keys = Pkcs11Keys(pkcs11_settings(MODULE, token.label, "kek", f"@{token.pin_file}"))
+        try:
+            seed = os.urandom(32)
+            direct = keys.wrap(seed)  # "kx" under kek-2
+            local = keys.wrap(os.urandom(32))  # a local KEK wrapped by kek-2
+        finally:
+            keys.close()
+        bad_direct = direct.ciphertext[:-1] + bytes([direct.ciphertext[-1] ^ 1])
+        bad_local = b"kh\x01" + hashlib.sha256(local.ciphertext).digest()[:8] + os.urandom(12 + 32 + 16)
+        etcd = etcd_server.client()
+        for name, wrapped, annotations in (
+            ("direct", bad_direct, {}),
+            ("local", bad_local, {"encrypted-local-kek.kms.example": local.ciphertext}),
+        ):
+            key = f"/registry/secrets/default/{name}"
+            payload = kmsv2.encrypt(seed, json_object(key), key.encode(), encrypted_dek_source=wrapped,
+                                    key_id=direct.key_id, annotations=annotations)  # fmt: skip
+            etcd.put(key, kms_prefix("v2", "ours") + payload)
+        snap = etcd_server.snapshot_save(tmp_path / "snap.db")
+        res = run_plugin(capsys, "pkcs11", "retire-key", *token.flags(), "kek-1", "--proof", snap, "-o", "json")
+        assert res.code == 1, res.err
+        report = json.loads(res.out)
+        assert report["needing"] == [] and report["values_by_kek"] == {}
+        assert sum(row["count"] for row in report["unreadable"]) == 2
+        assert all("kek-2" in row["what"] for row in report["unreadable"])
+        assert _labels(capsys, token) == {"kek-1": "decrypt-only", "kek-2": "current"}

@@ -228,10 +228,14 @@ def retire_key(
             if ref != proven:
                 raise ConfigError(f"key {label} changed since it was proven unused; run retire-key again")
             base = settings.key_label
+            failure: Error | None = None
             with backend.pool.session() as slot:
                 key = _object(backend, slot, ref, ref.label)
                 backend._call(lambda: key.__setitem__(Attribute.LABEL, fmt.retired_label(base, ref.generation)))
-                cleared = _set_usage(backend, key, False)
+                try:
+                    cleared = _set_usage(backend, key, False)
+                except Error as exc:  # relabelled already: the audit line must still be written
+                    cleared, failure = False, exc
             current = family.current
             assert current is not None  # retirable() refused the current key
             audit.append(
@@ -239,6 +243,11 @@ def retire_key(
                 retired_label=fmt.retired_label(base, ref.generation), usage_cleared=cleared,
                 current=current.label, proof=proof,
             )  # fmt: skip
+            if failure is not None:
+                raise ConfigError(
+                    f"key {label} is relabelled {fmt.retired_label(base, ref.generation)} but its "
+                    f"encrypt/decrypt flags were not cleared ({failure}); retired by label only"
+                )
             return current
         finally:
             backend.close()

@@ -24,7 +24,9 @@ and no problem. Work is one pass per source; memory is bounded by the counts and
 unwrap cache.
 
 Sources go through :func:`open_proof_source`, the one place that turns a SOURCE argument into
-records: snapshot files (also ``.zip``/``.gz``), ``s3://`` objects and a running etcd.
+records: snapshot files (also ``.zip``/``.gz``), ``s3://`` objects and a running etcd. The walk
+and the per-source checks (:func:`scan_sources`) are shared with the PKCS#11 proof
+(:mod:`snapshot_tools.kek_usage_pkcs11`).
 
 References: ``snapshot_tools/check.py`` (the same sources and record walk), ``kmsv2.parse``
 (``ValidateEncryptedObject``), ``kms_plugin.keks.format`` (the wrapped-key header).

@@ -11,6 +11,10 @@
 * :meth:`status` never touches the token: it returns the verdict of the last probe (re-read of
   the key list plus a CKM_AES_GCM round trip). A removed token, a wrong PIN or a missing key
   are user-caused (``/livez`` stays up; ``/healthz`` and Status say why).
+* Retired keys (``K-<n>.retired``, :mod:`kms_plugin.keks.pkcs11life`) are dropped from the key
+  list at the next scan; a Decrypt needing one fails with :class:`UnknownKeyId` naming
+  ``restore-key`` (also when a cached handle meets the token's refusal, CKA_DECRYPT being
+  cleared), and :meth:`offers` tells the local-KEK hierarchy to forget local KEKs under it.
 * Sessions: :mod:`kms_plugin.keks.pkcs11pool`.
 
 References: aws-encryption-provider ``pkg/plugin/plugin_v2.go``; :mod:`kms_plugin.keks.aws` (the

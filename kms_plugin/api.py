@@ -36,6 +36,7 @@ from kms_plugin.errors import (
     UnknownKeyId,
 )
 from kms_plugin.keks.base import Wrapped
+from kms_plugin.keks.pkcs11format import KeyRef as Pkcs11KeyRef  # pure: hashlib and re only
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -63,6 +64,7 @@ __all__ = [
     "InvalidCiphertext",
     "InvalidRequest",
     "KeyUnavailable",
+    "Pkcs11KeyRef",
     "Pkcs11Keys",
     "PluginError",
     "PluginUnavailable",
@@ -72,6 +74,7 @@ __all__ = [
     "check_endpoint",
     "open_keyring",
     "pkcs11_settings",
+    "pkcs11_wrapping_ref",
     "plugin_client",
     "wrapped_kek_id",
 ]
@@ -97,6 +100,15 @@ def open_keyring(path: str) -> Keyring:
     from kms_plugin.keks.local import Keyring
 
     return Keyring.load(path)
+
+
+def pkcs11_wrapping_ref(ciphertext: bytes, annotations: Mapping[str, bytes]) -> bytes | None:
+    """The 8-byte ref of the PKCS#11 key that wrapped a value the PKCS#11 plugin wrote (its
+    ``"kx"`` format, or a local KEK in that format): ``key_ref(key_id)``; None for any other
+    format. Not authenticated until unwrapped."""
+    from kms_plugin.keks.pkcs11format import wrapping_ref
+
+    return wrapping_ref(ciphertext, dict(annotations))
 
 
 def wrapped_kek_id(ciphertext: bytes) -> str | None:
@@ -253,6 +265,10 @@ class Pkcs11Keys:
     def current_key_id(self) -> str | None:
         """The key_id the plugin's Status would report now (the token is read once)."""
         return self._backend.current_key_id()
+
+    def family(self) -> tuple[list[Pkcs11KeyRef], list[Pkcs11KeyRef]]:
+        """(live generations, retired generations) in the token now, oldest first."""
+        return self._backend.scan_all()
 
     def wrap(self, plaintext: bytes) -> Wrapped:
         """Wrap with the current key in the plugin's plain ``"kx"`` format (the plugin reads it)."""

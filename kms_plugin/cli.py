@@ -31,6 +31,7 @@ from kms_plugin.errors import (
     exit_code_for,
 )
 from kms_plugin.keyring_cli import register as register_lifecycle
+from kms_plugin.pkcs11_lifecycle_cli import register as register_pkcs11_lifecycle
 from kms_plugin.terminal import printable
 
 if TYPE_CHECKING:
@@ -312,6 +313,7 @@ def _age(seconds: int) -> str:
 
 
 register_lifecycle(keyring_app)
+register_pkcs11_lifecycle(cli_pkcs11.app)
 
 
 def main() -> None:

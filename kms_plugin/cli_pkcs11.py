@@ -34,6 +34,15 @@ PinOpt = Annotated[
         help="@FILE holding the user PIN (mode 0600); default $KMS_PLUGIN_PKCS11_PIN. A bare PIN is refused.",
     ),
 ]
+AuditLogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--audit-log",
+        metavar="FILE",
+        help="Audit log of key changes (0600, append-only; a FILE.lock beside it serialises changes). "
+        "Default $KMS_PLUGIN_PKCS11_AUDIT_LOG, else /var/lib/kms-plugin/pkcs11-<token label>.audit.log.",
+    ),
+]
 MaxSessionsOpt = Annotated[int, typer.Option("--pkcs11-max-sessions", help="PKCS#11 sessions open at once.")]
 
 app = typer.Typer(
@@ -74,26 +83,31 @@ def serve_settings(
 
 @app.command("init-key")
 def init_key(
-    module: ModuleOpt = None, token: TokenOpt = None, key: KeyOpt = None, pin: PinOpt = None
+    module: ModuleOpt = None, token: TokenOpt = None, key: KeyOpt = None, pin: PinOpt = None,
+    audit_log: AuditLogOpt = None,
 ) -> None:
     """Generate key K-1 in the token (AES-256, sensitive, not extractable); refuse if K-* exists."""
-    from kms_plugin.keks.pkcs11 import new_generation
+    from kms_plugin.keks.pkcs11life import audit_log_path, create_generation
 
-    _old, new = new_generation(pkcs11_settings(*_required(module, token, key), pin), first=True)
+    module, token, key = _required(module, token, key)
+    new = create_generation(pkcs11_settings(module, token, key, pin), audit_log_path(audit_log, token), first=True).new
     typer.echo(f"created {printable(new.label)} (current), key_id {new.key_id}")
 
 
 @app.command("rotate-key")
 def rotate_key(
-    module: ModuleOpt = None, token: TokenOpt = None, key: KeyOpt = None, pin: PinOpt = None
+    module: ModuleOpt = None, token: TokenOpt = None, key: KeyOpt = None, pin: PinOpt = None,
+    audit_log: AuditLogOpt = None,
 ) -> None:
     """Generate K-<n+1> and make it current; older keys stay in the token for Decrypt.
 
     A running plugin picks it up at its next probe (--probe-interval) without a restart.
     """
-    from kms_plugin.keks.pkcs11 import new_generation
+    from kms_plugin.keks.pkcs11life import audit_log_path, create_generation
 
-    old, new = new_generation(pkcs11_settings(*_required(module, token, key), pin), first=False)
+    module, token, key = _required(module, token, key)
+    settings = pkcs11_settings(module, token, key, pin)
+    old, new, _serial = create_generation(settings, audit_log_path(audit_log, token), first=False)
     before = printable(old.label) if old else "-"
     typer.echo(f"rotated: {printable(new.label)} is current (key_id {new.key_id}); {before} is decrypt-only")
 
@@ -106,15 +120,21 @@ def list_keys(
     pin: PinOpt = None,
     output: Output = typer.Option(Output.table, "--output", "-o", help="table or json."),
 ) -> None:
-    """Show the key family: labels, key_ids, which is current (never key material)."""
+    """Show the key family: labels, key_ids, which is current, which are retired (never key material)."""
     from kms_plugin.keks.pkcs11 import describe_keys
+    from kms_plugin.keks.pkcs11life import read_family
 
-    rows = describe_keys(pkcs11_settings(*_required(module, token, key), pin))
+    settings = pkcs11_settings(*_required(module, token, key), pin)
+    rows = describe_keys(settings)
+    rows += [
+        {"label": r.label, "generation": r.generation, "key_id": r.key_id, "current": False, "retired": True}
+        for r in read_family(settings).retired
+    ]
     if output is Output.json:
         typer.echo(json.dumps(rows, indent=2))
         return
     typer.echo(f"{'LABEL':<24} {'STATE':<13} {'SENSITIVE':<9} {'EXTRACT':<7}  KEY_ID")
     for row in rows:
-        state = "current" if row["current"] else "decrypt-only"
-        flags = f"{row['sensitive']!s:<9} {row['extractable']!s:<7}"
+        state = "retired" if row.get("retired") else "current" if row["current"] else "decrypt-only"
+        flags = f"{row.get('sensitive', '-')!s:<9} {row.get('extractable', '-')!s:<7}"
         typer.echo(f"{printable(row['label']):<24} {state:<13} {flags}  {row['key_id']}")

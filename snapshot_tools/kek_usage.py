@@ -24,7 +24,9 @@ and no problem. Work is one pass per source; memory is bounded by the counts and
 unwrap cache.
 
 Sources go through :func:`open_proof_source`, the one place that turns a SOURCE argument into
-records: snapshot files (also ``.zip``/``.gz``), ``s3://`` objects and a running etcd.
+records: snapshot files (also ``.zip``/``.gz``), ``s3://`` objects and a running etcd. The walk
+and the per-source checks (:func:`scan_sources`) are shared with the PKCS#11 proof
+(:mod:`snapshot_tools.kek_usage_pkcs11`).
 
 References: ``snapshot_tools/check.py`` (the same sources and record walk), ``kmsv2.parse``
 (``ValidateEncryptedObject``), ``kms_plugin.keks.format`` (the wrapped-key header).
@@ -48,7 +50,7 @@ from snapshot_tools.resources import parse_etcd_key, resource_label
 from snapshot_tools.sources import judged_records, open_source
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from kms_plugin.api import Keyring
     from snapshot_tools.inputs import S3Options
@@ -329,7 +331,27 @@ def kek_usage(
         raise UsageError(str(exc)) from None
     usage = KekUsage(kek_id, key_id)
     scanner = _Scanner(keyring, kek_id, providers, usage)
-    demoted = _demoted_at(keyring, kek_id)
+    scan_sources(sources, scanner.judge, usage, access, _demoted_at(keyring, kek_id))
+    for name in sorted(set(providers) - scanner.seen):
+        usage.notes.append(f"--provider {name!r}: no value of the sources is stored under this name")
+    return usage
+
+
+def scan_sources(
+    sources: Sequence[str],
+    judge: Callable[[bytes, int, bytes, str], None],
+    usage: KekUsage,
+    access: ProofAccess,
+    demoted: float | None,
+) -> None:
+    """``judge(key, revision, value, source)`` every stored revision of every source, and note
+    per source its revision, value count, integrity, and whether it predates ``demoted`` (when
+    the KEK stopped being active: a source taken earlier would not cover what was written since).
+
+    Raises:
+        InputError/SnapshotError: a source cannot be opened or is damaged (exit 3).
+    """
+    kek_id = usage.kek_id
     for spec in sources:
         opened = open_proof_source(spec, access)
         with opened.source as source:
@@ -338,7 +360,7 @@ def kek_usage(
             source.start_integrity()
             for rec, _latest, _deleted in judged_records(source, all_revisions=True):
                 scan.values += 1
-                scanner.judge(rec.key, rec.mod_revision, rec.value, source.name)
+                judge(rec.key, rec.mod_revision, rec.value, source.name)
             scan.integrity = source.integrity()
         if scan.integrity == "mismatch":
             usage.problems.append(f"{scan.name}: the SHA-256 trailer does not match the contents (damaged)")
@@ -349,6 +371,3 @@ def kek_usage(
                 f"{scan.name} was written before KEK {kek_id} stopped being active; "
                 "take a new snapshot (after the apiserver has picked up the rotation) and prove again"
             )
-    for name in sorted(set(providers) - scanner.seen):
-        usage.notes.append(f"--provider {name!r}: no value of the sources is stored under this name")
-    return usage

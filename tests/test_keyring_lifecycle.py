@@ -251,9 +251,11 @@ def test_an_unsafe_audit_log_stops_the_change(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_the_plugin_does_not_load_snapshot_tools() -> None:
-    # Only `keyring retire` reaches snapshot_tools, from inside the command: serving never does.
+    # Only `keyring retire` and `pkcs11 retire-key` reach snapshot_tools, from inside the command:
+    # serving never does.
     code = (
         "import sys, kms_plugin.cli, kms_plugin.server, kms_plugin.keks.lifecycle, kms_plugin.keks.transfer\n"
+        "import kms_plugin.pkcs11_lifecycle_cli, kms_plugin.keks.pkcs11life, kms_plugin.keks.pkcs11\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'snapshot_tools'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)

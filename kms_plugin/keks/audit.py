@@ -56,13 +56,17 @@ def _who() -> dict[str, Any]:
 class AuditLog:
     """An open audit log; use as a context manager around one keyring change.
 
+    ``path`` (default: beside ``keyring_file``) and ``subject`` (the record field naming what
+    changed: ``keyring``, or ``token`` for a PKCS#11 key family) serve other key stores.
+
     Raises:
         ConfigError: the log cannot be opened, is not a regular file, or group/other can read it.
     """
 
-    def __init__(self, keyring_file: Path) -> None:
+    def __init__(self, keyring_file: Path, *, path: Path | None = None, subject: str = "keyring") -> None:
         self.keyring = keyring_file
-        self.path = audit_path(keyring_file)
+        self.subject = subject
+        self.path = audit_path(keyring_file) if path is None else path
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             self._fd = os.open(self.path, flags, 0o600)
@@ -94,7 +98,7 @@ class AuditLog:
         record: dict[str, Any] = {
             "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "action": action,
-            "keyring": str(self.keyring),
+            self.subject: str(self.keyring),
             "kek_ids": kek_ids,
             **details,
             **_who(),

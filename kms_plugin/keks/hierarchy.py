@@ -257,9 +257,14 @@ class LocalKekHierarchy:
             return self._remember(wrapped, key_id or "", key)
 
     def _lookup(self, digest: bytes, key_id: str | None) -> LocalKek | None:
+        offers = getattr(self.remote, "offers", None)
         with self._lock:
             kek = self._cache.get(digest)
             if kek is None:
+                return None
+            if callable(offers) and kek.key_id and not offers(kek.key_id):
+                # Its remote key was retired: forget it, so the remote answers why.
+                del self._cache[digest]
                 return None
             self._cache.move_to_end(digest)
         if key_id is not None and kek.key_id and kek.key_id != key_id:

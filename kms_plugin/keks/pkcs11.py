@@ -11,6 +11,10 @@
 * :meth:`status` never touches the token: it returns the verdict of the last probe (re-read of
   the key list plus a CKM_AES_GCM round trip). A removed token, a wrong PIN or a missing key
   are user-caused (``/livez`` stays up; ``/healthz`` and Status say why).
+* Retired keys (``K-<n>.retired``, :mod:`kms_plugin.keks.pkcs11life`) are dropped from the key
+  list at the next scan; a Decrypt needing one fails with :class:`UnknownKeyId` naming
+  ``restore-key`` (also when a cached handle meets the token's refusal, CKA_DECRYPT being
+  cleared), and :meth:`offers` tells the local-KEK hierarchy to forget local KEKs under it.
 * Sessions: :mod:`kms_plugin.keks.pkcs11pool`.
 
 References: aws-encryption-provider ``pkg/plugin/plugin_v2.go``; :mod:`kms_plugin.keks.aws` (the
@@ -23,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11
@@ -55,6 +59,13 @@ RESCAN_MIN_INTERVAL = 1.0
 _BAD_CIPHERTEXT = (p11.EncryptedDataInvalid, p11.EncryptedDataLenRange, p11.DataInvalid, p11.DataLenRange)
 
 
+def _retired_message(label: str) -> str:
+    return (
+        f"the value was wrapped by PKCS#11 key {label}, which is retired "
+        f"(kms-plugin pkcs11 restore-key {label} brings it back)"
+    )
+
+
 def _gcm(nonce: bytes, aad: bytes) -> GCMParams:
     return GCMParams(nonce, aad, fmt.TAG_BITS)
 
@@ -73,6 +84,8 @@ class Pkcs11Backend:
         self.pool = SessionPool(settings, rw=rw)
         self._lock = threading.Lock()
         self._by_ref: dict[bytes, fmt.KeyRef] = {}
+        self._retired: dict[bytes, fmt.KeyRef] = {}  # generations relabelled K-<n>.retired
+        self._retired_ids: frozenset[str] = frozenset()
         self._current: fmt.KeyRef | None = None
         self._scanned_at = float("-inf")
         self._scan_ok = False
@@ -96,8 +109,19 @@ class Pkcs11Backend:
         Raises:
             KeyUnavailable: the token is gone, or two objects carry one label.
         """
+        return self.scan_all()[0]
+
+    def scan_all(self) -> tuple[list[fmt.KeyRef], list[fmt.KeyRef]]:
+        """(live generations, retired generations), oldest first.
+
+        A retired generation's KeyRef carries its family label ``K-<n>`` (its key_id is over that).
+
+        Raises:
+            KeyUnavailable: the token is gone, or two objects carry one label.
+        """
         base = self.settings.key_label
         refs: list[fmt.KeyRef] = []
+        retired: list[fmt.KeyRef] = []
         with self.pool.session() as slot:
             found = self._call(lambda: list(slot.session.get_objects(
                 {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES}
@@ -105,15 +129,19 @@ class Pkcs11Backend:
             for obj in found:
                 label = str(obj.label or "")
                 n = fmt.generation_of(base, label)
+                into = refs
+                if n is None:
+                    n, into = fmt.retired_generation_of(base, label), retired
+                    label = fmt.generation_label(base, n) if n is not None else label
                 if n is None:
                     continue
                 cka_id = bytes(self._attr(obj, Attribute.ID) or b"")
-                refs.append(fmt.KeyRef(label, n, cka_id, fmt.key_id_for(self.pool.serial, cka_id, label)))
-        labels = [r.label for r in refs]
+                into.append(fmt.KeyRef(label, n, cka_id, fmt.key_id_for(self.pool.serial, cka_id, label)))
+        labels = [r.label for r in refs + retired]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise KeyUnavailable(f"pkcs11: token has several key objects labelled {dup[0]!r}; remove all but one")
-        return sorted(refs, key=lambda r: r.generation)
+        return sorted(refs, key=lambda r: r.generation), sorted(retired, key=lambda r: r.generation)
 
     def refresh(self) -> fmt.KeyRef:
         """Re-read the key list; the current generation.
@@ -122,7 +150,7 @@ class Pkcs11Backend:
             KeyUnavailable: no key of the family (or the token/PIN problem behind it).
         """
         try:
-            refs = self.scan()
+            refs, retired = self.scan_all()
         except Error:
             with self._lock:
                 self._scan_ok, self._scanned_at = False, time.monotonic()
@@ -132,8 +160,12 @@ class Pkcs11Backend:
             old = self._current
             # Keys seen once stay known: a token that answers an empty list (SoftHSM whose store
             # vanished) must not turn its values into "wrong key"; a deleted key then fails as
-            # unavailable when its object is looked up.
-            self._by_ref = {**self._by_ref, **{r.ref: r for r in refs}}
+            # unavailable when its object is looked up. A retired key is dropped at once.
+            self._retired = {r.ref: r for r in retired}
+            self._retired_ids = frozenset(r.key_id for r in retired)
+            live = {r.ref: r for r in refs}
+            kept = {ref: r for ref, r in self._by_ref.items() if ref not in self._retired}
+            self._by_ref = {**kept, **live}
             self._current = current
             self._scan_ok, self._scanned_at = current is not None, time.monotonic()
         if current is None:
@@ -147,6 +179,10 @@ class Pkcs11Backend:
         if old is not None and old.key_id != current.key_id:
             log.info("pkcs11 key rotated: %s -> %s (key_id %s)", old.label, current.label, current.key_id)
         return current
+
+    def offers(self, key_id: str) -> bool:
+        """False for a retired key's key_id: the hierarchy then drops local KEKs it cached under it."""
+        return key_id not in self._retired_ids
 
     def keys(self) -> list[fmt.KeyRef]:
         with self._lock:
@@ -245,6 +281,18 @@ class Pkcs11Backend:
                     raise InvalidCiphertext("ciphertext failed authentication under its PKCS#11 key") from None
                 self.pool.mark_broken()
                 raise KeyUnavailable(f"pkcs11: token {self.settings.token_label!r} stopped answering") from None
+            except p11.PKCS11Error as exc:
+                # Retired since this process last listed the keys (CKA_DECRYPT cleared: SoftHSM
+                # answers CKR_KEY_FUNCTION_NOT_PERMITTED as a bare PKCS11Error).
+                slot.keys.pop(ref.cka_id, None)
+                now = self._label_now(slot, ref)
+                if now is not None and now != ref.label:
+                    with self._lock:
+                        self._by_ref.pop(ref.ref, None)
+                    raise UnknownKeyId(_retired_message(ref.label)) from None
+                if is_gone(exc):
+                    self.pool.mark_broken()
+                raise classify(exc, self.settings.token_label) from None
 
     def _find(self, ref: bytes) -> fmt.KeyRef:
         with self._lock:
@@ -254,6 +302,10 @@ class Pkcs11Backend:
             self.refresh()  # a key made since the last probe (another instance rotated)
             with self._lock:
                 found = self._by_ref.get(ref)
+        with self._lock:
+            retired = self._retired.get(ref)
+        if found is None and retired is not None:
+            raise UnknownKeyId(_retired_message(retired.label))
         if found is None and not self._scan_ok:
             # The token did not answer its key list: nothing can be said about the value.
             raise KeyUnavailable(self._status.reason if not self._status.healthy else "pkcs11: key list unreadable")
@@ -281,6 +333,15 @@ class Pkcs11Backend:
         except p11.PKCS11Error:
             return False
 
+    def _label_now(self, slot: Slot, ref: fmt.KeyRef) -> str | None:
+        """The label the object of ``ref`` carries now (None: gone, or the token cannot say)."""
+        try:
+            query = {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: ref.cka_id}
+            found = list(slot.session.get_objects(query))
+            return str(found[0].label or "") if len(found) == 1 else None
+        except p11.PKCS11Error:
+            return None
+
     def _attr(self, obj: Any, attribute: Attribute) -> Any:
         return self._call(lambda: obj[attribute])
 
@@ -297,13 +358,19 @@ class Pkcs11Backend:
 # -- key management (kms-plugin pkcs11 init-key / rotate-key / list-keys) -------------------------
 
 
-def new_generation(settings: Pkcs11Settings, *, first: bool) -> tuple[fmt.KeyRef | None, fmt.KeyRef]:
+class NewKey(NamedTuple):
+    """What :func:`new_generation` made: the previous current key (or None), the new one, the token serial."""
+
+    old: fmt.KeyRef | None
+    new: fmt.KeyRef
+    serial: str
+
+
+def new_generation(settings: Pkcs11Settings, *, first: bool) -> NewKey:
     """Make key ``K-<n+1>`` in the token (``first``: refuse if the family exists; else require it).
 
     The key is generated in the token: AES-256, sensitive, never extractable, encrypt/decrypt only.
-
-    Returns:
-        (the previous current key or None, the new one).
+    Callers that may race (two rotations) hold the family lock (:mod:`.pkcs11life`).
 
     Raises:
         ConfigError: init on an existing family, rotate without one, or a token/PIN problem.
@@ -312,7 +379,7 @@ def new_generation(settings: Pkcs11Settings, *, first: bool) -> tuple[fmt.KeyRef
     try:
         backend.pool.load()
         try:
-            refs = backend.scan()
+            refs, retired = backend.scan_all()
         except Error as exc:
             raise ConfigError(str(exc)) from None
         old = fmt.pick_current(refs)
@@ -321,7 +388,8 @@ def new_generation(settings: Pkcs11Settings, *, first: bool) -> tuple[fmt.KeyRef
             raise ConfigError(f"token already holds {old.label}; use kms-plugin pkcs11 rotate-key")
         if not first and old is None:
             raise ConfigError(f"token holds no key {label}-<n>; use kms-plugin pkcs11 init-key")
-        n = 1 if old is None else old.generation + 1
+        # Past every retired generation too: a label is never reused (restore-key needs it free).
+        n = max((r.generation for r in refs + retired), default=0) + 1
         new_label = fmt.generation_label(label, n)
         cka_id = os.urandom(fmt.CKA_ID_SIZE)
         with backend.pool.session() as slot:
@@ -342,7 +410,7 @@ def new_generation(settings: Pkcs11Settings, *, first: bool) -> tuple[fmt.KeyRef
             raise ConfigError(f"{new_label} was made but cannot be read back: {exc}") from None
         if new.label != new_label:
             raise ConfigError(f"{new_label} was made but {new.label} is current (a concurrent rotation?)")
-        return old, new
+        return NewKey(old, new, backend.pool.serial)
     finally:
         backend.close()
 

@@ -135,3 +135,48 @@ def parse(ciphertext: bytes) -> Sealed:
 def pick_current(refs: list[KeyRef]) -> KeyRef | None:
     """The generation with the highest n (None when the family has no key)."""
     return max(refs, key=lambda r: r.generation, default=None)
+
+
+# -- retired keys (kms-plugin pkcs11 retire-key / restore-key / purge-key) -------------------------
+#
+# A retired generation keeps its key object (non-extractable keys cannot be archived elsewhere):
+# ``retire-key`` relabels ``K-<n>`` to ``K-<n>.retired`` and clears CKA_ENCRYPT and CKA_DECRYPT.
+# The family scan ignores that label, so neither the plugin nor the offline tools offer the key;
+# its key_id (a hash over the original label) is unchanged, so ``restore-key`` gives it back whole.
+
+RETIRED_SUFFIX = ".retired"
+
+
+def retired_label(base: str, generation: int) -> str:
+    return f"{base}-{generation}{RETIRED_SUFFIX}"
+
+
+def retired_generation_of(base: str, label: str) -> int | None:
+    """n for a label ``<base>-<n>.retired``, else None."""
+    if not label.endswith(RETIRED_SUFFIX):
+        return None
+    return generation_of(base, label[: -len(RETIRED_SUFFIX)])
+
+
+def wrapping_ref(ciphertext: bytes, annotations: dict[str, bytes]) -> bytes | None:
+    """The key ref of the HSM key that wrapped a value the PKCS#11 plugin wrote, else None.
+
+    Both formats: ``"kx"`` (the seed wrapped by the HSM key) and the local-KEK hierarchy
+    (``"kh"`` with one ``encrypted-local-kek.*`` annotation holding a ``"kx"`` local KEK). Not
+    authenticated: a reader that relies on the answer for another key must unwrap the value.
+    """
+    from kms_plugin.keks.hierarchy import ANNOTATION_PREFIX
+    from kms_plugin.keks.hierarchy import MAGIC as LOCAL_MAGIC
+
+    data = bytes(ciphertext)
+    if not annotations:
+        inner = data
+    else:
+        ours = [n for n in annotations if n.startswith(ANNOTATION_PREFIX)]
+        if len(ours) != 1 or len(annotations) != 1 or data[:2] != LOCAL_MAGIC:
+            return None
+        inner = bytes(annotations[ours[0]])
+    try:
+        return parse(inner).ref
+    except InvalidCiphertext:
+        return None

@@ -5,6 +5,9 @@ at it (for this process and the subprocesses it starts), initialises a token wit
 ``softhsm2-util`` and yields a :class:`Token`. It skips the test, with the reason, only when
 SoftHSM2 itself is not installed (Debian ``softhsm2``; ``.ci/run`` installs it).
 
+``KMS_PLUGIN_PKCS11_AUDIT_LOG`` points at ``<root>/audit.log`` while inside too, so key changes
+(init-key, rotate-key ...) log into the token's private directory, never /var/lib.
+
 SoftHSM reads ``SOFTHSM2_CONF`` in ``C_Initialize``; python-pkcs11 initialises a module once per
 process, so a test that changes token directories in-process calls :func:`reinitialize`.
 """
@@ -29,6 +32,7 @@ MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 USER_PIN = "4711-user-pin-0815"
 SO_PIN = "so-pin-1234"
 TOKEN_LABEL = "kms-test"
+AUDIT_ENV = "KMS_PLUGIN_PKCS11_AUDIT_LOG"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class Token:
     label: str
     pin: str
     pin_file: Path
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.log"
 
     def flags(self, key_label: str = "kek", pin: str | None = None) -> list[str]:
         return [
@@ -84,7 +92,9 @@ def softhsm_token(label: str = TOKEN_LABEL) -> Iterator[Token]:
     pin_file.write_text(USER_PIN + "\n")
     pin_file.chmod(0o600)
     old = os.environ.get("SOFTHSM2_CONF")
+    old_audit = os.environ.get(AUDIT_ENV)
     os.environ["SOFTHSM2_CONF"] = str(conf)
+    os.environ[AUDIT_ENV] = str(root / "audit.log")
     try:
         subprocess.run(
             [util, "--init-token", "--free", "--label", label, "--pin", USER_PIN, "--so-pin", SO_PIN],
@@ -97,4 +107,8 @@ def softhsm_token(label: str = TOKEN_LABEL) -> Iterator[Token]:
             os.environ.pop("SOFTHSM2_CONF", None)
         else:
             os.environ["SOFTHSM2_CONF"] = old
+        if old_audit is None:
+            os.environ.pop(AUDIT_ENV, None)
+        else:
+            os.environ[AUDIT_ENV] = old_audit
         shutil.rmtree(root, ignore_errors=True)

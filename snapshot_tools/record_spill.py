@@ -126,7 +126,10 @@ class RecordSpill:
                     write(key)
                     write(value)
         except OSError as exc:
-            raise InputError(f"cannot write etcd's history to a temporary file in {self.dir}: {exc.strerror}") from None
+            where = os.path.dirname(self.dir or path)  # $TMPDIR: the private directory goes with the error
+            raise InputError(
+                f"cannot write etcd's history to a temporary file in {where}: {exc.strerror} (TMPDIR sets where)"
+            ) from None
         return path
 
     def _read(self, path: str) -> Iterator[Record]:

@@ -247,3 +247,18 @@ def test_cli_stopped_while_spilling_leaves_nothing(
         assert proc.returncode == 4, err
         assert etcd_server.endpoint in lines[0] and "compacted" in lines[0]
     assert os.listdir(tmp) == []
+
+
+def test_cli_temporary_space_exhausted_is_one_line_exit_3(
+    values: list[bytes], etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    _write_history(etcd_server, values, compact=False)
+    tmp = tmp_path / "child-tmp"
+    tmp.mkdir()
+    # Runs of about 20 KB; no file may pass 10 KB (a full $TMPDIR fails the same way).
+    proc = small_runs_process(*_check_argv(etcd_server.endpoint), run_bytes=20_000, tmpdir=tmp, max_file_bytes=10_000)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "cannot write etcd's history to a temporary file in" in err and "File too large" in err
+    assert os.listdir(tmp) == []

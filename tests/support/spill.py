@@ -16,10 +16,21 @@ if TYPE_CHECKING:
 HISTORY_DIR_PREFIX = "snapshot-tools-history-"  # snapshot_tools.record_spill's mkdtemp prefix
 
 
-def small_runs_process(*argv: str | os.PathLike[str], run_bytes: int, tmpdir: Path) -> subprocess.Popen[str]:
-    """``snapshot-tools ARGV`` with ``live_etcd.RUN_BYTES = run_bytes`` and ``TMPDIR=tmpdir``."""
+def small_runs_process(
+    *argv: str | os.PathLike[str], run_bytes: int, tmpdir: Path, max_file_bytes: int | None = None
+) -> subprocess.Popen[str]:
+    """``snapshot-tools ARGV`` with ``live_etcd.RUN_BYTES = run_bytes`` and ``TMPDIR=tmpdir``;
+    with ``max_file_bytes``, a file it writes past that size fails (RLIMIT_FSIZE: EFBIG, as a
+    full disk fails with ENOSPC)."""
+    limit = ""
+    if max_file_bytes is not None:
+        limit = (
+            "import resource, signal\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_file_bytes}, {max_file_bytes}))\n"
+        )
     code = (
-        "import snapshot_tools.live_etcd as live\n"
+        f"{limit}import snapshot_tools.live_etcd as live\n"
         f"live.RUN_BYTES = {run_bytes}\n"
         "from snapshot_tools.cli import main\n"
         "main()\n"

@@ -401,8 +401,8 @@ class _Watch:
     It asks for fragments (``WatchCreateRequest.fragment``): etcd sends a catching-up watcher up
     to 1,000 revisions per response, which without it is one message of any size (a never-
     compacted etcd's whole history, 650 MB of values for 100k Secrets, parsed at once); with it
-    responses stop near ``--max-request-bytes`` and all but a revision's last part say
-    ``fragment``.
+    a response is cut into parts of at most ``--max-request-bytes`` plus 512 KiB (2 MiB by
+    default), possibly inside a revision, and every part but the last says ``fragment``.
 
     The request stream sends one create request and half-closes; etcd keeps the watch until
     the call ends (v3rpc ``recvLoop`` returns nil on EOF). A watchdog thread cancels the call
@@ -459,7 +459,8 @@ _RESPONSE_FRAGMENT_FIELD = 7
 
 
 def _is_fragment(resp: Any) -> bool:
-    """Whether a WatchResponse is a part of a revision's events that more parts follow."""
+    """Whether a WatchResponse is a part of a larger one that more parts follow (they may hold
+    more events of its last revision)."""
     fields = UnknownFieldSet(resp)
     return any(fields[i].field_number == _RESPONSE_FRAGMENT_FIELD and fields[i].data for i in range(len(fields)))
 

@@ -17,9 +17,11 @@ written: only Range, Watch (to read history) and Maintenance.Status are called.
   revisions ascending. The watch starts at revision 1: etcd answers a compacted start with the
   compact revision (read-only discovery of C), otherwise it streams the whole history. Cost:
   one paged Range pass at C, streamed and merged, plus a stream of the R - C revisions' events,
-  which are held in memory (values included) until sorted: memory follows the history etcd keeps
-  after its last compaction (kube-apiserver compacts every 5 minutes), and a never-compacted etcd
-  holds everything there (100k Secrets written once, 650 MB of values: 2.4 GB peak RSS).
+  sorted by key in bounded memory (:class:`~snapshot_tools.record_spill.RecordSpill`): up to
+  :data:`RUN_BYTES` are held, more are written in sorted runs to a private temporary directory
+  (removed on close, errors and signals) and merged back. A history that fits stays in memory;
+  a never-compacted etcd of 100k Secrets (650 MB of values) needs about 650 MB of ``$TMPDIR``
+  instead of 2.4 GB of RSS.
 * Records equal what :class:`~snapshot_tools.snapshot.Snapshot` yields for the same data:
   ``main`` is the mod revision (a deletion's, for a tombstone), a tombstone keeps only its key.
   ``sub`` (the index of a change inside its transaction) is not in Range answers: it is
@@ -46,17 +48,18 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import grpc
 import pyetcd  # type: ignore[import-untyped]
+from google.protobuf.unknown_fields import UnknownFieldSet
 from pyetcd import etcdrpc
 
 from snapshot_tools.errors import EtcdUnreachable, InputError, UsageError
 from snapshot_tools.mvcc import Record
+from snapshot_tools.record_spill import ORDER, RecordSpill
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -68,6 +71,7 @@ __all__ = [
     "FIRST_PAGE_KEYS",
     "PAGE_BYTES",
     "PAGE_KEYS",
+    "RUN_BYTES",
     "EtcdSource",
     "EtcdTarget",
     "ServerStatus",
@@ -84,6 +88,9 @@ DEFAULT_TIMEOUT = 10.0  # seconds per call (and per silent gap in a watch stream
 PAGE_KEYS = 1000
 FIRST_PAGE_KEYS = 100
 PAGE_BYTES = 16 << 20
+# History records held in memory (values included, estimated) before a sorted run of them is
+# written to a temporary file; read when an EtcdSource is made (tests set it small).
+RUN_BYTES = 32 << 20
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", 16 << 20),
@@ -175,12 +182,17 @@ def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
 class EtcdSource:
     """A running etcd, read at the revision of its first Range (see the module docstring)."""
 
-    def __init__(self, target: EtcdTarget, page_keys: int = PAGE_KEYS, page_bytes: int = PAGE_BYTES) -> None:
+    def __init__(
+        self, target: EtcdTarget, page_keys: int = PAGE_KEYS, page_bytes: int = PAGE_BYTES,
+        run_bytes: int | None = None,
+    ) -> None:  # fmt: skip
         self.target = target
         self.name = target.endpoint
         self.page_keys = page_keys
         self.page_bytes = page_bytes
+        self.run_bytes = RUN_BYTES if run_bytes is None else run_bytes
         self._compacted: int | None = None
+        self._spills: list[RecordSpill] = []  # history read by all_revisions(), removed on close
         self._client = _connect(target)
         try:
             first = self._call("Range", self._client.kvstub.Range, etcdrpc.RangeRequest(
@@ -197,16 +209,35 @@ class EtcdSource:
         return self._range(prefix, self.revision)
 
     def all_revisions(self, prefix: bytes = b"") -> Iterator[Record]:
+        # The history is read here, before the first record is handed out (a failed watch
+        # raises from this call), into a spill that the returned iterator (or close()) removes.
         compacted = self.compacted_revision()
-        later: list[Record] = []
-        if compacted < self.revision:
-            later = list(self._history(compacted + 1, prefix))
-            later.sort(key=attrgetter("key"))  # stable: a key's records stay in revision order
-        if not compacted:
-            return iter(later)
-        # The survivors at or below C stream in key order, page by page; each comes before the
-        # key's later records (merge keeps the first iterable's item first on equal keys).
-        return heapq.merge(self._range(prefix, compacted), later, key=attrgetter("key"))
+        spill = RecordSpill(self.run_bytes)
+        self._spills.append(spill)
+        try:
+            if compacted < self.revision:
+                spill.extend(self._history(compacted + 1, prefix))
+        except BaseException:
+            self._drop(spill)
+            raise
+        return self._merged(prefix, compacted, spill)
+
+    def _merged(self, prefix: bytes, compacted: int, spill: RecordSpill) -> Iterator[Record]:
+        try:
+            later = spill.sorted()
+            if not compacted:
+                yield from later
+            else:
+                # The survivors at or below C stream in key order, page by page; each comes
+                # before the key's later records (its revision is lower).
+                yield from heapq.merge(self._range(prefix, compacted), later, key=ORDER)
+        finally:
+            self._drop(spill)
+
+    def _drop(self, spill: RecordSpill) -> None:
+        spill.close()
+        if spill in self._spills:
+            self._spills.remove(spill)
 
     def as_of(self, prefix: bytes, revision: int) -> Iterator[Record]:
         """The live keys under ``prefix`` as of ``revision`` (``extract --revision``): one Range
@@ -225,6 +256,9 @@ class EtcdSource:
         return LIVE
 
     def close(self) -> None:
+        for spill in getattr(self, "_spills", ()):
+            spill.close()
+        self._spills = []
         client, self._client = getattr(self, "_client", None), None
         if client is not None:
             client.close()
@@ -326,8 +360,8 @@ class EtcdSource:
                         yield new(Record, (
                             kv.key, rev, sub, kv.create_revision, rev, kv.version, kv.lease, kv.value, False,
                         ))  # fmt: skip
-                if last >= self.revision:
-                    return
+                if last >= self.revision and not _is_fragment(resp):
+                    return  # the last part of revision R's events
         raise self._error("Watch", f"the watch ended at revision {last}, before revision {self.revision}")
 
     # -- calls and errors ------------------------------------------------------------------
@@ -364,6 +398,12 @@ class EtcdSource:
 class _Watch:
     """One watch stream over every key from ``start``, cancelled on exit or when silent.
 
+    It asks for fragments (``WatchCreateRequest.fragment``): etcd sends a catching-up watcher up
+    to 1,000 revisions per response, which without it is one message of any size (a never-
+    compacted etcd's whole history, 650 MB of values for 100k Secrets, parsed at once); with it
+    a response is cut into parts of at most ``--max-request-bytes`` plus 512 KiB (2 MiB by
+    default), possibly inside a revision, and every part but the last says ``fragment``.
+
     The request stream sends one create request and half-closes; etcd keeps the watch until
     the call ends (v3rpc ``recvLoop`` returns nil on EOF). A watchdog thread cancels the call
     when no message arrived for the target's timeout.
@@ -372,9 +412,9 @@ class _Watch:
     def __init__(self, source: EtcdSource, start: int) -> None:
         self.source = source
         client = source._client
-        req = etcdrpc.WatchRequest(
-            create_request=etcdrpc.WatchCreateRequest(key=_ALL, range_end=_ALL, start_revision=start)
-        )
+        create = etcdrpc.WatchCreateRequest(key=_ALL, range_end=_ALL, start_revision=start)
+        create.MergeFromString(_FRAGMENT)
+        req = etcdrpc.WatchRequest(create_request=create)
         self._call = etcdrpc.WatchStub(client.channel).Watch(
             iter([req]), credentials=client.call_credentials, metadata=client.metadata
         )
@@ -409,6 +449,20 @@ class _Watch:
         self._done.set()
         self._call.cancel()
         self._dog.join()
+
+
+# WatchCreateRequest.fragment (field 8) and WatchResponse.fragment (field 7), both bools, are in
+# etcd's rpc.proto since 3.4 but not in pyetcd's copy: the request carries the field's wire
+# bytes (protobuf keeps and re-sends unknown fields), the answer's is read from its unknown fields.
+_FRAGMENT = b"\x40\x01"  # field 8, varint, 1
+_RESPONSE_FRAGMENT_FIELD = 7
+
+
+def _is_fragment(resp: Any) -> bool:
+    """Whether a WatchResponse is a part of a larger one that more parts follow (they may hold
+    more events of its last revision)."""
+    fields = UnknownFieldSet(resp)
+    return any(fields[i].field_number == _RESPONSE_FRAGMENT_FIELD and fields[i].data for i in range(len(fields)))
 
 
 def _connect(target: EtcdTarget) -> Any:

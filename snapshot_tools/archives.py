@@ -9,8 +9,10 @@ range take the same path. Gzip (:func:`gunzip_stream`) is read member by member.
 Bounded: output beyond ``budget`` bytes (and, for a zip, beyond its declared size) stops the
 unpack, each inflate step yields at most :data:`_PIECE` bytes (a bomb cannot fill memory), and a
 truncated or damaged stream is one :class:`~snapshot_tools.errors.InputError`. Inflating runs on
-the calling thread and the CRC and writes on a helper thread (:class:`_Writer`): both release the
-GIL, so they overlap on two cores. ISA-L's inflate (package ``isal``) is used when installed: on a
+the calling thread and the CRC, the writes and (when the caller passes a
+:class:`~snapshot_tools.stream_trailer.TrailerHasher`) the SHA-256 trailer hash on a helper thread
+(:class:`_Writer`): all release the GIL, so they overlap on two cores, and the reader of the
+unpacked file need not hash it again. ISA-L's inflate (package ``isal``) is used when installed: on a
 snapshot of ciphertext it is about 1.6 times as fast as zlib's.
 
 References: APPNOTE.TXT 4.3.7 (local file header), Python ``zipfile`` (central directory),

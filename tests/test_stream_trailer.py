@@ -18,6 +18,7 @@ import pytest
 from snapshot_tools.inputs import S3Options, open_input
 from snapshot_tools.snapshot import Snapshot
 from snapshot_tools.sources import SnapshotSource
+from snapshot_tools.status import snapshot_status
 from snapshot_tools.stream_trailer import Trailer, TrailerHasher
 from tests.support.fixtures import snapshot_path
 from tests.support.inputs import SNAPSHOT_NAME, gzipped, k3s_zip, temp_leftovers
@@ -125,6 +126,18 @@ def test_the_unpack_verdict_equals_the_files(
         with SnapshotSource(inp) as source:
             source.start_integrity()
             assert source.integrity() == expected
+    assert temp_leftovers(private_tmp) == []
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_status_of_an_archive_takes_the_unpack_verdict(
+    variant: str, tmp_path: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = _variant(tmp_path, variant)
+    expected = snapshot_status(plain).trailer
+    packed = _packed(plain, "zip")
+    _no_second_pass(monkeypatch)
+    assert snapshot_status(packed).trailer == expected == variant
     assert temp_leftovers(private_tmp) == []
 
 

@@ -59,8 +59,9 @@ class SnapshotInput(NamedTuple):
     path: str  # a local regular file to read (the original, or a private temp file)
     form: str  # "file" | "zip" | "gzip" (detected from content)
     s3_metadata: dict[str, str]  # S3 user metadata as returned by boto3 ({} when not from S3)
-    # The SHA-256 trailer verdict computed while ``path`` was written (None: a file used where it
-    # is, which the reader hashes itself); Snapshot.adopt_trailer takes it for that size only.
+    # The SHA-256 trailer verdict computed while ``path`` was unpacked (None: a plain file, used
+    # where it is or downloaded, which the reader hashes itself); Snapshot.adopt_trailer takes it
+    # for that size only.
     trailer: Trailer | None = None
 
 

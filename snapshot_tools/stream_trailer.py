@@ -1,7 +1,8 @@
 """The SHA-256 trailer verdict of a snapshot computed from its bytes as they stream past.
 
-An unpacked or downloaded snapshot is hashed while it is written (on the unpack's writer thread,
-beside the inflate), so the reader need not hash the file a second time from the page cache:
+An unpacked snapshot (a local or S3 ``.zip``/``.gz``) is hashed while it is written (on the
+unpack's writer thread, which waits on the inflate most of the time), so the reader need not hash
+the file a second time from the page cache:
 :meth:`snapshot_tools.snapshot.Snapshot.adopt_trailer` takes the verdict for a file of exactly
 the size it was computed over. The rule is etcdutl's, as ``Snapshot.trailer`` applies it: a
 trailer exists when ``size % 512 == 32`` and is the SHA-256 of everything before it.

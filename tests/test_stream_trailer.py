@@ -178,10 +178,11 @@ def test_the_s3_verdict_equals_the_files(
         expected = snap.trailer
     body = plain if form == "plain" else _packed(plain, form)
     url = moto_s3.put("trailer-verdicts", f"{variant}/{body.name}", body)
-    _no_second_pass(monkeypatch)
+    if form != "plain":  # a plain download is hashed by the reader, beside its reads
+        _no_second_pass(monkeypatch)
     with open_input(url, S3Options(endpoint_url=moto_s3.url)) as inp:
         assert inp.form == ("file" if form == "plain" else form)
-        assert inp.trailer == Trailer(expected, plain.stat().st_size)
+        assert inp.trailer == (None if form == "plain" else Trailer(expected, plain.stat().st_size))
         with SnapshotSource(inp) as source:
             source.start_integrity()
             assert source.integrity() == expected

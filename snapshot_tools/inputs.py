@@ -28,6 +28,7 @@ from snapshot_tools import archives
 from snapshot_tools.archives import form_of, gunzip_stream, unzip_stream, zip_entry
 from snapshot_tools.errors import Error, InputError
 from snapshot_tools.s3_fetch import S3_PREFIX, fetch, split_s3_url
+from snapshot_tools.stream_trailer import Trailer, TrailerHasher
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -58,6 +59,10 @@ class SnapshotInput(NamedTuple):
     path: str  # a local regular file to read (the original, or a private temp file)
     form: str  # "file" | "zip" | "gzip" (detected from content)
     s3_metadata: dict[str, str]  # S3 user metadata as returned by boto3 ({} when not from S3)
+    # The SHA-256 trailer verdict computed while ``path`` was unpacked (None: a plain file, used
+    # where it is or downloaded, which the reader hashes itself); Snapshot.adopt_trailer takes it
+    # for that size only.
+    trailer: Trailer | None = None
 
 
 def is_s3_url(spec: str) -> bool:
@@ -97,7 +102,11 @@ def open_input(spec: str, s3: S3Options | None = None, *, progress: bool = False
             yield _download(spec, s3 or S3Options(), workdir, progress)
         else:
             form = _form_of(spec, spec)
-            yield SnapshotInput(spec, spec if form == "file" else _unpack(spec, form, spec, workdir), form, {})
+            if form == "file":
+                yield SnapshotInput(spec, spec, form, {})
+            else:
+                path, trailer = _unpack(spec, form, spec, workdir)
+                yield SnapshotInput(spec, path, form, {}, trailer)
     except Error as exc:
         workdir.rename_in(exc, spec)
         raise
@@ -183,8 +192,10 @@ def _form_of(path: str, spec: str) -> str:
         raise InputError(f"{spec}: cannot open: {exc.strerror}") from None
 
 
-def _unpack(path: str, form: str, spec: str, workdir: _Workdir) -> str:
+def _unpack(path: str, form: str, spec: str, workdir: _Workdir) -> tuple[str, Trailer]:
+    """The unpacked file's path and its trailer verdict (hashed on the way)."""
     budget = workdir.budget()
+    hasher = TrailerHasher()
     with workdir.new_file(_UNPACKED) as out, open(path, "rb") as src:
         if form == "zip":
             # The central directory from the file's tail alone: a huge one is refused unread.
@@ -193,10 +204,10 @@ def _unpack(path: str, form: str, spec: str, workdir: _Workdir) -> str:
             src.seek(start)
             entry = zip_entry(spec, archives.TailFile(spec, size, start, src.read()))  # type: ignore[arg-type]
             src.seek(entry.header_offset)
-            unzip_stream(spec, src, entry, out, budget)
+            unzip_stream(spec, src, entry, out, budget, hasher=hasher)
         else:
-            gunzip_stream(spec, src, out, budget)
-        return str(out.name)
+            gunzip_stream(spec, src, out, budget, hasher=hasher)
+        return str(out.name), hasher.result()
 
 
 def _download(spec: str, s3: S3Options, workdir: _Workdir, progress: bool) -> SnapshotInput:
@@ -205,4 +216,4 @@ def _download(spec: str, s3: S3Options, workdir: _Workdir, progress: bool) -> Sn
     budget = workdir.budget()
     with workdir.new_file(_UNPACKED) as out:
         fetched = fetch(spec, s3_client(s3), out, budget, progress=progress)
-        return SnapshotInput(spec, str(out.name), fetched.form, fetched.metadata)
+        return SnapshotInput(spec, str(out.name), fetched.form, fetched.metadata, fetched.trailer)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from snapshot_tools.bbolt import Bucket
+    from snapshot_tools.stream_trailer import Trailer
 
 # Record and KEY_BUCKET are mvcc's, re-exported: the views return Records.
 __all__ = ["KEY_BUCKET", "MAX_ETCD_KEY", "TRAILER_SIZE", "Record", "Snapshot"]
@@ -124,6 +125,20 @@ class Snapshot:
         if self._trailer is None:
             self._trailer = self._check_trailer()
         return self._trailer
+
+    @property
+    def trailer_known(self) -> bool:
+        """Whether :attr:`trailer` is decided already (computed, or adopted from the unpack)."""
+        return self._trailer is not None
+
+    def adopt_trailer(self, known: Trailer) -> bool:
+        """Take a trailer verdict computed while this file was written (its bytes streamed
+        through :class:`~snapshot_tools.stream_trailer.TrailerHasher`), so :attr:`trailer` needs
+        no second pass; only for a file of exactly that size. Whether it was taken."""
+        if known.size != self.size:
+            return False
+        self._trailer = known.state
+        return True
 
     def buckets(self) -> list[bytes]:
         """Names of the top-level buckets, in key order."""

@@ -117,6 +117,8 @@ class SnapshotSource:
             self.input = self._stack.enter_context(opened(snapshot, s3, progress=progress))
             self.name = self.input.spec
             self.snapshot = Snapshot.open(self.input.path)
+            if self.input.trailer is not None:  # hashed while unpacked: no second pass
+                self.snapshot.adopt_trailer(self.input.trailer)
         except BaseException:
             self._stack.close()
             raise
@@ -133,7 +135,7 @@ class SnapshotSource:
         return mvcc.compacted_revision(self.snapshot)
 
     def start_integrity(self) -> None:
-        if self._integrity is None:
+        if self._integrity is None and not self.snapshot.trailer_known:
             self._integrity = _Integrity(self.snapshot)
             self._integrity.start()
 

@@ -126,6 +126,8 @@ def snapshot_status(
     prefix = key_prefix.decode().rstrip("/") or "/"  # as reported: "/registry"
     spec = path if isinstance(path, SnapshotInput) else os.fspath(path)
     with opened(spec, s3, progress=progress) as inp, Snapshot.open(inp.path) as snap:
+        if inp.trailer is not None:  # hashed while unpacked
+            snap.adopt_trailer(inp.trailer)
         crc, revision, total = etcdutl_figures(snap.db)
         pages = snap.db.page_map()
         resources: Counter[str] = Counter()

@@ -127,7 +127,7 @@ def drill_snapshot(snapshot: SnapshotInput, opts: DrillOptions) -> DrillResult:
     began = time.monotonic()
     path = snapshot.path
     steps: list[tuple[str, Callable[[], StageResult]]] = [
-        ("integrity", lambda: _integrity(path, opts)),
+        ("integrity", lambda: _integrity(snapshot, opts)),
         ("check", lambda: _check(snapshot, opts, result)),
         ("restore", lambda: _restore(path, opts)),
     ]
@@ -195,8 +195,10 @@ def _timed(name: str, step: Callable[[], StageResult]) -> StageResult:
     return stage
 
 
-def _integrity(path: str, opts: DrillOptions) -> StageResult:
-    with Snapshot.open(path) as snap:
+def _integrity(snapshot: SnapshotInput, opts: DrillOptions) -> StageResult:
+    with Snapshot.open(snapshot.path) as snap:
+        if snapshot.trailer is not None:  # hashed while it was unpacked: no second pass
+            snap.adopt_trailer(snapshot.trailer)
         pages = snap.db.page_map()  # every page reached once: what tx.Check demands
         trailer = snap.trailer
         revision = snap.revision

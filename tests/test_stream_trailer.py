@@ -20,12 +20,13 @@ from snapshot_tools.snapshot import Snapshot
 from snapshot_tools.sources import SnapshotSource
 from snapshot_tools.status import snapshot_status
 from snapshot_tools.stream_trailer import Trailer, TrailerHasher
-from tests.support.fixtures import snapshot_path
+from tests.support.fixtures import config_path, snapshot_path
 from tests.support.inputs import SNAPSHOT_NAME, gzipped, k3s_zip, temp_leftovers
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tests.support.cli import Cli
     from tests.support.inputs import MotoS3
 
 VARIANTS = ["valid", "mismatch", "missing"]
@@ -186,4 +187,20 @@ def test_the_s3_verdict_equals_the_files(
         with SnapshotSource(inp) as source:
             source.start_integrity()
             assert source.integrity() == expected
+    assert temp_leftovers(private_tmp) == []
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_drill_integrity_of_an_archive_takes_the_unpack_verdict(
+    variant: str, tmp_path: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch, cli: Cli
+) -> None:
+    plain = _variant(tmp_path, variant)
+    packed = _packed(plain, "zip")
+    _no_second_pass(monkeypatch)
+    result = cli("drill", packed, "-c", config_path("b-aescbc"), "--no-restore", "-o", "json")
+    [drilled] = result.json()["snapshots"]
+    integrity = drilled["stages"][0]
+    assert integrity["name"] == "integrity"
+    assert integrity["details"]["trailer"] == variant
+    assert integrity["status"] == ("passed" if variant == "valid" else "failed")
     assert temp_leftovers(private_tmp) == []

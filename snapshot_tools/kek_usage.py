@@ -230,6 +230,24 @@ def _envelope(value: bytes, version: str) -> Envelope:
     return found
 
 
+def kms_envelope(value: bytes, key: bytes, revision: int, source: str, usage: KekUsage) -> Envelope | None:
+    """The KMS envelope of a stored value, or ``None`` for a value no KEK can need: identity and
+    static-key values are counted as not KMS, unknown forms and malformed envelopes as unreadable
+    (both scanners judge the values this leaves them)."""
+    fmt = format_of(value)
+    if fmt is IDENTITY or (fmt is not None and fmt.static is not None):
+        usage.not_kms += 1
+        return None
+    if fmt is None or fmt.kms_version is None:
+        usage.unreadable.add("an unknown k8s:enc: storage form", key, revision, source)
+        return None
+    try:
+        return _envelope(value, fmt.kms_version)
+    except MalformedValue as exc:
+        usage.unreadable.add(f"malformed KMS {fmt.kms_version} envelope ({exc})", key, revision, source)
+        return None
+
+
 class _Scanner:
     def __init__(self, keyring: Keyring, kek_id: str, providers: Sequence[str], usage: KekUsage) -> None:
         self.keyring = keyring
@@ -243,17 +261,8 @@ class _Scanner:
 
     def judge(self, key: bytes, revision: int, value: bytes, source: str) -> None:
         usage = self.usage
-        fmt = format_of(value)
-        if fmt is IDENTITY or (fmt is not None and fmt.static is not None):
-            usage.not_kms += 1
-            return
-        if fmt is None or fmt.kms_version is None:
-            usage.unreadable.add("an unknown k8s:enc: storage form", key, revision, source)
-            return
-        try:
-            env = _envelope(value, fmt.kms_version)
-        except MalformedValue as exc:
-            usage.unreadable.add(f"malformed KMS {fmt.kms_version} envelope ({exc})", key, revision, source)
+        env = kms_envelope(value, key, revision, source, usage)
+        if env is None:
             return
         self.seen.add(env.provider)
         named = plugin.wrapped_kek_id(env.wrapped)

@@ -30,9 +30,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kms_plugin import api as plugin
-from snapshot_tools.errors import ConfigError, MalformedValue, UsageError
-from snapshot_tools.kek_usage import KekUsage, ProofAccess, _envelope, scan_sources
-from snapshot_tools.providers.registry import IDENTITY, format_of
+from snapshot_tools.errors import ConfigError, UsageError
+from snapshot_tools.kek_usage import KekUsage, ProofAccess, kms_envelope, scan_sources
 from snapshot_tools.resources import parse_etcd_key, resource_label
 
 if TYPE_CHECKING:
@@ -66,17 +65,8 @@ class _Scanner:
 
     def judge(self, key: bytes, revision: int, value: bytes, source: str) -> None:
         usage = self.usage
-        form = format_of(value)
-        if form is IDENTITY or (form is not None and form.static is not None):
-            usage.not_kms += 1
-            return
-        if form is None or form.kms_version is None:
-            usage.unreadable.add("an unknown k8s:enc: storage form", key, revision, source)
-            return
-        try:
-            env = _envelope(value, form.kms_version)
-        except MalformedValue as exc:
-            usage.unreadable.add(f"malformed KMS {form.kms_version} envelope ({exc})", key, revision, source)
+        env = kms_envelope(value, key, revision, source, usage)
+        if env is None:
             return
         self.seen.add(env.provider)
         ref = plugin.pkcs11_wrapping_ref(env.wrapped, env.annotations)

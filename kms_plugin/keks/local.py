@@ -31,7 +31,6 @@ import logging
 import os
 import secrets
 import stat
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kms_plugin.errors import ConfigError, InvalidCiphertext, UnknownKeyId
 from kms_plugin.keks import format as wire
 from kms_plugin.keks.base import BackendStatus, Wrapped
+from kms_plugin.keks.private_file import write_private
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -477,36 +477,7 @@ def rotate_keyring(
 
 def _write_keyring(target: Path, keyring: Keyring, *, replace: bool) -> None:
     """Temp file beside ``target``, 0600, fsync, then rename (or link, to never clobber)."""
-    directory = target.parent if str(target.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise ConfigError(
-            f"keyring {target}: cannot create a file in {directory}: {exc.strerror}"
-        ) from None
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(keyring.to_json_bytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        if replace:
-            os.replace(tmp, target)
-        else:
-            # link() fails if the target appeared meanwhile: never clobber without --force.
-            os.link(tmp, target)
-            os.unlink(tmp)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except FileExistsError:
-        Path(tmp).unlink(missing_ok=True)
-        raise ConfigError(f"keyring {target}: already exists (use --force to overwrite)") from None
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ConfigError(f"keyring {target}: write failed: {exc.strerror}") from None
+    write_private(target, keyring.to_json_bytes(), replace=replace, what="keyring", exists="use --force to overwrite")
 
 
 class LocalKeyringBackend:

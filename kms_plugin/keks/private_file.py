@@ -18,8 +18,11 @@ from pathlib import Path
 from kms_plugin.errors import ConfigError
 
 
-def write_private(path: str | os.PathLike[str], data: bytes, *, replace: bool, what: str) -> None:
-    """Write ``data`` to ``path`` (0600) atomically; ``what`` names the file in messages.
+def write_private(
+    path: str | os.PathLike[str], data: bytes, *, replace: bool, what: str, exists: str = "refusing to overwrite it"
+) -> None:
+    """Write ``data`` to ``path`` (0600) atomically; ``what`` names the file in messages,
+    ``exists`` says what to do when the file is already there.
 
     Raises:
         ConfigError: ``path`` exists and ``replace`` is false, or the write fails.
@@ -39,6 +42,7 @@ def write_private(path: str | os.PathLike[str], data: bytes, *, replace: bool, w
         if replace:
             os.replace(tmp, target)
         else:
+            # link() fails if the target appeared meanwhile: never clobber.
             os.link(tmp, target)
             os.unlink(tmp)
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -48,7 +52,7 @@ def write_private(path: str | os.PathLike[str], data: bytes, *, replace: bool, w
             os.close(dir_fd)
     except FileExistsError:
         Path(tmp).unlink(missing_ok=True)
-        raise ConfigError(f"{what} {target}: already exists; refusing to overwrite it") from None
+        raise ConfigError(f"{what} {target}: already exists; {exists}") from None
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise ConfigError(f"{what} {target}: write failed: {exc.strerror}") from None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path  # noqa: TC003 - Typer reads the annotations at run time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,12 +22,41 @@ from kms_plugin.errors import ConfigError, Error, InputError, PluginUnavailable,
 from kms_plugin.terminal import printable
 
 if TYPE_CHECKING:
-    from snapshot_tools.kek_usage import KekUsage
+    from snapshot_tools.kek_usage import KekUsage, ProofAccess
 
 
 class _Output(StrEnum):
     table = "table"
     json = "json"
+
+
+# The --proof SOURCE flags of `keyring retire` and `pkcs11 retire-key`, declared once.
+ProofOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--proof",
+        help="A SOURCE to prove unused against: an etcd snapshot (.db, .zip, .gz), s3://BUCKET/KEY, or a "
+        "running etcd https://HOST:PORT (read-only, all revisions since its compaction); repeat for several.",
+    ),
+]
+ProofS3EndpointOpt = Annotated[str | None, typer.Option("--s3-endpoint-url", help="S3 endpoint for s3:// sources.")]
+ProofS3RegionOpt = Annotated[str | None, typer.Option("--s3-region", help="S3 region for s3:// sources.")]
+ProofCacertOpt = Annotated[str | None, typer.Option("--cacert", metavar="FILE", help="etcd sources: PEM CA bundle.")]
+ProofCertOpt = Annotated[
+    str | None, typer.Option("--cert", metavar="FILE", help="etcd sources: PEM client certificate.")
+]
+ProofKeyOpt = Annotated[str | None, typer.Option("--key", metavar="FILE", help="etcd sources: PEM key of --cert.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Prove only; change nothing.")]
+
+
+def proof_access(
+    s3_endpoint_url: str | None, s3_region: str | None, cacert: str | None, cert: str | None, key: str | None
+) -> ProofAccess:
+    """How the --proof SOURCEs are reached (S3, a live etcd's TLS files)."""
+    from snapshot_tools.inputs import S3Options
+    from snapshot_tools.kek_usage import ProofAccess
+
+    return ProofAccess(S3Options(s3_endpoint_url, s3_region), cacert, cert, key)
 
 
 _PHRASE_FILE_HELP = (
@@ -94,23 +123,18 @@ def _refusal(usage: KekUsage) -> str:
 def keyring_retire(
     file: Path = typer.Argument(..., help="Keyring file."),
     kek_id: str = typer.Argument(..., help="The decrypt-only KEK to retire."),
-    proof: list[str] = typer.Option(
-        [],
-        "--proof",
-        help="A SOURCE to prove unused against: an etcd snapshot (.db, .zip, .gz), s3://BUCKET/KEY, or a "
-        "running etcd https://HOST:PORT (read-only, all revisions since its compaction); repeat for several.",
-    ),
-    s3_endpoint_url: str | None = typer.Option(None, "--s3-endpoint-url", help="S3 endpoint for s3:// sources."),
-    s3_region: str | None = typer.Option(None, "--s3-region", help="S3 region for s3:// sources."),
-    cacert: str | None = typer.Option(None, "--cacert", metavar="FILE", help="etcd sources: PEM CA bundle."),
-    cert: str | None = typer.Option(None, "--cert", metavar="FILE", help="etcd sources: PEM client certificate."),
-    key: str | None = typer.Option(None, "--key", metavar="FILE", help="etcd sources: PEM key of --cert."),
+    proof: ProofOpt = None,
+    s3_endpoint_url: ProofS3EndpointOpt = None,
+    s3_region: ProofS3RegionOpt = None,
+    cacert: ProofCacertOpt = None,
+    cert: ProofCertOpt = None,
+    key: ProofKeyOpt = None,
     provider: list[str] = typer.Option(
         [],
         "--provider",
         help="KMS provider name this keyring serves: a value under it in another format is unreadable.",
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Prove only; change nothing."),
+    dry_run: DryRunOpt = False,
     output: _Output = typer.Option(_Output.table, "--output", "-o", help="table or json."),
 ) -> None:
     """Move a decrypt-only KEK into the retired-KEK archive, once no stored value needs it.
@@ -122,8 +146,7 @@ def keyring_retire(
     from kms_plugin.keks.lifecycle import retirable, retire
     from kms_plugin.keks.local import Keyring
     from snapshot_tools.errors import Error as SnapshotToolsError
-    from snapshot_tools.inputs import S3Options
-    from snapshot_tools.kek_usage import ProofAccess, kek_usage
+    from snapshot_tools.kek_usage import kek_usage
 
     if not proof:
         raise ConfigError("give at least one --proof SOURCE (an etcd snapshot of the cluster)")
@@ -131,7 +154,7 @@ def keyring_retire(
     kek = retirable(keyring, kek_id)
     try:
         with stop_signals_raise():
-            reach = ProofAccess(S3Options(s3_endpoint_url, s3_region), cacert, cert, key)
+            reach = proof_access(s3_endpoint_url, s3_region, cacert, cert, key)
             usage = kek_usage(proof, keyring, kek_id, providers=provider, access=reach)
     except SnapshotToolsError as exc:
         raise _from_snapshot_tools(exc) from None

@@ -17,6 +17,16 @@ import typer
 from kms_plugin.api import pkcs11_settings
 from kms_plugin.cli_pkcs11 import AuditLogOpt, KeyOpt, ModuleOpt, Output, PinOpt, TokenOpt, _required
 from kms_plugin.errors import ConfigError, RetireRefused
+from kms_plugin.keyring_cli import (
+    DryRunOpt,
+    ProofCacertOpt,
+    ProofCertOpt,
+    ProofKeyOpt,
+    ProofOpt,
+    ProofS3EndpointOpt,
+    ProofS3RegionOpt,
+    proof_access,
+)
 from kms_plugin.terminal import printable
 
 LabelArg = Annotated[str, typer.Argument(help="The generation, e.g. K-1 (never the current one).")]
@@ -28,21 +38,16 @@ def retire_key(
     token: TokenOpt = None,
     key: KeyOpt = None,
     pin: PinOpt = None,
-    proof: list[str] = typer.Option(
-        [],
-        "--proof",
-        help="A SOURCE to prove unused against: an etcd snapshot (.db, .zip, .gz), s3://BUCKET/KEY, or a "
-        "running etcd https://HOST:PORT (read-only, all revisions since its compaction); repeat for several.",
-    ),
-    s3_endpoint_url: str | None = typer.Option(None, "--s3-endpoint-url", help="S3 endpoint for s3:// sources."),
-    s3_region: str | None = typer.Option(None, "--s3-region", help="S3 region for s3:// sources."),
-    cacert: str | None = typer.Option(None, "--cacert", metavar="FILE", help="etcd sources: PEM CA bundle."),
-    cert: str | None = typer.Option(None, "--cert", metavar="FILE", help="etcd sources: PEM client certificate."),
-    tls_key: str | None = typer.Option(None, "--key", metavar="FILE", help="etcd sources: PEM key of --cert."),
+    proof: ProofOpt = None,
+    s3_endpoint_url: ProofS3EndpointOpt = None,
+    s3_region: ProofS3RegionOpt = None,
+    cacert: ProofCacertOpt = None,
+    cert: ProofCertOpt = None,
+    tls_key: ProofKeyOpt = None,
     provider: list[str] = typer.Option(
         [], "--provider", help="KMS provider name this plugin serves: a value under it in another format is unreadable."
     ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Prove only; change nothing."),
+    dry_run: DryRunOpt = False,
     output: Output = typer.Option(Output.table, "--output", "-o", help="table or json."),
     audit_log: AuditLogOpt = None,
 ) -> None:
@@ -56,8 +61,6 @@ def retire_key(
     from kms_plugin.keks.pkcs11life import retire_key as retire
     from kms_plugin.keyring_cli import _from_snapshot_tools, _Output, _refusal, _render_usage
     from snapshot_tools.errors import Error as SnapshotToolsError
-    from snapshot_tools.inputs import S3Options
-    from snapshot_tools.kek_usage import ProofAccess
     from snapshot_tools.kek_usage_pkcs11 import pkcs11_key_usage
 
     module, token, key = _required(module, token, key)
@@ -69,7 +72,7 @@ def retire_key(
         raise ConfigError("give at least one --proof SOURCE (an etcd snapshot of the cluster)")
     try:
         with stop_signals_raise():
-            reach = ProofAccess(S3Options(s3_endpoint_url, s3_region), cacert, cert, tls_key)
+            reach = proof_access(s3_endpoint_url, s3_region, cacert, cert, tls_key)
             usage = pkcs11_key_usage(
                 proof, settings, label, providers=provider, access=reach,
                 demoted_at=demoted_at(log_path, family, ref),

@@ -334,26 +334,23 @@ def iter_extract(
     """
     if opts.show_managed_fields and opts.strip_server_fields:
         raise UsageError("--show-managed-fields and --strip-server-fields may not be used together")
-    if opts.etcd is not None:  # a live etcd: no trailer, nothing to unpack
-        keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access, opts.etcd)
-        _labels(opts.resources, keyset.resource_names())  # unknown resources fail before any work
-        with open_unwrappers(keyset, opts.access) as unwrappers:
-            yield from _extract(opts, keyset, unwrappers, result, progress)
-            result.kms = kms_problems(unwrappers)
-        return
     with ExitStack() as stack:
-        keyset, snapshot = prepare_keyset(
-            opts.access.configs, opts.snapshot, opts.access, stack, opts.s3, progress=opts.download_progress
-        )
+        if opts.etcd is not None:  # a live etcd: no trailer, nothing to unpack
+            keyset = keyset_for(opts.access.configs, opts.snapshot, opts.access, opts.etcd)
+        else:
+            keyset, snapshot = prepare_keyset(
+                opts.access.configs, opts.snapshot, opts.access, stack, opts.s3, progress=opts.download_progress
+            )
         _labels(opts.resources, keyset.resource_names())  # unknown resources fail before any work
-        # Unpacked or downloaded once, for the integrity check and the read.
-        snapshot = stack.enter_context(opened(snapshot, opts.s3, progress=opts.download_progress))
-        opts = replace(opts, snapshot=snapshot)
-        if not opts.skip_hash_check:
-            require_integrity(snapshot)  # nothing is written from a snapshot etcd would refuse
-        with open_unwrappers(keyset, opts.access) as unwrappers:
-            yield from _extract(opts, keyset, unwrappers, result, progress)
-            result.kms = kms_problems(unwrappers)
+        if opts.etcd is None:
+            # Unpacked or downloaded once, for the integrity check and the read.
+            local = stack.enter_context(opened(snapshot, opts.s3, progress=opts.download_progress))
+            opts = replace(opts, snapshot=local)
+            if not opts.skip_hash_check:
+                require_integrity(opts.snapshot)  # nothing is written from a snapshot etcd would refuse
+        unwrappers = stack.enter_context(open_unwrappers(keyset, opts.access))
+        yield from _extract(opts, keyset, unwrappers, result, progress)
+        result.kms = kms_problems(unwrappers)
 
 
 _PROGRESS_EVERY = 1024

@@ -3,8 +3,10 @@
 K3s (and RKE2, which builds the same packages) keeps its bootstrap files - cluster CAs, the
 service-account key, ``server/cred/encryption-config.json`` and ``encryption-state.json`` - in
 the datastore under ``/bootstrap/<hash>``, encrypted with the server token, so a restored
-snapshot carries them. This module finds those records, normalises a token the way K3s does,
-decrypts the value and returns the files as data; it writes nothing and prints nothing.
+snapshot carries them. This module finds those records, opens the one the token names (the token
+normalised by :mod:`snapshot_tools.k3s_token`), decrypts the value and returns the files as data,
+and adds the embedded config to a command's key set; it writes nothing and prints nothing. The
+``keys`` report is :mod:`snapshot_tools.k3s_keys`.
 
 * The key is ``/bootstrap/`` + the first 12 hex characters of sha256(passphrase); the passphrase
   is the *normalised* token (only its password part). Old releases also left the empty-token key
@@ -32,19 +34,16 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from snapshot_tools.atomic_file import AtomicFile
-from snapshot_tools.config import load_config_bytes
 from snapshot_tools.errors import BootstrapError, ConfigError, InvalidCiphertext, TokenError
 from snapshot_tools.inputs import opened
+from snapshot_tools.k3s_token import normalize_token, short_hash
 from snapshot_tools.keysets import ConfigBytes, load_keyset
 from snapshot_tools.sources import open_record_source
 
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
     from contextlib import ExitStack
     from pathlib import Path
 
-    from snapshot_tools.config_model import EncryptionConfig
     from snapshot_tools.inputs import S3Options, SnapshotInput
     from snapshot_tools.keysets import KeySet
     from snapshot_tools.live_etcd import EtcdTarget
@@ -67,118 +65,27 @@ __all__ = [
     "BootstrapRecord",
     "Embedded",
     "EncryptionState",
-    "KeyRow",
-    "KeysReport",
     "decrypt_value",
     "embedded_configs",
-    "export_config",
     "find_bootstrap",
-    "key_rows",
-    "keys_report",
     "keyset_for",
     "list_bootstrap",
-    "normalize_token",
     "parse_plaintext",
     "parse_state",
     "prepare_keyset",
     "read_bootstrap",
-    "read_token",
-    "short_hash",
-    "token_hash",
 ]
 
 BOOTSTRAP_PREFIX = b"/bootstrap/"
-HASH_LENGTH = 12  # keyHash / util.ShortHash(s, 12)
 KDF_ITERATIONS = 4096
 KEY_SIZE = 32
 SALT_LENGTH = 16  # token.Random(8), hex-encoded; PBKDF2 takes the hex text
 NONCE_SIZE = 12
 TAG_SIZE = 16
-MAX_TOKEN_FILE = 64 * 1024  # a token file is ~100 bytes
 STATE_FIELDS = ("EncryptionHash", "EncryptionState")  # the latter in early secrets-encrypt releases
 CONFIG_FIELD = "EncryptionConfig"
 # Stages written to encryption-state.json (pkg/secretsencrypt/config.go); others only annotate.
 _STATE = re.compile(r"([a-z_]+)-([0-9a-f]{64})")
-# kubeadm-style bootstrap token: never a server passphrase (parseToken).
-_BOOTSTRAP_TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
-_EXPECTED_FORMAT = "must be K10<CA-HASH>::<USERNAME>:<PASSWORD> or <PASSWORD>"
-
-
-# -- tokens ---------------------------------------------------------------------------------------
-
-
-def short_hash(text: str, length: int = HASH_LENGTH) -> str:
-    """``util.ShortHash``: the first ``length`` lowercase hex characters of sha256(text)."""
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def normalize_token(token: str) -> str:
-    """The passphrase K3s derives from a server token: its password part (``NormalizeToken``).
-
-    ``K10<64 hex>::server:pw`` -> ``pw``; a bare ``pw`` -> ``pw``; a bare value with a colon is kept
-    whole (``a:b`` -> ``a:b``, because K3s reads it as ``K10:::a:b``).
-
-    Raises:
-        TokenError: empty, a kubeadm bootstrap token, a CA hash that is not 64 characters, or no
-            password; the message never repeats the token.
-    """
-    if not token:
-        raise TokenError("the K3s token is empty")
-    text = token
-    if not text.startswith("K10"):
-        text = ("K10::" if _BOOTSTRAP_TOKEN.fullmatch(text) else "K10:::") + text
-    ca_hash, sep, creds = text[3:].partition("::")
-    if not sep:
-        creds = ca_hash
-    elif ca_hash and len(ca_hash) != 64:
-        raise TokenError(f"the K3s token is malformed (its CA hash is not 64 characters); it {_EXPECTED_FORMAT}")
-    if _BOOTSTRAP_TOKEN.fullmatch(creds):
-        raise TokenError(f"the K3s token is a bootstrap (join) token, not a server token; it {_EXPECTED_FORMAT}")
-    _user, colon, password = creds.partition(":")
-    if not colon or not password:
-        raise TokenError(f"the K3s token is malformed (no password part); it {_EXPECTED_FORMAT}")
-    return password
-
-
-def token_hash(token: str) -> str:
-    """The 12-hex hash K3s shows for ``token`` (``/bootstrap/<hash>``, S3 ``K3s-Token-Hash``)."""
-    return short_hash(normalize_token(token))
-
-
-def read_token(value: str) -> str:
-    """A ``--k3s-token`` value: the token itself, or ``@FILE`` read and whitespace-trimmed as K3s
-    reads its token file (``bytes.TrimSpace``).
-
-    Raises:
-        TokenError: the file is missing, not a regular file, too large, not UTF-8 or empty; the
-            message names the file, never its content.
-    """
-    if not value.startswith("@"):
-        return value
-    path = value[1:]
-    shown = path or "''"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise TokenError(f"token file {shown}: no such file") from None
-    except OSError as exc:
-        raise TokenError(f"token file {shown}: cannot open: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would block or never end
-            raise TokenError(f"token file {shown}: not a regular file")
-        try:
-            raw = fh.read(MAX_TOKEN_FILE + 1)
-        except OSError as exc:
-            raise TokenError(f"token file {shown}: cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_TOKEN_FILE:
-        raise TokenError(f"token file {shown}: too large for a token (more than {MAX_TOKEN_FILE} bytes)")
-    try:
-        token = raw.strip().decode("utf-8")
-    except UnicodeDecodeError:
-        raise TokenError(f"token file {shown}: not a text file (invalid UTF-8)") from None
-    if not token:
-        raise TokenError(f"token file {shown}: empty")
-    return token
 
 
 # -- records --------------------------------------------------------------------------------------
@@ -537,113 +444,3 @@ def prepare_keyset(
     if access.k3s_token is not None:
         snapshot = stack.enter_context(opened(snapshot, s3, progress=progress))
     return Prepared(keyset_for(paths, snapshot, access), snapshot)
-
-
-# -- the ``keys`` report --------------------------------------------------------------------------
-
-
-class KeyRow(NamedTuple):
-    """One provider key of the embedded config: names and a fingerprint, never material.
-
-    ``active``: the key the config writes with (its rule's first provider, that provider's first
-    key; ``identity`` first means secrets encryption is disabled).
-    """
-
-    resources: tuple[str, ...]
-    provider: str
-    name: str | None
-    fingerprint: str | None
-    active: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "resources": list(self.resources),
-            "provider": self.provider,
-            "name": self.name,
-            "fingerprint": self.fingerprint,
-            "active": self.active,
-        }
-
-
-def key_rows(config: EncryptionConfig) -> list[KeyRow]:
-    """The key table of a config, in provider order (the fingerprint is the check report's)."""
-    rows: list[KeyRow] = []
-    for rule in config.rules:
-        first = True
-        for entry in rule.providers:
-            if entry.kind == "identity":
-                rows.append(KeyRow(rule.resources, "identity", None, None, first))
-                first = False
-            elif entry.kms is not None:
-                rows.append(KeyRow(rule.resources, entry.kms.provider, entry.kms.name, entry.kms.fingerprint, first))
-                first = False
-            for key in entry.keys:
-                rows.append(KeyRow(rule.resources, key.provider, key.name, key.fingerprint, first))
-                first = False
-    return rows
-
-
-@dataclass(frozen=True)
-class KeysReport:
-    """What ``snapshot-tools keys`` shows: the bootstrap record, the embedded key table, the
-    secrets-encrypt stage and the files present (names, timestamps, sizes)."""
-
-    snapshot: str
-    data: BootstrapData
-    keys: tuple[KeyRow, ...]
-    config_sha256: str | None
-
-    @property
-    def state(self) -> EncryptionState | None:
-        return self.data.state
-
-    def to_json(self) -> dict[str, Any]:
-        config = self.data.encryption_config
-        state = self.state
-        return {
-            "snapshot": self.snapshot,
-            "bootstrap": {**self.data.record.to_json(), "variant": self.data.variant, "format": self.data.format},
-            "config": None
-            if config is None
-            else {"origin": self.data.origin, "size": len(config), "sha256": self.config_sha256},
-            "keys": [k.to_json() for k in self.keys],
-            "encryption_state": None if state is None else state.to_json(),
-            "files": [f.to_json() for f in self.data.files.values()],
-            "other_bootstrap_keys": [r.to_json() for r in self.data.others],
-            "notes": self.data.notes(),
-        }
-
-
-def keys_report(
-    snapshot: str, token: str, s3: S3Options | None = None, *, progress: bool = False
-) -> KeysReport:
-    """Open ``snapshot``'s bootstrap data with ``token`` and describe the keys it carries.
-
-    Raises:
-        TokenError, BootstrapError: as :func:`find_bootstrap`.
-        ConfigError: the embedded config is not a valid EncryptionConfiguration.
-    """
-    with open_record_source(snapshot, None, s3, progress=progress) as source:
-        data = read_bootstrap(source, token, source.name)
-    config = data.encryption_config
-    if config is None:
-        return KeysReport(snapshot, data, (), None)
-    parsed = load_config_bytes(config, data.origin)
-    return KeysReport(snapshot, data, tuple(key_rows(parsed)), hashlib.sha256(config).hexdigest())
-
-
-def export_config(report: KeysReport, target: str, *, force: bool) -> None:
-    """Write the embedded config bytes exactly as embedded to ``target`` (0600, atomic).
-
-    Raises:
-        OutputError: as :class:`~snapshot_tools.atomic_file.AtomicFile` (existing file without
-            ``force``, a symlink, device or FIFO, the snapshot itself).
-        BootstrapError: the bootstrap data holds no encryption config.
-    """
-    config = report.data.encryption_config
-    if config is None:
-        raise BootstrapError(f"{report.data.origin}: no EncryptionConfig to export (secrets encryption is off)")
-    with AtomicFile(target, force=force, inputs=[report.snapshot]) as out:
-        assert out.file is not None
-        out.file.write(config)
-        out.commit()

@@ -13,17 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from snapshot_tools.errors import BootstrapError, InvalidCiphertext, TokenError
-from snapshot_tools.k3s_bootstrap import (
-    BootstrapRecord,
-    decrypt_value,
-    find_bootstrap,
-    normalize_token,
-    parse_plaintext,
-    parse_state,
-    read_token,
-    short_hash,
-    token_hash,
-)
+from snapshot_tools.k3s_bootstrap import BootstrapRecord, decrypt_value, find_bootstrap, parse_plaintext, parse_state
+from snapshot_tools.k3s_token import normalize_token, read_token, short_hash, token_hash
 from snapshot_tools.keysets import ConfigBytes, load_keyset
 from tests.support.k3s import (
     CA_HASH,

@@ -20,7 +20,8 @@ from snapshot_tools.cli.options import (  # Typer reads the annotations at run t
 )
 from snapshot_tools.cli.output import OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.errors import UsageError
-from snapshot_tools.k3s_bootstrap import KeysReport, export_config, keys_report, read_token
+from snapshot_tools.k3s_keys import KeysReport, export_config, keys_report
+from snapshot_tools.k3s_token import read_token
 
 _VARIANTS = {
     "token": "the token",

@@ -13,7 +13,7 @@ from kms_plugin import api as plugin
 from kms_plugin.cli_runner import interrupt_signal, stop_signals_raise
 from snapshot_tools.errors import ConfigError, InterruptedRead, UsageError
 from snapshot_tools.inputs import S3Options
-from snapshot_tools.k3s_bootstrap import read_token
+from snapshot_tools.k3s_token import read_token
 from snapshot_tools.unwrap import KeyAccess
 
 if TYPE_CHECKING:

@@ -8,7 +8,6 @@ one Encrypt of a seed per KEK); A survives only in old revisions (overwritten an
 from __future__ import annotations
 
 import json
-import os
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,11 +16,10 @@ from kms_plugin.client import KMSv2Client
 from kms_plugin.keks.archive import archive_path
 from kms_plugin.keks.audit import read_audit
 from kms_plugin.keks.local import ACTIVE, Keyring
-from snapshot_tools.providers import kms_prefix, kmsv2
 from tests.support.configs import kms, rule, write_config
 from tests.support.inputs import k3s_zip
 from tests.support.k8s_objects import json_object
-from tests.support.kms import file_mode, served, short_dir
+from tests.support.kms import file_mode, served, short_dir, write_through_plugin
 from tests.support.lifecycle import assert_no_material, run_plugin
 
 if TYPE_CHECKING:
@@ -31,20 +29,6 @@ if TYPE_CHECKING:
     from tests.support.inputs import MotoS3
 
 pytestmark = pytest.mark.etcd
-
-
-def _write(etcd, client: KMSv2Client, keys: list[str]) -> str:
-    """Write ``keys`` as the apiserver does after a (re)start: one seed, wrapped once."""
-    status = client.status()
-    seed = os.urandom(32)
-    wrapped = client.encrypt(seed)
-    assert wrapped.key_id == status.key_id
-    for key in keys:
-        payload = kmsv2.encrypt(
-            seed, json_object(key), key.encode(), encrypted_dek_source=wrapped.ciphertext, key_id=wrapped.key_id
-        )
-        etcd.put(key, kms_prefix("v2", "ours") + payload)
-    return wrapped.key_id
 
 
 def test_retire_unused_refuse_used_by_history_then_reencrypt_and_retire(
@@ -59,10 +43,10 @@ def test_retire_unused_refuse_used_by_history_then_reencrypt_and_retire(
             endpoint = f"unix://{d / 'p.sock'}"
             cfg = write_config(tmp_path / "enc.json", rule(["secrets", "configmaps"], kms("ours", endpoint)))
             with KMSv2Client(endpoint) as client:
-                _write(etcd, client, [*secrets, "/registry/configmaps/default/c0"])  # under A
+                write_through_plugin(etcd, client, [*secrets, "/registry/configmaps/default/c0"])  # under A
                 assert run_plugin(capsys, "keyring", "rotate", keyring).code == 0  # B: never used
                 assert run_plugin(capsys, "keyring", "rotate", keyring).code == 0  # C: current
-                _write(etcd, client, [*secrets, "/registry/secrets/default/s9"])  # A only in history now
+                write_through_plugin(etcd, client, [*secrets, "/registry/secrets/default/s9"])  # A only in history now
             etcd.delete("/registry/configmaps/default/c0")  # its A revision stays in the history
         snap = etcd_server.snapshot_save(tmp_path / "snap.db")
         a, b, c = Keyring.load(keyring).keks
@@ -170,9 +154,9 @@ def test_retire_proves_against_a_live_etcd_and_a_zipped_s3_snapshot(
         assert run_plugin(capsys, "keyring", "init", keyring).code == 0
         etcd = etcd_server.client()
         with served(d), KMSv2Client(f"unix://{d / 'p.sock'}") as client:
-            _write(etcd, client, secrets)  # under A
+            write_through_plugin(etcd, client, secrets)  # under A
             assert run_plugin(capsys, "keyring", "rotate", keyring).code == 0
-            _write(etcd, client, secrets[:1])  # A still live in s1, s2 and in s0's history
+            write_through_plugin(etcd, client, secrets[:1])  # A still live in s1, s2 and in s0's history
         snap = etcd_server.snapshot_save(tmp_path / "etcd-snapshot-node1-1700000000")
         url = moto_s3.put("k3s-backups", "etcd-snapshot-node1-1700000000.zip", k3s_zip(snap, tmp_path, snap.name))
         a = Keyring.load(keyring).keks[0]

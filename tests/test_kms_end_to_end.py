@@ -13,11 +13,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from kms_plugin.client import KMSv2Client
-from snapshot_tools.providers import kms_prefix, kmsv2
 from tests.support.cli import plugin_cli
 from tests.support.configs import kms, rule, write_config
-from tests.support.k8s_objects import json_object
-from tests.support.kms import served, short_dir
+from tests.support.kms import served, short_dir, write_through_plugin
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,23 +33,9 @@ def test_plugin_written_snapshot_checks_current_via_socket_and_keyring(
             endpoint = f"unix://{d / 'p.sock'}"
             cfg = write_config(tmp_path / "enc.json", rule(["secrets"], kms("ours", endpoint)))
             # As the apiserver does: Status, then one Encrypt of a fresh seed for many objects.
-            with KMSv2Client(endpoint) as client:
-                status = client.status()
-                seed = os.urandom(32)
-                wrapped = client.encrypt(seed)
-            assert wrapped.key_id == status.key_id
-            etcd = etcd_server.client()
             keys = [f"/registry/secrets/ns{i % 3}/s{i}" for i in range(30)]
-            for key in keys:
-                payload = kmsv2.encrypt(
-                    seed,
-                    json_object(key),
-                    key.encode(),
-                    encrypted_dek_source=wrapped.ciphertext,
-                    key_id=wrapped.key_id,
-                    annotations=wrapped.annotations,
-                )
-                etcd.put(key, kms_prefix("v2", "ours") + payload)
+            with KMSv2Client(endpoint) as client:
+                write_through_plugin(etcd_server.client(), client, keys)
             snap = tmp_path / "snap.db"
             etcd_server.snapshot_save(snap)
 

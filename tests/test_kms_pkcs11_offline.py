@@ -9,18 +9,15 @@ with the token flags alone, the plugin stopped.
 from __future__ import annotations
 
 import json
-import os
 from typing import TYPE_CHECKING
 
 import pytest
 
 from kms_plugin.api import pkcs11_settings
 from kms_plugin.client import KMSv2Client
-from snapshot_tools.providers import kms_prefix, kmsv2
 from tests.support.cli import plugin_cli
 from tests.support.configs import kms, rule, write_config
-from tests.support.k8s_objects import json_object
-from tests.support.kms import serve_config, serving, short_dir
+from tests.support.kms import serve_config, serving, short_dir, write_through_plugin
 from tests.support.softhsm import MODULE, softhsm_token
 
 if TYPE_CHECKING:
@@ -35,25 +32,11 @@ pytestmark = pytest.mark.etcd
 def _write_secrets(etcd_server, token: Token, endpoint_dir: Path, local_kek: bool) -> tuple[list[str], str]:
     settings = pkcs11_settings(MODULE, token.label, "kek", f"@{token.pin_file}")
     with serving(serve_config(endpoint_dir, pkcs11=settings, local_kek=local_kek)):
-        with KMSv2Client(f"unix://{endpoint_dir / 'p.sock'}") as client:
-            status = client.status()
-            seed = os.urandom(32)
-            wrapped = client.encrypt(seed)
-        assert wrapped.key_id == status.key_id
-        assert bool(wrapped.annotations) == local_kek
-        etcd = etcd_server.client()
         keys = [f"/registry/secrets/ns{i % 3}/p{i}" for i in range(12)]
-        for key in keys:
-            payload = kmsv2.encrypt(
-                seed,
-                json_object(key),
-                key.encode(),
-                encrypted_dek_source=wrapped.ciphertext,
-                key_id=wrapped.key_id,
-                annotations=wrapped.annotations,
-            )
-            etcd.put(key, kms_prefix("v2", "ours") + payload)
-    return keys, status.key_id
+        with KMSv2Client(f"unix://{endpoint_dir / 'p.sock'}") as client:
+            _seed, wrapped = write_through_plugin(etcd_server.client(), client, keys)
+        assert bool(wrapped.annotations) == local_kek
+    return keys, wrapped.key_id
 
 
 @pytest.mark.parametrize("local_kek", [True, False])

@@ -25,33 +25,17 @@ from kms_plugin.errors import InvalidCiphertext
 from snapshot_tools.providers import kms_prefix, kmsv2
 from tests.support.configs import kms, rule, write_config
 from tests.support.k8s_objects import json_object
-from tests.support.kms import file_mode, serve_config, serving, short_dir
+from tests.support.kms import file_mode, serve_config, serving, short_dir, write_through_plugin
 from tests.support.lifecycle import run_plugin
 from tests.support.softhsm import MODULE, softhsm_token
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from kms_plugin.client import EncryptResult
     from tests.support.cli import Cli
     from tests.support.softhsm import Token
 
 pytestmark = pytest.mark.etcd
-
-
-def _write(etcd: Any, client: KMSv2Client, keys: list[str]) -> tuple[bytes, EncryptResult]:
-    """Write ``keys`` as the apiserver does after a (re)start: one seed, wrapped once by the plugin."""
-    status = client.status()
-    seed = os.urandom(32)
-    wrapped = client.encrypt(seed)
-    assert wrapped.key_id == status.key_id
-    for key in keys:
-        payload = kmsv2.encrypt(
-            seed, json_object(key), key.encode(), encrypted_dek_source=wrapped.ciphertext,
-            key_id=wrapped.key_id, annotations=wrapped.annotations,
-        )  # fmt: skip
-        etcd.put(key, kms_prefix("v2", "ours") + payload)
-    return seed, wrapped
 
 
 def _labels(capsys: pytest.CaptureFixture[str], token: Token) -> dict[str, str]:
@@ -84,13 +68,14 @@ def test_retire_restore_purge_a_pkcs11_key(
         etcd = etcd_server.client()
         assert run_plugin(capsys, "pkcs11", "init-key", *token.flags()).code == 0
         with serving(config), KMSv2Client(f"unix://{d / 'p.sock'}") as client:
-            old_seed, old = _write(etcd, client, [*secrets, "/registry/configmaps/default/c0"])  # under K-1
+            # under K-1
+            old_seed, old = write_through_plugin(etcd, client, [*secrets, "/registry/configmaps/default/c0"])
         assert bool(old.annotations) == local_kek
         assert run_plugin(capsys, "pkcs11", "rotate-key", *token.flags()).code == 0  # K-2: wraps nothing
         early = etcd_server.snapshot_save(tmp_path / "early.db")  # taken while K-2 was current
         assert run_plugin(capsys, "pkcs11", "rotate-key", *token.flags()).code == 0  # K-3: current
         with serving(config), KMSv2Client(f"unix://{d / 'p.sock'}") as client:
-            _write(etcd, client, [*secrets, "/registry/secrets/default/s9"])  # K-1 only in history now
+            write_through_plugin(etcd, client, [*secrets, "/registry/secrets/default/s9"])  # K-1 only in history now
             etcd.delete("/registry/configmaps/default/c0")  # its K-1 revision stays in the history
             snap = etcd_server.snapshot_save(tmp_path / "snap.db")
             # The running plugin still reads a K-1 value (and caches its local KEK, if any).

@@ -34,16 +34,18 @@ import grpc
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kms_plugin.client import KMSv2Client
+from kms_plugin.client import EncryptResult, KMSv2Client
 from kms_plugin.errors import Error
 from kms_plugin.keks.local import Keyring, save_keyring
 from kms_plugin.proto import kms_v1beta1_pb2, kms_v1beta1_pb2_grpc, kms_v2_pb2, kms_v2_pb2_grpc
 from kms_plugin.server import PluginServer, ServeConfig
+from snapshot_tools.providers import kms_prefix, kmsv2
 from tests.support.cli import KMS_PLUGIN
 from tests.support.fixtures import fixture_kek
+from tests.support.k8s_objects import json_object
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from types import TracebackType
 
 
@@ -258,3 +260,25 @@ def health_get(server: PluginServer, path: str) -> tuple[int, str]:
     """GET /healthz, /readyz, /livez or /metrics of an in-process plugin: (status, body)."""
     assert server.health is not None
     return http_get(server.health.host, server.health.port, path)
+
+
+def write_through_plugin(
+    etcd: Any, client: KMSv2Client, keys: Sequence[str], provider: str = "ours"
+) -> tuple[bytes, EncryptResult]:
+    """Put KMS v2 objects ``keys`` into ``etcd`` as kube-apiserver writes them after a (re)start:
+    Status, one seed wrapped once by the plugin, every value sealed under that seed."""
+    status = client.status()
+    seed = os.urandom(32)
+    wrapped = client.encrypt(seed)
+    assert wrapped.key_id == status.key_id
+    for key in keys:
+        payload = kmsv2.encrypt(
+            seed,
+            json_object(key),
+            key.encode(),
+            encrypted_dek_source=wrapped.ciphertext,
+            key_id=wrapped.key_id,
+            annotations=wrapped.annotations,
+        )
+        etcd.put(key, kms_prefix("v2", provider) + payload)
+    return seed, wrapped

@@ -139,6 +139,11 @@ class Findings:
         if len(shown) < FIRST_KEYS:
             shown.append(f"{key.decode('utf-8', 'backslashreplace')}@{revision} ({source})")
 
+    def add_object(self, key: bytes, revision: int, source: str) -> None:
+        """:meth:`add` under the object's resource (``secrets``, ``deployments.apps``, ...)."""
+        ref = parse_etcd_key(key)
+        self.add(resource_label(ref) if ref is not None else "(not an API object)", key, revision, source)
+
     def __bool__(self) -> bool:
         return bool(self.counts)
 
@@ -267,9 +272,7 @@ class _Scanner:
         self.seen.add(env.provider)
         named = plugin.wrapped_kek_id(env.wrapped)
         if named == self.kek_id or env.key_id == self.key_id:
-            ref = parse_etcd_key(key)
-            label = resource_label(ref) if ref is not None else "(not an API object)"
-            usage.needing.add(label, key, revision, source)
+            usage.needing.add_object(key, revision, source)
             return
         if named is None:
             if env.provider in self.providers:

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING
 from kms_plugin import api as plugin
 from snapshot_tools.errors import ConfigError, UsageError
 from snapshot_tools.kek_usage import KekUsage, ProofAccess, kms_envelope, scan_sources
-from snapshot_tools.resources import parse_etcd_key, resource_label
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -71,9 +70,7 @@ class _Scanner:
         self.seen.add(env.provider)
         ref = plugin.pkcs11_wrapping_ref(env.wrapped, env.annotations)
         if ref == self.target.ref or env.key_id == self.target.key_id:
-            parsed = parse_etcd_key(key)
-            usage.needing.add(resource_label(parsed) if parsed is not None else "(not an API object)",
-                              key, revision, source)  # fmt: skip
+            usage.needing.add_object(key, revision, source)
             return
         if ref is None:
             if env.provider in self.providers:

@@ -69,6 +69,7 @@ __all__ = [
     "embedded_configs",
     "find_bootstrap",
     "keyset_for",
+    "bootstrap_record",
     "list_bootstrap",
     "parse_plaintext",
     "parse_state",
@@ -124,13 +125,13 @@ class BootstrapRecord:
 
 def list_bootstrap(source: _Latest) -> list[BootstrapRecord]:
     """Every live ``/bootstrap/*`` record of the keyspace (at the etcd root, not under a prefix)."""
-    out = []
-    for rec in source.latest(BOOTSTRAP_PREFIX):
-        key = rec.key.decode("utf-8", "backslashreplace")
-        out.append(
-            BootstrapRecord(key, key[len(BOOTSTRAP_PREFIX) :], len(rec.value), rec.mod_revision, rec.value)
-        )
-    return out
+    return [bootstrap_record(rec) for rec in source.latest(BOOTSTRAP_PREFIX)]
+
+
+def bootstrap_record(rec: Record) -> BootstrapRecord:
+    """A live record whose key starts with :data:`BOOTSTRAP_PREFIX`, as a bootstrap record."""
+    key = rec.key.decode("utf-8", "backslashreplace")
+    return BootstrapRecord(key, key[len(BOOTSTRAP_PREFIX) :], len(rec.value), rec.mod_revision, rec.value)
 
 
 # -- the value -----------------------------------------------------------------------------------

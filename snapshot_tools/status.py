@@ -20,7 +20,7 @@ import google_crc32c
 from snapshot_tools.bbolt.layout import BUCKET_LEAF_FLAG
 from snapshot_tools.errors import SnapshotError
 from snapshot_tools.inputs import SnapshotInput, opened
-from snapshot_tools.k3s_bootstrap import list_bootstrap
+from snapshot_tools.k3s_bootstrap import BOOTSTRAP_PREFIX, BootstrapRecord, bootstrap_record
 from snapshot_tools.providers import storage_form
 from snapshot_tools.resources import normalize_prefix
 from snapshot_tools.snapshot import Snapshot
@@ -132,10 +132,14 @@ def snapshot_status(
         pages = snap.db.page_map()
         resources: Counter[str] = Counter()
         forms: Counter[tuple[str, str, str | None]] = Counter()
-        for record in snap.latest(key_prefix):
-            label = resource_path(record.key, key_prefix)
-            resources[label] += 1
-            forms[(label, *storage_form(record.value))] += 1
+        bootstrap: list[BootstrapRecord] = []
+        for record in snap.latest():  # one pass for the resources and K3s's /bootstrap records
+            if record.key.startswith(key_prefix):
+                label = resource_path(record.key, key_prefix)
+                resources[label] += 1
+                forms[(label, *storage_form(record.value))] += 1
+            elif record.key.startswith(BOOTSTRAP_PREFIX):
+                bootstrap.append(bootstrap_record(record))
         return SnapshotStatus(
             path=inp.spec,
             size=snap.size,
@@ -152,7 +156,7 @@ def snapshot_status(
                 {"resource": r, "form": f, "name": n, "count": c}
                 for (r, f, n), c in sorted(forms.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or ""))
             ],
-            bootstrap=[r.to_json() for r in list_bootstrap(snap)],
+            bootstrap=[r.to_json() for r in bootstrap],
             form=inp.form,
             s3_metadata=dict(inp.s3_metadata),
         )

@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import settings
 
 from tests.support.aws import FaultProxy, MotoKms, fault_proxy, moto_server
 from tests.support.cli import Cli
@@ -35,6 +36,14 @@ def kms_fixture_plugin() -> Iterator[TestKMSPlugin]:
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+# CI runs the property tests derandomized (the same examples every run, so a red CI run is
+# reproducible and not luck) and without per-example deadlines (a loaded runner is not a bug).
+# Locally they explore new random examples each run.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if _in_ci():
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 from snapshot_tools.errors import IntegrityError
+from snapshot_tools.live_etcd import LIVE
 from snapshot_tools.sources import open_source
 
 if TYPE_CHECKING:
     from snapshot_tools.inputs import SnapshotInput
 
-__all__ = ["SKIP_FLAG", "Integrity", "judge_integrity", "require_integrity"]
+__all__ = ["LIVE_REASON", "SKIP_FLAG", "Integrity", "judge_integrity", "require_integrity"]
 
 SKIP_FLAG = "--skip-hash-check"  # etcdutl snapshot restore's own flag name
 
@@ -28,9 +29,12 @@ _REASONS = {
 }
 
 
+LIVE_REASON = "read from a running etcd: there is no snapshot file or SHA-256 trailer to hash"
+
+
 class Integrity(NamedTuple):
-    """``passed``, ``failed`` or ``skipped`` (failed, but ``--skip-hash-check`` was given), and
-    why when not passed."""
+    """``passed``, ``failed``, ``skipped`` (failed, but ``--skip-hash-check`` was given) or
+    ``not-applicable`` (a running etcd, not a file), and why when not passed."""
 
     status: str
     reason: str | None = None
@@ -38,7 +42,9 @@ class Integrity(NamedTuple):
 
 def judge_integrity(trailer: str, *, skip: bool) -> Integrity:
     """The integrity verdict of a snapshot whose trailer state is ``trailer``
-    (``valid``, ``missing`` or ``mismatch``)."""
+    (``valid``, ``missing``, ``mismatch``, or ``live`` for a running etcd)."""
+    if trailer == LIVE:
+        return Integrity("not-applicable", LIVE_REASON)
     reason = _REASONS.get(trailer)
     if reason is None:
         return Integrity("passed")

@@ -236,6 +236,8 @@ def _integrity_line(report: CheckReport) -> str:
     status, reason = report.snapshot.get("integrity"), report.snapshot.get("integrity_reason")
     if status == "skipped":
         return f"integrity: skipped ({SKIP_FLAG}; {reason})"
+    if status == "not-applicable":
+        return f"integrity: not applicable ({reason})"
     return f"integrity: {status}" + (f" ({reason})" if reason else "")
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "printable",
     "run_app",
     "signal_exit_code",
+    "signals_held",
     "stop_signals_raise",
 ]
 
@@ -86,7 +87,9 @@ def stop_signals_raise() -> Iterator[None]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         nonlocal raised
-        if not raised:
+        if _held.depth:
+            _held.pending = _held.pending or signum  # raised when signals_held() ends
+        elif not raised:
             raised = True
             raise Interrupt(signum)
 
@@ -214,3 +217,36 @@ def run_app(
     if isinstance(rc, int):
         return rc
     return EXIT_OK
+
+
+class _Held:
+    """State of :func:`signals_held` (main thread only, where handlers run)."""
+
+    depth = 0
+    pending: int | None = None
+
+
+_held = _Held()
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold back :func:`stop_signals_raise`'s :class:`Interrupt` until the block ends.
+
+    For a step that must not be cut between two statements: starting a child process and
+    storing its handle (an Interrupt in between would leave the child running, unknown to the
+    clean-up). The first stop signal that arrives inside is re-raised when the block ends; a
+    system call it interrupted is retried meanwhile (PEP 475). Outside :func:`stop_signals_raise`
+    or the main thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _held.depth += 1
+    try:
+        yield
+    finally:
+        _held.depth -= 1
+        if _held.depth == 0 and _held.pending is not None:
+            signum, _held.pending = _held.pending, None
+            signal.raise_signal(signum)  # the handler runs again, now free to raise

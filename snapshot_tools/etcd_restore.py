@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple
 
+from kms_plugin.cli_runner import signals_held
 from snapshot_tools.errors import RestoreFailed
 
 if TYPE_CHECKING:
@@ -100,7 +101,9 @@ def restored_etcd(
         restored = time.monotonic()
         for attempt in range(_PORT_RETRIES):
             client, peer = free_ports(2)
-            with open(scratch / "etcd.log", "ab") as log:  # etcd holds its own descriptor
+            # etcd holds its own log descriptor. A stop signal waits until its handle is stored,
+            # so the clean-up below always knows the process it must stop.
+            with open(scratch / "etcd.log", "ab") as log, signals_held():
                 proc = _start(tools, data, client, peer, log)
             try:
                 _wait_healthy(proc, client, scratch, startup_timeout)
@@ -131,17 +134,26 @@ def _restore(tools: EtcdTools, snapshot: str | os.PathLike[str], data: Path, *, 
     ]  # fmt: skip
     if skip_hash_check:
         cmd.append("--skip-hash-check")
-    # Its own session too: a Ctrl-C at the terminal reaches us, and we stop it (run() kills it).
+    # Its own session too: a Ctrl-C at the terminal reaches us, and we stop it. A stop signal
+    # waits until the handle is stored (subprocess.run could lose it inside Popen).
     try:
-        proc = subprocess.run(  # noqa: S603 - our own argv, no shell
-            cmd, capture_output=True, env=clean_env(), check=False, start_new_session=True, timeout=RESTORE_TIMEOUT
-        )
-    except subprocess.TimeoutExpired:
-        raise RestoreFailed(f"etcdutl snapshot restore did not finish within {RESTORE_TIMEOUT:.0f}s") from None
+        with signals_held():
+            proc = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(), start_new_session=True
+            )
     except OSError as exc:
         raise RestoreFailed(f"cannot run {tools.etcdutl}: {exc.strerror}") from None
+    with proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=RESTORE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RestoreFailed(f"etcdutl snapshot restore did not finish within {RESTORE_TIMEOUT:.0f}s") from None
+        except BaseException:
+            proc.kill()  # a stop signal: etcdutl must not outlive us
+            raise
     if proc.returncode != 0:
-        out = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip().splitlines()
+        out = (stderr or stdout).decode("utf-8", "replace").strip().splitlines()
         why = _etcd_error(out) or f"exit status {proc.returncode}, no message"
         raise RestoreFailed(f"etcdutl snapshot restore refused the snapshot: {why}")
 

@@ -19,6 +19,7 @@ from kms_plugin.cli_runner import (
     Interrupt,
     interrupt_signal,
     signal_exit_code,
+    signals_held,
     stop_signals_raise,
 )
 
@@ -96,3 +97,36 @@ def test_exit_codes_are_128_plus_the_signal() -> None:
     assert signal_exit_code(signal.SIGTERM) == 143
     assert signal_exit_code(signal.SIGHUP) == 129
     assert interrupt_signal(KeyboardInterrupt()) == signal.SIGINT
+
+
+@pytest.mark.usefixtures("outer_handlers")
+def test_a_held_signal_raises_when_the_block_ends_not_inside_it() -> None:
+    steps: list[str] = []
+    with pytest.raises(Interrupt) as info, stop_signals_raise():
+        with signals_held():
+            _deliver(signal.SIGTERM)  # a process started here would not be lost
+            _deliver(signal.SIGHUP)  # only the first held signal is raised
+            steps.append("stored")
+        steps.append("after")  # never reached: the held signal raises at the block's end
+    assert steps == ["stored"]
+    assert info.value.signum == signal.SIGTERM
+    assert SEEN == []
+    with stop_signals_raise(), signals_held():  # nothing is left pending from the last block
+        steps.append("quiet")
+    assert steps == ["stored", "quiet"]
+
+
+@pytest.mark.usefixtures("outer_handlers")
+def test_a_held_signal_wins_over_an_error_of_the_block() -> None:
+    with pytest.raises(Interrupt) as info, stop_signals_raise(), signals_held():
+        _deliver(signal.SIGINT)
+        raise OSError("the child could not be started")
+    assert info.value.signum == signal.SIGINT
+    assert isinstance(info.value.__context__, OSError)
+
+
+@pytest.mark.usefixtures("outer_handlers")
+def test_holding_outside_stop_signals_raise_changes_nothing() -> None:
+    with signals_held():
+        _deliver(signal.SIGTERM)
+    assert SEEN == [signal.SIGTERM]  # the handler in place ran at once

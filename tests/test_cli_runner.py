@@ -102,12 +102,16 @@ def test_exit_codes_are_128_plus_the_signal() -> None:
 @pytest.mark.usefixtures("outer_handlers")
 def test_a_held_signal_raises_when_the_block_ends_not_inside_it() -> None:
     steps: list[str] = []
-    with pytest.raises(Interrupt) as info, stop_signals_raise():
+
+    def start_and_store() -> None:
         with signals_held():
             _deliver(signal.SIGTERM)  # a process started here would not be lost
             _deliver(signal.SIGHUP)  # only the first held signal is raised
             steps.append("stored")
         steps.append("after")  # never reached: the held signal raises at the block's end
+
+    with pytest.raises(Interrupt) as info, stop_signals_raise():
+        start_and_store()
     assert steps == ["stored"]
     assert info.value.signum == signal.SIGTERM
     assert SEEN == []
@@ -118,9 +122,13 @@ def test_a_held_signal_raises_when_the_block_ends_not_inside_it() -> None:
 
 @pytest.mark.usefixtures("outer_handlers")
 def test_a_held_signal_wins_over_an_error_of_the_block() -> None:
-    with pytest.raises(Interrupt) as info, stop_signals_raise(), signals_held():
-        _deliver(signal.SIGINT)
-        raise OSError("the child could not be started")
+    def start_fails() -> None:
+        with signals_held():
+            _deliver(signal.SIGINT)
+            raise OSError("the child could not be started")
+
+    with pytest.raises(Interrupt) as info, stop_signals_raise():
+        start_fails()
     assert info.value.signum == signal.SIGINT
     assert isinstance(info.value.__context__, OSError)
 

@@ -57,6 +57,7 @@ from snapshot_tools.set_aside import SetAsideDir, read_set_aside
 from snapshot_tools.snapshot import Snapshot
 from snapshot_tools.snapshot_copy import DROP, copy_snapshot
 from snapshot_tools.unwrap import KeyAccess, open_unwrappers
+from snapshot_tools.write_target import WriteTarget
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -621,11 +622,9 @@ def _restore(
     inputs: list[str],
     started: float,
 ) -> RestoreSummary:
-    from snapshot_tools.reencrypt import _Target  # the writer reencrypt uses for --to
-
     group_resource = KeyParser(opts.etcd_prefix).group_resource
     reader = Reader(keyset, unwrappers or {}, keep_plaintext=True) if keyset is not None else None
-    target = _Target(keyset.configs[0], unwrappers or {}) if keyset is not None and opts.to else None
+    target = WriteTarget(keyset.configs[0], unwrappers or {}) if keyset is not None and opts.to else None
     unreadable: list[str] = []
     unavailable: list[str] = []
     with Snapshot.open(local.path) as snap:

@@ -16,34 +16,20 @@ References: ``transformer.go`` (the first provider/key writes), ``kmsv2/envelope
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import google_crc32c
 
 from snapshot_tools.atomic_file import check_target
-from snapshot_tools.errors import (
-    Error,
-    InvalidCiphertext,
-    KMSUnavailable,
-    MalformedValue,
-    RewriteRefused,
-    UsageError,
-)
+from snapshot_tools.errors import KMSUnavailable, RewriteRefused, UsageError
 from snapshot_tools.inputs import SnapshotInput, is_s3_url, opened
 from snapshot_tools.integrity import require_integrity
 from snapshot_tools.k3s_bootstrap import prepare_keyset
 from snapshot_tools.keysets import config_files
-from snapshot_tools.providers import (
-    ENCRYPTED_PREFIX,
-    kms_prefix,
-    kmsv2,
-    static_prefix,
-    static_provider,
-)
+from snapshot_tools.providers import ENCRYPTED_PREFIX
 from snapshot_tools.quarantine import RewriteQuarantine
 from snapshot_tools.readers import Reader
 from snapshot_tools.resources import KeyParser
@@ -51,23 +37,18 @@ from snapshot_tools.set_aside import SetAsideDir
 from snapshot_tools.snapshot import KEY_BUCKET, Snapshot
 from snapshot_tools.snapshot_copy import copy_snapshot, kv_transform, kv_verify
 from snapshot_tools.unwrap import open_unwrappers
+from snapshot_tools.write_target import IDENTITY, KeyRef, TargetWriter, WriteTarget
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from snapshot_tools.config import EncryptionConfig, ProviderEntry, StaticKey
+    from snapshot_tools.config import StaticKey
     from snapshot_tools.config_model import KMSProvider
     from snapshot_tools.inputs import S3Options
     from snapshot_tools.keysets import KeySet
-    from snapshot_tools.providers import StaticProvider
     from snapshot_tools.readers import Resolution
     from snapshot_tools.snapshot import Record
     from snapshot_tools.unwrap import KeyAccess, Unwrapper
-
-GroupResource = tuple[str, str]
-
-IDENTITY = "identity"
-
 
 @dataclass
 class RewriteOptions:
@@ -88,24 +69,6 @@ class RewriteOptions:
     quarantine_dir: str | None = None
     s3: S3Options | None = None  # for an s3:// snapshot
     download_progress: bool = False  # a download bar on stderr (the CLI: when it is a terminal)
-
-
-class KeyRef(NamedTuple):
-    """A source or target key of the summary: provider, name, short fingerprint; never material.
-
-    ``identity`` has neither name nor fingerprint; a KMS provider's fingerprint is that of its
-    API version and name (:attr:`~snapshot_tools.config_model.KMSProvider.fingerprint`).
-    """
-
-    provider: str
-    name: str | None = None
-    fingerprint: str | None = None
-
-    def label(self) -> str:
-        """``aescbc/key1 (facf8db3)``, ``kms-v2/vault (0a1b2c3d)``, ``identity``."""
-        if self.name is None:
-            return self.provider
-        return f"{self.provider}/{self.name}" + (f" ({self.fingerprint})" if self.fingerprint else "")
 
 
 @dataclass
@@ -147,140 +110,6 @@ class RewriteSummary:
             "bytes_out": self.bytes_out,
             "seconds": round(self.seconds, 3),
         }
-
-
-class _TargetWriter:
-    """Writes plaintext the way the target config's write provider does, and reads it back.
-
-    ``read`` is the verification: the plaintext of a value this writer wrote, decrypted with
-    exactly the target's key (or ``None``). Knowing the key, it needs no candidate search and
-    no Kubernetes-object sniff (that only tells a wrong aescbc key from the right one); the
-    caller compares a checksum of the result with the plaintext that was written.
-    """
-
-    label = KeyRef(IDENTITY)
-
-    def __init__(self, strict: bool = True) -> None:
-        # strict: a restored apiserver with the target config would try to decrypt a value
-        # that looks encrypted (decrypt has no such reader: the output is just plaintext).
-        self.strict = strict
-
-    def write(self, plaintext: bytes, etcd_key: bytes) -> bytes:
-        return plaintext
-
-    def read(self, value: bytes, etcd_key: bytes) -> bytes | None:
-        if self.strict and value.startswith(ENCRYPTED_PREFIX):
-            return None
-        return value
-
-
-class _StaticTargetWriter(_TargetWriter):
-    """Writes with one key of a static provider (the target's first), reads back with it alone."""
-
-    def __init__(self, provider: StaticProvider, key: StaticKey) -> None:
-        self.secret = key.secret
-        self.prefix = static_prefix(provider.name, key.name)
-        self.label = KeyRef(provider.name, key.name, key.fingerprint)
-        self._encrypt, self._decrypt = provider.encrypt, provider.decrypt
-
-    def write(self, plaintext: bytes, etcd_key: bytes) -> bytes:
-        return self.prefix + self._encrypt(self.secret, plaintext, etcd_key)
-
-    def read(self, value: bytes, etcd_key: bytes) -> bytes | None:
-        prefix = self.prefix
-        if not value.startswith(prefix):
-            return None
-        body = memoryview(value)[len(prefix) :]  # no copy of the body
-        try:
-            return self._decrypt(self.secret, body, etcd_key)
-        except (InvalidCiphertext, MalformedValue):
-            return None
-
-
-class _KMSv2TargetWriter(_TargetWriter):
-    """One fresh seed per run, wrapped once, shared by every object (as an apiserver does).
-
-    Every object of the run shares the EncryptedObject's other fields (keyID, the wrapped
-    seed, annotations, type): one :class:`kmsv2.ObjectTemplate` marshals them once.
-    """
-
-    def __init__(self, name: str, unwrapper: Unwrapper, fingerprint: str | None = None) -> None:
-        self.seed = os.urandom(32)
-        wrap = getattr(unwrapper, "wrap_v2", None)
-        if wrap is None:
-            raise UsageError(f"KMS provider {name!r} cannot wrap a new data key here")
-        self.wrapped = w = wrap(self.seed)
-        self.prefix = kms_prefix("v2", name)
-        self.label = KeyRef("kms-v2", name, fingerprint)
-        self.unwrapper = unwrapper
-        self._unwraps: bool | None = None
-        self.template = kmsv2.ObjectTemplate(w.key_id, w.ciphertext, w.annotations)  # validates
-
-    def write(self, plaintext: bytes, etcd_key: bytes) -> bytes:
-        return self.template.encode(kmsv2.encrypt_data(self.seed, plaintext, etcd_key), self.prefix)
-
-    def read(self, value: bytes, etcd_key: bytes) -> bytes | None:
-        """The plaintext if ``value`` is byte for byte an object of this run (this prefix, the
-        shared fields) and its data decrypts with the seed; the KMS must also unwrap the stored
-        DEK source to that seed (asked once)."""
-        if self._unwraps is None:
-            w = self.wrapped
-            try:
-                self._unwraps = self.unwrapper.unwrap_v2(w.ciphertext, w.key_id, w.annotations or {}) == self.seed
-            except Error:
-                self._unwraps = False
-        if not self._unwraps or not value.startswith(self.prefix):
-            return None
-        data = self.template.encrypted_data(value, len(self.prefix))
-        if data is None:
-            return None
-        try:
-            return kmsv2.decrypt_data(kmsv2.HKDF_SHA256_XNONCE_AES_GCM_SEED, self.seed, data, etcd_key)
-        except (InvalidCiphertext, MalformedValue):
-            return None
-
-
-class _Target:
-    """Which writer the new config uses per group-resource (``None``: not covered)."""
-
-    def __init__(self, config: EncryptionConfig | None, unwrappers: dict[str, Unwrapper]) -> None:
-        self.config = config
-        self.unwrappers = unwrappers
-        self.identity = _TargetWriter(strict=config is not None)
-        self._by_gr: dict[tuple[str, str] | None, _TargetWriter | None] = {}
-        self._kms: dict[str, _TargetWriter] = {}
-
-    def writer(self, gr: GroupResource | None) -> _TargetWriter | None:
-        """The writer for ``(group, resource)``; ``None`` when the new config does not cover it."""
-        if self.config is None:  # decrypt: everything becomes plaintext
-            return self.identity
-        if gr not in self._by_gr:
-            entry = self.config.write_provider(*gr) if gr is not None else None
-            self._by_gr[gr] = self._make(entry)
-        return self._by_gr[gr]
-
-    def _make(self, entry: ProviderEntry | None) -> _TargetWriter | None:
-        if entry is None:
-            return None
-        if entry.kind == IDENTITY:
-            return self.identity
-        if entry.kind != "kms":
-            return _StaticTargetWriter(static_provider(entry.kind), entry.keys[0])
-        kms = entry.kms
-        assert kms is not None
-        if kms.api_version != "v2":
-            raise UsageError(
-                f"KMS provider {kms.name!r} is apiVersion v1 (deprecated, off by default since 1.29); "
-                "write with a KMS v2 provider instead"
-            )
-        if kms.name not in self._kms:
-            unwrapper = self.unwrappers.get(kms.name)
-            if unwrapper is None:
-                raise UsageError(f"no way to reach KMS provider {kms.name!r}: pass --kms or --keyring")
-            self._kms[kms.name] = _KMSv2TargetWriter(kms.name, unwrapper, kms.fingerprint)
-        return self._kms[kms.name]
-
-
 
 
 class _Labels:
@@ -385,11 +214,11 @@ def _rewrite(
 ) -> RewriteSummary:
     reader = Reader(keyset, unwrappers, keep_plaintext=True)
     target_config = keyset.configs[0] if opts.to else None
-    target = _Target(target_config, unwrappers)
+    target = WriteTarget(target_config, unwrappers)
     summary = RewriteSummary(output=str(opts.output), latest_only=opts.latest_only)
     # (main, sub) -> (checksum of the plaintext written, the writer that wrote it): verification
-    # reads every rewritten record back with that writer's key alone (see _TargetWriter.read).
-    expected: dict[tuple[int, int], tuple[int, _TargetWriter]] = {}
+    # reads every rewritten record back with that writer's key alone (see write_target.TargetWriter.read).
+    expected: dict[tuple[int, int], tuple[int, TargetWriter]] = {}
     unreadable: list[str] = []
     unavailable: list[str] = []
     uncovered: list[str] = []

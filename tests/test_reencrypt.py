@@ -442,14 +442,14 @@ def test_unreadable_values_stop_the_run_or_are_skipped(tmp_path: Path, cli: Cli)
 def test_kmsv2_writer_marshals_like_serialize_and_reads_back_only_its_own_values(tmp_path: Path) -> None:
     # The writer marshals the shared fields once; every value must still be exactly what
     # kmsv2.serialize writes, read by a resolver with the target config alone.
-    from snapshot_tools import reencrypt
+    from snapshot_tools import write_target
     from snapshot_tools.providers import kms_prefix, kmsv2
 
     target = Target("kmsv2", tmp_path, ["secrets"])
     keyset = load_keyset([str(target.path)])
     access = KeyAccess(keyrings={NEW_KMS: target.keyring})
     with open_unwrappers(keyset, access) as unwrappers:
-        writer = reencrypt._KMSv2TargetWriter(NEW_KMS, unwrappers[NEW_KMS])
+        writer = write_target.KMSv2TargetWriter(NEW_KMS, unwrappers[NEW_KMS])
         reader = Reader(keyset, unwrappers, keep_plaintext=True)
         prefix = kms_prefix("v2", NEW_KMS)
         for n in (0, 1, 100, 200, 5000):  # field 1's length varint of one, two and three bytes
@@ -476,14 +476,14 @@ def test_rewritten_values_that_do_not_read_back_stop_the_run(
 ) -> None:
     # Fault injection into the writer: verification (every rewritten record decrypted with the
     # target's key alone, plaintext checksum compared) must catch each way a write can go wrong.
-    from snapshot_tools import reencrypt
+    from snapshot_tools import write_target
 
     case = "b-aescbc"
     snap = snapshot_path(case)
     old = config_path(case)
     kind = {"other-key": "aescbc", "other-plaintext": "secretbox", "other-aad": "aesgcm", "other-seed": "kmsv2"}[fault]
     target = Target(kind, tmp_path, ["secrets"])
-    cls = reencrypt._KMSv2TargetWriter if kind == "kmsv2" else reencrypt._StaticTargetWriter
+    cls = write_target.KMSv2TargetWriter if kind == "kmsv2" else write_target.StaticTargetWriter
     write = cls.write
 
     def faulty(self, plaintext: bytes, etcd_key: bytes) -> bytes:

@@ -45,3 +45,33 @@ def test_archive_ids_are_checked_before_they_reach_a_terminal(
     assert res.code == 3, res
     assert "\x1b" not in res.out + res.err
     assert res.err.count("\n") == 1 and "keks[0]" in res.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("keyring", "rotate"),
+        ("keyring", "restore", "0123456789abcdef"),
+        ("keyring", "purge", "0123456789abcdef", "--yes-destroy-keys"),
+        ("keyring", "init", "--force"),
+    ],
+)
+def test_a_change_to_a_directory_leaves_no_lock_or_log(
+    argv: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "keyring-dir"
+    target.mkdir()
+    res = run_plugin(capsys, *argv[:2], target, *argv[2:])
+    assert res.code == 2, res
+    assert res.err.count("\n") == 1 and "not a regular file" in res.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keyring-dir"]
+
+
+@pytest.mark.parametrize("argv", [("keyring", "rotate"), ("keyring", "restore", "0123456789abcdef")])
+def test_a_change_to_a_missing_keyring_leaves_no_lock_or_log(
+    argv: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    res = run_plugin(capsys, *argv[:2], tmp_path / "typo.json", *argv[2:])
+    assert res.code == 2, res
+    assert res.err.count("\n") == 1 and "typo.json" in res.err
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from kms_plugin.errors import ConfigError
+from kms_plugin.keks.pkcs11life import family_lock
 from kms_plugin.keks.pkcs11pin import pin_source
 from kms_plugin.keks.transfer import read_passphrase
 
@@ -60,3 +61,19 @@ def test_passphrase_file_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> No
 def test_passphrase_file_that_is_a_device_is_refused() -> None:
     with pytest.raises(ConfigError, match="not a regular file"):
         read_passphrase(Path("/dev/zero"), new=False)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])
+def test_pkcs11_audit_log_that_is_no_file_leaves_no_lock(kind: str, tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    if kind == "directory":
+        log.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(log, 0o600)
+    else:
+        (tmp_path / "real.log").touch(mode=0o600)
+        log.symlink_to("real.log")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="not a regular file"), family_lock(log):
+        pytest.fail("the lock was taken")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -16,13 +16,14 @@ References: pip ``Command._main`` and ``status_codes.py`` (STYLE.md 8).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
 import threading
 import traceback
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from typer.core import TyperArgument, TyperOption
@@ -157,6 +158,39 @@ def _say(prog: str, message: str) -> None:
     print(f"{prog}: error: {line}", file=sys.stderr, flush=True)
 
 
+class _Stopped(Exception):
+    """A KeyboardInterrupt (an :class:`Interrupt` too) that left a command, carried past Typer,
+    which would turn it into a silent exit 130 whatever the signal."""
+
+    def __init__(self, cause: KeyboardInterrupt) -> None:
+        super().__init__("stopped")
+        self.cause = cause
+
+
+def _carry_stops(command: Any) -> None:
+    """Wrap the callback of ``command`` and of every subcommand so a stop reaches :func:`run_app`."""
+    callback = getattr(command, "callback", None)
+    if callback is not None and not getattr(callback, "_carries_stops", False):
+
+        @functools.wraps(callback)
+        def carried(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return callback(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                raise _Stopped(exc) from None
+
+        carried._carries_stops = True  # type: ignore[attr-defined]
+        command.callback = carried
+    for sub in (getattr(command, "commands", None) or {}).values():
+        _carry_stops(sub)
+
+
+def _interrupted(prog: str, exc: KeyboardInterrupt) -> int:
+    signum = interrupt_signal(exc)
+    _say(prog, "interrupted" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})")
+    return signal_exit_code(signum)
+
+
 def run_app(
     app: typer.Typer,
     prog: str,
@@ -172,6 +206,7 @@ def run_app(
     """
     _plain_help_types()
     command = typer.main.get_command(app)
+    _carry_stops(command)
     try:
         rc = command.main(
             args=list(argv) if argv is not None else None,
@@ -192,9 +227,10 @@ def run_app(
     except _ABORT:
         _say(prog, "interrupted")
         return INTERRUPTED_EXIT
+    except _Stopped as stop:
+        return _interrupted(prog, stop.cause)
     except KeyboardInterrupt as exc:
-        _say(prog, "interrupted")
-        return signal_exit_code(interrupt_signal(exc))
+        return _interrupted(prog, exc)
     except BrokenPipeError:
         # The reader went away (``| head``); nothing more to say.
         with suppress(OSError):

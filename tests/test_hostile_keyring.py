@@ -77,3 +77,14 @@ def test_pkcs11_audit_log_that_is_no_file_leaves_no_lock(kind: str, tmp_path: Pa
     with pytest.raises(ConfigError, match="not a regular file"), family_lock(log):
         pytest.fail("the lock was taken")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("kind", ["directory", "device"])
+def test_pkcs11_module_that_is_no_file_is_named_as_such(kind: str, tmp_path: Path) -> None:
+    from kms_plugin.api import pkcs11_settings
+    from kms_plugin.keks.pkcs11pool import SessionPool
+
+    module = str(tmp_path) if kind == "directory" else "/dev/zero"
+    settings = pkcs11_settings(module, "tok", "kek", None)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        SessionPool(settings).load()

@@ -146,6 +146,8 @@ def load_apiserver_manifest(path: Path) -> ApiserverPod:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"--apiserver-manifest {shown}: not valid YAML{where}") from None
+    except RecursionError:  # PyYAML composes recursively; a real Pod nests a dozen levels
+        raise ConfigError(f"--apiserver-manifest {shown}: nested too deeply to be a Pod") from None
     if len(docs) != 1:
         raise ConfigError(f"--apiserver-manifest {shown}: expected one Pod document, found {len(docs)}")
     pod = _mapping(docs[0], "the document", shown)

@@ -22,7 +22,7 @@ import sys
 import threading
 import traceback
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from typer.core import TyperArgument, TyperOption
@@ -160,6 +160,35 @@ def _say(prog: str, message: str) -> None:
     print(f"{prog}: error: {line}", file=sys.stderr, flush=True)
 
 
+class _Stopped(Exception):
+    """A KeyboardInterrupt (an :class:`Interrupt` too) that left a command, carried past Typer,
+    which would turn it into a silent exit 130 whatever the signal."""
+
+    def __init__(self, cause: KeyboardInterrupt) -> None:
+        super().__init__("stopped")
+        self.cause = cause
+
+
+def _carry_stops(command: Any) -> None:
+    """Wrap ``command.invoke`` (a group runs its subcommands inside it) so that a stop leaving
+    any command reaches :func:`run_app` as :class:`_Stopped`."""
+    invoke = command.invoke
+
+    def carried(ctx: Any) -> Any:
+        try:
+            return invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Stopped(exc) from None
+
+    command.invoke = carried
+
+
+def _interrupted(prog: str, exc: KeyboardInterrupt) -> int:
+    signum = interrupt_signal(exc)
+    _say(prog, "interrupted" if signum == signal.SIGINT else f"interrupted ({signal.Signals(signum).name})")
+    return signal_exit_code(signum)
+
+
 def run_app(
     app: typer.Typer,
     prog: str,
@@ -175,6 +204,7 @@ def run_app(
     """
     _plain_help_types()
     command = typer.main.get_command(app)
+    _carry_stops(command)
     try:
         rc = command.main(
             args=list(argv) if argv is not None else None,
@@ -195,9 +225,10 @@ def run_app(
     except _ABORT:
         _say(prog, "interrupted")
         return INTERRUPTED_EXIT
+    except _Stopped as stop:
+        return _interrupted(prog, stop.cause)
     except KeyboardInterrupt as exc:
-        _say(prog, "interrupted")
-        return signal_exit_code(interrupt_signal(exc))
+        return _interrupted(prog, exc)
     except BrokenPipeError:
         # The reader went away (``| head``); nothing more to say.
         with suppress(OSError):

@@ -189,8 +189,10 @@ def keyring_archive(
 ) -> None:
     """List the retired KEKs kept beside the keyring (ids and times only)."""
     from kms_plugin.keks.archive import read_archive
-    from kms_plugin.keks.local import _resolve
+    from kms_plugin.keks.local import Keyring, _resolve
 
+    # The archive is listed only beside a real keyring: a mistyped path must not read as "none".
+    Keyring.load(file)
     rows = [
         {"id": e.id, "created": e.created, "retired": e.retired, "sealed_by": e.sealed_by}
         for e in read_archive(_resolve(file))

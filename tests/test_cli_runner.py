@@ -138,3 +138,30 @@ def test_holding_outside_stop_signals_raise_changes_nothing() -> None:
     with signals_held():
         _deliver(signal.SIGTERM)
     assert SEEN == [signal.SIGTERM]  # the handler in place ran at once
+
+
+@pytest.mark.parametrize("sig", STOP_SIGNALS)
+def test_a_command_stopped_by_a_signal_exits_128_plus_n_with_one_line(
+    sig: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Typer turns a KeyboardInterrupt escaping a command into a silent Exit(130): a SIGTERM'd
+    # `keyring retire` exited 130 with nothing on stderr.
+    import typer
+
+    from kms_plugin.cli_runner import run_app
+    from kms_plugin.errors import Error, exit_code_for
+
+    app = typer.Typer()
+
+    @app.command()
+    def work() -> None:
+        raise Interrupt(sig)
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    code = run_app(app, "prog", Error, exit_code_for, ["work"])
+    err = capsys.readouterr().err
+    assert code == signal_exit_code(sig)
+    assert err.count("\n") == 1 and err.startswith("prog: error: interrupted")

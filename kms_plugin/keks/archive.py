@@ -24,10 +24,12 @@ import base64
 import binascii
 import json
 import os
+import re
 import stat
 from typing import TYPE_CHECKING, NamedTuple
 
 from kms_plugin.errors import ConfigError, InputError, InvalidCiphertext, UnknownKeyId
+from kms_plugin.keks.format import KEK_ID_RE
 from kms_plugin.keks.local import Kek, Keyring, _canonical_time, _parse_kek
 from kms_plugin.keks.private_file import write_private
 
@@ -39,6 +41,7 @@ ARCHIVE_SUFFIX = ".retired"
 ARCHIVE_FORMAT = "kms-plugin-retired-keks"
 ARCHIVE_VERSION = 1
 MAX_ARCHIVE_BYTES = 4 << 20
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")  # _canonical_time
 
 
 def archive_path(keyring_file: Path) -> Path:
@@ -108,6 +111,12 @@ def read_archive(keyring_file: Path) -> list[Archived]:
     for i, e in enumerate(entries):
         if not isinstance(e, dict) or not all(isinstance(e.get(f), str) for f in Archived._fields):
             raise archive_error(path, f"keks[{i}] is malformed")
+        # The clear fields are listed on a terminal before anything is opened: only ids and
+        # times as we write them, never arbitrary text (escape sequences).
+        if not (KEK_ID_RE.fullmatch(e["id"]) and KEK_ID_RE.fullmatch(e["sealed_by"])):
+            raise archive_error(path, f"keks[{i}]: id or sealed_by is not a KEK id")
+        if not (_TIME_RE.fullmatch(e["created"]) and _TIME_RE.fullmatch(e["retired"])):
+            raise archive_error(path, f"keks[{i}]: created or retired is not a UTC time as written")
         try:
             sealed = base64.b64decode(e["sealed"], validate=True)
         except (binascii.Error, ValueError):

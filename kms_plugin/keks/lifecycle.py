@@ -18,6 +18,7 @@ References: ``kms_plugin.keks.local`` (``keyring_lock``, ``rotate_keyring``); is
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -36,7 +37,6 @@ from kms_plugin.keks.local import (
 )
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Iterable, Mapping, Sequence
 
 
@@ -51,6 +51,14 @@ class ImportResult(NamedTuple):
 
 def _now() -> str:
     return _canonical_time(datetime.now(UTC))
+
+
+def _require_keyring(path: str | os.PathLike[str]) -> None:
+    """Refuse a missing keyring before its lock and audit log are created beside it."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"keyring {os.fspath(path)}: cannot open: {exc.strerror}") from None
 
 
 # -- init and rotate -------------------------------------------------------------------------
@@ -75,6 +83,7 @@ def init_keyring(path: str | os.PathLike[str], *, force: bool) -> Keyring:
 
 def rotate(path: str | os.PathLike[str]) -> tuple[Keyring, Keyring]:
     """:func:`~kms_plugin.keks.local.rotate_keyring` with an audit line; returns (before, after)."""
+    _require_keyring(path)
     with keyring_lock(path) as target, AuditLog(target) as audit:
         old = Keyring.load(target)
         new = old.rotated()
@@ -120,6 +129,7 @@ def retire(
         ConfigError: the KEK is gone, became active or changed since the proof.
         InputError: the archive is damaged or does not open with this keyring.
     """
+    _require_keyring(path)
     with keyring_lock(path) as target, AuditLog(target) as audit:
         keyring = Keyring.load(target)
         kek = retirable(keyring, kek_id)
@@ -146,6 +156,7 @@ def restore(path: str | os.PathLike[str], kek_id: str) -> Keyring:
         ConfigError: no such archived KEK, or the keyring already holds that id.
         InputError: the archive is damaged or does not open with this keyring.
     """
+    _require_keyring(path)
     with keyring_lock(path) as target, AuditLog(target) as audit:
         keyring = Keyring.load(target)
         entries = read_archive(target)

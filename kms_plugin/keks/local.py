@@ -419,9 +419,13 @@ def keyring_lock(path: str | os.PathLike[str]) -> Iterator[Path]:
     until the holder is done; a writer holds it for one read, fsync and rename.
 
     Raises:
-        ConfigError: the lock file cannot be opened, is not a regular file, or cannot be locked.
+        ConfigError: ``path`` names something other than a regular file; the lock file cannot be
+            opened, is not a regular file, or cannot be locked.
     """
     target = _resolve(path)
+    if target.exists() and not target.is_file():
+        # A directory or device is no keyring: do not leave a lock (or log) beside it.
+        raise ConfigError(f"keyring {path}: not a regular file")
     lock_path = target.with_name(target.name + LOCK_SUFFIX)
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:

@@ -72,7 +72,8 @@ def family_lock(audit_log: Path) -> Iterator[AuditLog]:
     never deleted; blocks until the holder is done. The default directory is created 0700.
 
     Raises:
-        ConfigError: the lock or the log cannot be opened or locked, or is unsafe.
+        ConfigError: the log is not a regular file (a symlink, a directory, a FIFO); the lock or
+            the log cannot be opened or locked, or is unsafe.
     """
     if audit_log.parent == DEFAULT_AUDIT_DIR and not DEFAULT_AUDIT_DIR.exists():
         try:
@@ -80,6 +81,16 @@ def family_lock(audit_log: Path) -> Iterator[AuditLog]:
         except OSError as exc:
             raise ConfigError(f"audit log {audit_log}: cannot create its directory ({exc.strerror}); "
                               "give --audit-log FILE") from None  # fmt: skip
+    try:
+        st = os.lstat(audit_log)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"audit log {audit_log}: cannot open: {exc.strerror}") from None
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            # Refused before the lock is made, so nothing is left beside a directory or device.
+            raise ConfigError(f"audit log {audit_log}: not a regular file (give --audit-log FILE)")
     lock_path = audit_log.with_name(audit_log.name + LOCK_SUFFIX)
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:

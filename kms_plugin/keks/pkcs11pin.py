@@ -41,7 +41,9 @@ class PinSource:
                 raise ConfigError(f"no PKCS#11 PIN: set ${self.env} or pass --pkcs11-pin @FILE")
             return pin
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO with no writer would block open() for good (SIGTERM cannot
+            # stop it); non-regular files are refused below anyway.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise ConfigError(f"--pkcs11-pin @{self.path}: {exc.strerror}") from None
         try:

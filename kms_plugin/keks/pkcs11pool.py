@@ -153,7 +153,8 @@ class SessionPool:
         """Load the module (a bad path is a :class:`ConfigError`); no token access yet."""
         path = self.settings.module
         if not os.path.isfile(path):
-            raise ConfigError(f"--pkcs11-module {path}: no such file")
+            why = "not a regular file" if os.path.exists(path) else "no such file"
+            raise ConfigError(f"--pkcs11-module {path}: {why}")
         try:
             self._lib = pkcs11.lib(path)
         except (p11.PKCS11Error, OSError, RuntimeError) as exc:

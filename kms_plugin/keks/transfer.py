@@ -71,18 +71,22 @@ def read_passphrase(passphrase_file: Path | None, *, new: bool) -> bytes:
     characters.
 
     Raises:
-        ConfigError: none given, an unreadable or group/other-readable file, an empty or short
+        ConfigError: none given, an unreadable, non-regular or group/other-readable file, an empty or short
             passphrase. Messages never contain the passphrase.
     """
     if passphrase_file is not None:
         source = f"--passphrase-file {passphrase_file}"
         try:
-            fd = os.open(passphrase_file, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO with no writer would block open() for good (SIGTERM cannot
+            # stop it); only regular files are read, as for the PIN file.
+            fd = os.open(passphrase_file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise ConfigError(f"{source}: cannot open: {exc.strerror}") from None
         try:
             st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"{source}: not a regular file")
+            if st.st_mode & 0o077:
                 raise ConfigError(
                     f"{source}: mode {stat.S_IMODE(st.st_mode):04o} lets group or others read it; run chmod 600"
                 )

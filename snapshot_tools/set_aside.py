@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from typing import TYPE_CHECKING
 
 from snapshot_tools.atomic_file import AtomicFile, temp_name
 from snapshot_tools.errors import InputError, OutputError
+from snapshot_tools.small_files import read_regular
+from snapshot_tools.snapshot import MAX_ETCD_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 FORMAT = "snapshot-tools/quarantine/v1"
 _MAX_MANIFEST = 256 << 20
+_VALUE_NAME = re.compile(r"[0-9]{5,}-[0-9]+_[0-9]+\.value")  # what write() names value files
+_MAX_LEASE = (1 << 63) - 1  # etcd lease ids are int64
 
 
 class SetAsideDir:
@@ -61,8 +66,15 @@ class SetAsideDir:
             raise OutputError(f"{self.path}: cannot check the directory: {exc.strerror}") from None
         real = os.path.realpath(self.path)
         for src in inputs:
-            if os.path.realpath(src) == real:
+            resolved = os.path.realpath(src)
+            if resolved == real:
                 raise OutputError(f"{self.path}: the set-aside directory is an input; use a new directory")
+            # A file of this run would replace it (with --force, or before OUT is published).
+            if os.path.dirname(resolved) == real and _takes_name(os.path.basename(resolved)):
+                raise OutputError(
+                    f"{src}: an input (or OUT) with a name the set-aside files in {self.path} take; "
+                    "use another directory"
+                )
         if st is None:
             if not self.path.parent.is_dir():
                 raise OutputError(f"{self.path}: directory {self.path.parent} does not exist")
@@ -161,6 +173,11 @@ class SetAsideDir:
             os.close(fd)
 
 
+def _takes_name(name: str) -> bool:
+    """Whether :meth:`SetAsideDir.write` may write a file called ``name``."""
+    return name == MANIFEST or _VALUE_NAME.fullmatch(name) is not None
+
+
 def _records_of(snap: Snapshot, objects: Sequence[QuarantinedObject]) -> dict[bytes, list[Record]]:
     wanted = {o.key for o in objects}
     out: dict[bytes, list[Record]] = {}
@@ -241,50 +258,61 @@ class RestoreEntry:
 def read_set_aside(directory: str | os.PathLike[str]) -> list[RestoreEntry]:
     """The latest value of every tombstoned object of the directory, each file checked.
 
+    The directory may have been tampered with, so nothing in it is taken on trust: only regular
+    files are read, none beyond the size the manifest gives it, and each key must be one a
+    snapshot can hold, once.
+
     Raises:
-        InputError: no directory or manifest, a manifest that is not ours, a file missing or
-            not what the manifest says (size, SHA-256).
+        InputError: no directory or manifest, a manifest that is not ours, a file missing, not a
+            regular file or not what the manifest says (size, SHA-256), an empty, too long or
+            repeated key, a lease that is not an etcd lease id.
     """
     root = Path(directory)
     path = root / MANIFEST
-    try:
-        if not root.is_dir():
-            raise InputError(f"{root}: not a directory")
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_MANIFEST + 1)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file (not a quarantine directory?)") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    if not root.is_dir():
+        raise InputError(f"{root}: not a directory")
+    if not os.path.lexists(path):
+        raise InputError(f"{path}: no such file (not a quarantine directory?)")
+    raw = read_regular(path, _MAX_MANIFEST)
     try:
         manifest = json.loads(raw)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ValueError("not a quarantine manifest")
         out = []
+        seen: set[bytes] = set()
         for obj in manifest["objects"]:
             if obj["action"] != "tombstoned":
                 continue
             key = base64.b64decode(obj["key_base64"], validate=True)
+            if not key or len(key) > MAX_ETCD_KEY:
+                raise ValueError(f"an etcd key of {len(key)} bytes (1 to {MAX_ETCD_KEY} can be restored)")
+            if key in seen:
+                raise ValueError(f"the key {key[:200]!r} is listed twice")
+            seen.add(key)
             live = [r for r in obj["revisions"] if not r["tombstone"]]
             if not live:
                 continue
             last = live[-1]
-            out.append(RestoreEntry(key, _value(root, last), int(last["lease"]), root / last["file"]))
+            lease = last["lease"]
+            if type(lease) is not int or not 0 <= lease <= _MAX_LEASE:
+                raise ValueError(f"lease {lease!r} is not an etcd lease id")
+            out.append(RestoreEntry(key, _value(root, last), lease, root / last["file"]))
         return out
     except InputError:
         raise
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: damaged manifest: {exc}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InputError(f"{path}: damaged manifest: {reason}") from None
 
 
 def _value(root: Path, rev: dict[str, object]) -> bytes:
     name = str(rev["file"])
     if "/" in name or name in ("", ".", ".."):
         raise InputError(f"{root / MANIFEST}: bad file name {name!r}")
-    try:
-        data = (root / name).read_bytes()
-    except OSError as exc:
-        raise InputError(f"{root / name}: cannot read: {exc.strerror}") from None
-    if len(data) != rev["size"] or hashlib.sha256(data).hexdigest() != rev["sha256"]:
+    size = rev["size"]
+    if type(size) is not int or size < 0:
+        raise InputError(f"{root / MANIFEST}: damaged manifest: size {size!r} of {name!r} is not a byte count")
+    data = read_regular(root / name, size)  # never more than the manifest says: it may lie
+    if len(data) != size or hashlib.sha256(data).hexdigest() != rev["sha256"]:
         raise InputError(f"{root / name}: not the value the manifest names (size or SHA-256 differ)")
     return data

@@ -349,7 +349,7 @@ def input_files(snapshot: str, paths: Sequence[str], access: KeyAccess) -> list[
     for path in paths:
         files.append(path)
         files.extend(str(f) for f in config_files(path))
-    files.extend(access.keyrings.values())
+    files.extend(access.key_files())
     return files
 
 

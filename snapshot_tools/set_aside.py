@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -57,6 +58,7 @@ class SetAsideDir:
         self.path = Path(directory)
         self.force = force
         self._written: list[Path] = []  # this run's files, manifest last
+        self._owned: dict[Path, tuple[int, int]] = {}  # (st_dev, st_ino) of each file this run wrote
         self._made = False
         try:
             st: os.stat_result | None = os.lstat(self.path)
@@ -120,21 +122,23 @@ class SetAsideDir:
                         name = f"{n:05d}-{rec.main}_{rec.sub}.value"
                         target = self.path / name
                         pending.append((self.path / temp_name(target), target))  # first: a signal may come
-                        self._write_temp(pending[-1][0], rec.value)
+                        self._owned[target] = self._write_temp(pending[-1][0], rec.value)
                         entry.update(file=name, size=len(rec.value), sha256=hashlib.sha256(rec.value).hexdigest())
                     revisions.append(entry)
                 manifest_objects.append(_object_json(obj, revisions))
             _sync_all([tmp for tmp, _final in pending])
             for tmp, final in pending:
-                created.append(final)  # before the rename, for the same reason
-                os.replace(tmp, final)
+                created.append(final)  # before the rename, for the same reason (_remove checks it is ours)
+                self._publish(tmp, final)
             pending.clear()
             manifest = {"format": FORMAT, **facts, "objects": manifest_objects}
             _sync_dir(self.path)
             self._written, self._made = created, made
             created.append(self.path / MANIFEST)
-            with AtomicFile(self.path / MANIFEST, force=True) as out:
+            with AtomicFile(self.path / MANIFEST, force=self.force) as out:
                 assert out.file is not None
+                st = os.fstat(out.file.fileno())
+                self._owned[self.path / MANIFEST] = (st.st_dev, st.st_ino)
                 out.file.write(json.dumps(manifest, indent=2).encode() + b"\n")
                 out.commit()
             return self.path / MANIFEST
@@ -151,17 +155,46 @@ class SetAsideDir:
         self._written, self._made = [], False
 
     def _remove(self, created: list[Path], pending: list[tuple[Path, Path]], made: bool) -> None:
-        """Undo a failed or interrupted write: this run's files, and the directory if it made it."""
-        for path in [*created, *(tmp for tmp, _final in pending)]:
+        """Undo a failed or interrupted write: this run's files, and the directory if it made it.
+
+        A name is only unlinked while it is still the file this run wrote: another run into the
+        same directory may have put its own there (the one whose snapshot was published).
+        """
+        for path in created:
             with contextlib.suppress(OSError):
-                path.unlink()
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == self._owned.get(path):
+                    path.unlink()
+        for tmp, _final in pending:  # temporary names are random: only ever ours
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         if made:
             with contextlib.suppress(OSError):
                 self.path.rmdir()  # only when empty
 
+    def _publish(self, tmp: Path, final: Path) -> None:
+        """``tmp`` renamed to ``final``; without ``force`` never over a file that appeared there
+        (another run writing the same directory): link, as AtomicFile publishes."""
+        if self.force:
+            os.replace(tmp, final)
+            return
+        try:
+            os.link(tmp, final, follow_symlinks=False)
+        except FileExistsError:
+            raise OutputError(
+                f"{final}: already exists (another run writing {self.path}?); use a new directory"
+            ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK):
+                raise
+            os.replace(tmp, final)  # no hard links here: the emptiness check must do
+            return
+        os.unlink(tmp)
+
     @staticmethod
-    def _write_temp(tmp: Path, data: bytes) -> None:
-        """``data`` at the temporary name ``tmp`` (0600, not yet synced); the caller removes it."""
+    def _write_temp(tmp: Path, data: bytes) -> tuple[int, int]:
+        """``data`` at the temporary name ``tmp`` (0600, not yet synced); the caller removes it.
+        Returns the file's (st_dev, st_ino)."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(tmp, flags, 0o600)
         try:
@@ -169,6 +202,8 @@ class SetAsideDir:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            st = os.fstat(fd)
+            return st.st_dev, st.st_ino
         finally:
             os.close(fd)
 

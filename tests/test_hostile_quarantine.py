@@ -14,8 +14,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from snapshot_tools.errors import OutputError
+from snapshot_tools.quarantine import Finding, QuarantinedObject
+from snapshot_tools.set_aside import SetAsideDir, read_set_aside
+from snapshot_tools.snapshot import Snapshot
 from tests.support.files import sha256
 from tests.support.fixtures import EXAMPLE, EXAMPLE_SNAPSHOT
+from tests.support.snapshots import write_snapshot
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -156,3 +161,27 @@ def test_restore_from_refuses_a_crafted_manifest(set_aside: Path, work: Path, cl
     assert result.code == 3, result.err
     assert "manifest" in _one_error_line(result.err)
     assert not (work / "back.db").exists()
+
+
+def _one_object(tmp_path: Path) -> tuple[Snapshot, list[QuarantinedObject]]:
+    key = "/registry/secrets/ns/lost"
+    snap = Snapshot.open(write_snapshot(tmp_path / "one.db", {key: b"k8s:enc:aescbc:v1:lost:" + b"\x00" * 32}))
+    finding = Finding(key.encode(), 2, 0, 2, "unreadable", "no-such-key", "aescbc", "lost", None, True)
+    return snap, [QuarantinedObject(key.encode(), "secrets", "ns", "lost", "tombstoned", [finding])]
+
+
+def test_two_runs_into_one_new_directory_never_lose_the_winners_files(tmp_path: Path) -> None:
+    # Two quarantine runs started together both found DIR absent; the one whose OUT then lost the
+    # race undid its set-aside files by name, deleting the winner's: a published OUT with an empty
+    # DIR (seen with two real runs 0.05 s apart). Each run may only ever remove its own files.
+    snap, objects = _one_object(tmp_path)
+    directory = tmp_path / "dir"
+    winner = SetAsideDir(directory, force=False)
+    loser = SetAsideDir(directory, force=False)  # checked before the winner wrote anything
+    with snap:
+        winner.write(snap, objects, {})
+        with pytest.raises(OutputError, match="already exists"):
+            loser.write(snap, objects, {})
+        loser.undo()  # what the loser's abort does
+    [entry] = read_set_aside(directory)
+    assert entry.key == objects[0].key

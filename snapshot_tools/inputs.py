@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from snapshot_tools import archives
 from snapshot_tools.archives import form_of, gunzip_stream, unzip_stream, zip_entry
-from snapshot_tools.errors import Error, InputError
+from snapshot_tools.errors import Error, InputError, UsageError
 from snapshot_tools.s3_fetch import S3_PREFIX, fetch, split_s3_url
 from snapshot_tools.stream_trailer import Trailer, TrailerHasher
 
@@ -76,9 +76,12 @@ def s3_client(s3: S3Options) -> Any:
     from botocore.config import Config
 
     config = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
-    return boto3.session.Session().client(
-        "s3", endpoint_url=s3.endpoint_url, region_name=s3.region, config=config
-    )
+    try:
+        return boto3.session.Session().client(
+            "s3", endpoint_url=s3.endpoint_url, region_name=s3.region, config=config
+        )
+    except ValueError as exc:  # botocore's "Invalid endpoint", an invalid region name
+        raise UsageError(f"S3 options: {exc} (--s3-endpoint-url http(s)://HOST[:PORT], --s3-region NAME)") from None
 
 
 @contextmanager

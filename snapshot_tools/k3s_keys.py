@@ -16,6 +16,8 @@ from snapshot_tools.k3s_bootstrap import BootstrapData, EncryptionState, read_bo
 from snapshot_tools.sources import open_record_source
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from snapshot_tools.config_model import EncryptionConfig
     from snapshot_tools.inputs import S3Options
 
@@ -112,8 +114,9 @@ def keys_report(
     return KeysReport(snapshot, data, tuple(key_rows(parsed)), hashlib.sha256(config).hexdigest())
 
 
-def export_config(report: KeysReport, target: str, *, force: bool) -> None:
-    """Write the embedded config bytes exactly as embedded to ``target`` (0600, atomic).
+def export_config(report: KeysReport, target: str, *, force: bool, inputs: Sequence[str] = ()) -> None:
+    """Write the embedded config bytes exactly as embedded to ``target`` (0600, atomic);
+    ``inputs``: files besides the snapshot it may not replace (the token file).
 
     Raises:
         OutputError: as :class:`~snapshot_tools.atomic_file.AtomicFile` (existing file without
@@ -123,7 +126,7 @@ def export_config(report: KeysReport, target: str, *, force: bool) -> None:
     config = report.data.encryption_config
     if config is None:
         raise BootstrapError(f"{report.data.origin}: no EncryptionConfig to export (secrets encryption is off)")
-    with AtomicFile(target, force=force, inputs=[report.snapshot]) as out:
+    with AtomicFile(target, force=force, inputs=[report.snapshot, *inputs]) as out:
         assert out.file is not None
         out.file.write(config)
         out.commit()

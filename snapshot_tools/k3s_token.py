@@ -80,9 +80,10 @@ def read_token(value: str) -> str:
         raise TokenError(f"token file {shown}: no such file") from None
     except OSError as exc:
         raise TokenError(f"token file {shown}: cannot open: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would block or never end
+        os.close(fd)  # checked before fdopen, which refuses a directory with its own error
+        raise TokenError(f"token file {shown}: not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would block or never end
-            raise TokenError(f"token file {shown}: not a regular file")
         try:
             raw = fh.read(MAX_TOKEN_FILE + 1)
         except OSError as exc:

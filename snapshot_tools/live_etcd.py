@@ -48,7 +48,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -57,9 +56,10 @@ import pyetcd  # type: ignore[import-untyped]
 from google.protobuf.unknown_fields import UnknownFieldSet
 from pyetcd import etcdrpc
 
-from snapshot_tools.errors import EtcdUnreachable, InputError, UsageError
+from snapshot_tools.errors import EtcdUnreachable, UsageError
 from snapshot_tools.mvcc import Record
 from snapshot_tools.record_spill import ORDER, RecordSpill
+from snapshot_tools.small_files import read_regular
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -91,6 +91,7 @@ PAGE_BYTES = 16 << 20
 # History records held in memory (values included, estimated) before a sorted run of them is
 # written to a temporary file; read when an EtcdSource is made (tests set it small).
 RUN_BYTES = 32 << 20
+_MAX_TLS_FILE = 16 << 20  # a PEM CA bundle, certificate or key; system bundles are ~0.2 MiB
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", 16 << 20),
@@ -488,15 +489,8 @@ def _connect(target: EtcdTarget) -> Any:
 def _read(path: str | None, flag: str) -> bytes | None:
     if path is None:
         return None
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{flag} {path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{flag} {path}: is a directory") from None
-    except OSError as exc:
-        raise InputError(f"{flag} {path}: cannot read: {exc.strerror}") from None
-    return data
+    # Only a regular file, and bounded: a FIFO would hang the run, /dev/zero fill memory.
+    return read_regular(path, _MAX_TLS_FILE, label=f"{flag} {path}")
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -26,6 +26,7 @@ revision key and ``KeyValue{Key}``; ``put``: create_revision, version 1 for a ne
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from contextlib import ExitStack
@@ -53,7 +54,7 @@ from snapshot_tools.mvcc import (
 from snapshot_tools.proto.etcd_kv_pb2 import KeyValue
 from snapshot_tools.readers import Reader
 from snapshot_tools.resources import KeyParser, resolve_resource
-from snapshot_tools.set_aside import SetAsideDir, read_set_aside
+from snapshot_tools.set_aside import MANIFEST, SetAsideDir, read_set_aside
 from snapshot_tools.snapshot import Snapshot
 from snapshot_tools.snapshot_copy import DROP, copy_snapshot
 from snapshot_tools.unwrap import KeyAccess, open_unwrappers
@@ -349,7 +350,7 @@ def input_files(snapshot: str, paths: Sequence[str], access: KeyAccess) -> list[
     for path in paths:
         files.append(path)
         files.extend(str(f) for f in config_files(path))
-    files.extend(access.keyrings.values())
+    files.extend(access.key_files())
     return files
 
 
@@ -601,6 +602,7 @@ def run_restore(opts: RestoreOptions) -> RestoreSummary:
         raise UsageError("--to needs --config: the configs that read the set-aside values")
     inputs = input_files(opts.snapshot, paths, opts.access)
     inputs += [str(e.path) for e in entries]
+    inputs.append(os.path.join(opts.directory, MANIFEST))  # OUT may not replace it either
     check_target(opts.output, force=opts.force, inputs=inputs)
     keyset = load_keyset(paths) if paths else None  # a bad config fails before any download
     summary = RestoreSummary(opts.output, opts.directory, reencrypted=opts.to is not None, checked=bool(paths))

@@ -159,7 +159,7 @@ def input_files(opts: RewriteOptions) -> list[str]:
     for path in ([opts.to] if opts.to else []) + list(opts.access.configs):
         files.append(path)
         files.extend(str(f) for f in config_files(path))
-    files.extend(opts.access.keyrings.values())
+    files.extend(opts.access.key_files())
     return files
 
 

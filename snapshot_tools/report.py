@@ -30,9 +30,11 @@ DEFAULT_FAIL_ON = "unreadable,retired"
 
 
 def parse_fail_on(text: str) -> frozenset[str]:
-    """``"unreadable,retired"`` -> a set; unknown words are a usage error; ``none``: the
-    empty set (report only, nothing fails)."""
+    """``"unreadable,retired"`` -> a set; unknown words and an empty list are usage errors;
+    ``none``: the empty set (report only, nothing fails)."""
     items = {p.strip() for p in text.split(",") if p.strip()}
+    if not items:  # an unset variable in a job (--fail-on "$X") must not turn the gate off
+        raise UsageError(f"--fail-on: empty; give classes ({', '.join(FAIL_ON_CHOICES)}) or none to report only")
     if items == {"none"}:
         return frozenset()
     if "none" in items:

@@ -61,6 +61,8 @@ class KeyAccess:
         k3s_token: a K3s/RKE2 server token (``--k3s-token``) that opens the encryption config
             the snapshot itself carries; never shown in ``repr``.
         pkcs11: provider name -> PKCS#11 token and key family (``--pkcs11``).
+        k3s_token_file: the file ``--k3s-token @FILE`` read the token from (an input: no output
+            may replace it), None otherwise.
     """
 
     configs: tuple[str, ...] = ()
@@ -70,6 +72,14 @@ class KeyAccess:
     aws: AwsSettings | None = None
     k3s_token: str | None = field(default=None, repr=False)
     pkcs11: Mapping[str, Pkcs11Settings] = field(default_factory=dict)
+    k3s_token_file: str | None = None
+
+    def key_files(self) -> list[str]:
+        """The files keys are read from besides the configs (keyrings, the token file): inputs."""
+        files = list(self.keyrings.values())
+        if self.k3s_token_file is not None:
+            files.append(self.k3s_token_file)
+        return files
 
 
 class Unwrapper(Protocol):

@@ -31,6 +31,7 @@ from snapshot_tools.drill_select import is_prefix, list_prefix, select
 from snapshot_tools.errors import DrillInterrupted, UsageError
 from snapshot_tools.etcd_bins import require_etcd
 from snapshot_tools.inputs import is_s3_url, open_input, s3_client
+from snapshot_tools.keysets import config_files
 from snapshot_tools.report import DEFAULT_FAIL_ON, parse_fail_on
 
 if TYPE_CHECKING:
@@ -114,8 +115,10 @@ def drill(
     outputs = [p for p in (junit, metrics_file) if p is not None]
     if len(set(map(os.path.realpath, outputs))) < len(outputs):
         raise UsageError("--junit and --metrics-file name the same file")
+    # Every file read: a config directory's files and the token file too.
+    inputs = [*local, *configs, *(str(f) for c in configs for f in config_files(c)), *access.key_files()]
     for target in outputs:  # before any work: a drill must not end in an unwritable report
-        check_target(target, force=True, inputs=[*local, *configs])
+        check_target(target, force=True, inputs=inputs)
     specs = expand(snapshots, s3_opts, newest, per_node=per_node)
     opts = DrillOptions(access, policy, tools, skip_hash_check=skip_hash_check, etcd_prefix=etcd_prefix)
     try:
@@ -124,9 +127,9 @@ def drill(
             results = list(drill_inputs(specs, opts, lambda spec: open_input(spec, s3_opts, progress=progress)))
             now = time.time()
             if junit is not None:
-                _publish(junit, junit_xml(results), inputs=[*local, *configs])
+                _publish(junit, junit_xml(results), inputs=inputs)
             if metrics_file is not None:
-                _publish(metrics_file, metrics_text(results, now), inputs=[*local, *configs])
+                _publish(metrics_file, metrics_text(results, now), inputs=inputs)
     except KeyboardInterrupt as exc:
         # Typer would make it a silent exit 130 whatever the signal; say what was cleaned up.
         raise DrillInterrupted(interrupt_signal(exc)) from None

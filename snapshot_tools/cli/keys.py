@@ -17,6 +17,7 @@ from snapshot_tools.cli.options import (  # Typer reads the annotations at run t
     SnapshotArg,
     download_progress,
     stop_signals_unwind,
+    token_file,
 )
 from snapshot_tools.cli.output import OutputFormat, diagnostic, printable, render_table
 from snapshot_tools.errors import UsageError
@@ -58,8 +59,9 @@ def keys(
     """
     if k3s_token is None:
         raise UsageError("keys needs the server token: --k3s-token TOKEN|@FILE (or K3S_TOKEN / RKE2_TOKEN)")
+    inputs = [str(snapshot), *filter(None, [token_file(k3s_token)])]  # the token file is an input too
     if export is not None:
-        check_target(export, force=force, inputs=[str(snapshot)])  # before any KDF work
+        check_target(export, force=force, inputs=inputs)  # before any KDF work
     # Signals raise, so an unpacked or downloaded copy of the snapshot is removed (exit 128 + N).
     with stop_signals_unwind():
         report = keys_report(
@@ -68,7 +70,7 @@ def keys(
     for note in report.data.notes():
         diagnostic(f"note: {printable(note)}")
     if export is not None:
-        export_config(report, str(export), force=force)
+        export_config(report, str(export), force=force, inputs=inputs)
         diagnostic(f"warning: {printable(str(export))} holds the cluster's encryption keys; protect it like them")
     if output is OutputFormat.json:
         json.dump(report.to_json(), sys.stdout, indent=2)

@@ -197,7 +197,13 @@ def key_access(
         aws=aws_settings(aws_region, aws_endpoint_url, aws_encryption_context) if names else None,
         k3s_token=read_token(k3s_token) if k3s_token is not None else None,
         pkcs11=dict(pkcs11 or {}),
+        k3s_token_file=token_file(k3s_token),
     )
+
+
+def token_file(k3s_token: str | None) -> str | None:
+    """The file of ``--k3s-token @FILE`` (an input no output may replace), None otherwise."""
+    return k3s_token[1:] if k3s_token is not None and k3s_token.startswith("@") else None
 
 
 # -- a live etcd instead of SNAPSHOT (status, check, extract) -------------------------------

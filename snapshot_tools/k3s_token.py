@@ -9,11 +9,10 @@ References: ``spec/k3s-rke2-bootstrap.md`` section 4; k3s-io/k3s ``pkg/util/toke
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import stat
 
-from snapshot_tools.errors import TokenError
+from snapshot_tools.errors import InputError, TokenError
+from snapshot_tools.small_files import read_regular
 
 __all__ = ["HASH_LENGTH", "normalize_token", "read_token", "short_hash", "token_hash"]
 
@@ -75,21 +74,9 @@ def read_token(value: str) -> str:
     path = value[1:]
     shown = path or "''"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise TokenError(f"token file {shown}: no such file") from None
-    except OSError as exc:
-        raise TokenError(f"token file {shown}: cannot open: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would block or never end
-        os.close(fd)  # checked before fdopen, which refuses a directory with its own error
-        raise TokenError(f"token file {shown}: not a regular file")
-    with os.fdopen(fd, "rb") as fh:
-        try:
-            raw = fh.read(MAX_TOKEN_FILE + 1)
-        except OSError as exc:
-            raise TokenError(f"token file {shown}: cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_TOKEN_FILE:
-        raise TokenError(f"token file {shown}: too large for a token (more than {MAX_TOKEN_FILE} bytes)")
+        raw = read_regular(path, MAX_TOKEN_FILE, label=f"token file {shown}")
+    except InputError as exc:  # a token problem (exit 2) that names the file, never its content
+        raise TokenError(str(exc)) from None
     try:
         token = raw.strip().decode("utf-8")
     except UnicodeDecodeError:

@@ -29,18 +29,15 @@ def read_regular(path: str | os.PathLike[str], limit: int, *, label: str | None 
     """
     shown = label or os.fspath(path)
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
+        _require_regular(os.stat(path).st_mode, shown)  # before opening: opening a device can act
+        # O_NONBLOCK: should a FIFO be swapped in, opening it must not wait for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise InputError(f"{shown}: no such file") from None
     except OSError as exc:
         raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
     try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise InputError(f"{shown}: is a directory, not a regular file")
-        if not stat.S_ISREG(mode):
-            raise InputError(f"{shown}: not a regular file")
+        _require_regular(os.fstat(fd).st_mode, shown)  # what was opened, not only what was named
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -56,3 +53,10 @@ def read_regular(path: str | os.PathLike[str], limit: int, *, label: str | None 
         raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+
+
+def _require_regular(mode: int, shown: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{shown}: is a directory, not a regular file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{shown}: not a regular file")

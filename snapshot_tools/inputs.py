@@ -75,7 +75,9 @@ def s3_client(s3: S3Options) -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
+    # S3 streams without pauses: 20 s with no byte is a stalled endpoint. Three attempts keep a
+    # silent endpoint's answer (exit 4) near a minute instead of botocore's four.
+    config = Config(connect_timeout=10, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"})
     try:
         return boto3.session.Session().client(
             "s3", endpoint_url=s3.endpoint_url, region_name=s3.region, config=config

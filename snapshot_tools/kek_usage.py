@@ -344,9 +344,22 @@ def kek_usage(
     usage = KekUsage(kek_id, key_id)
     scanner = _Scanner(keyring, kek_id, providers, usage)
     scan_sources(sources, scanner.judge, usage, access, _demoted_at(keyring, kek_id))
-    for name in sorted(set(providers) - scanner.seen):
-        usage.notes.append(f"--provider {name!r}: no value of the sources is stored under this name")
+    refuse_unknown_providers(providers, scanner.seen)
     return usage
+
+
+def refuse_unknown_providers(providers: Sequence[str], seen: set[str]) -> None:
+    """A ``--provider`` name under which no source stores a value is refused: ``--provider``
+    narrows what counts as this keyring's, so a mistyped name must not pass a proof.
+
+    Raises:
+        UsageError: the first such name.
+    """
+    for name in sorted(set(providers) - seen):
+        raise UsageError(
+            f"--provider {name!r}: no value of the sources is stored under this KMS provider name "
+            "(mistyped? drop the option when no provider name is needed)"
+        )
 
 
 def scan_sources(

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from kms_plugin import api as plugin
 from snapshot_tools.errors import ConfigError, UsageError
-from snapshot_tools.kek_usage import KekUsage, ProofAccess, kms_envelope, scan_sources
+from snapshot_tools.kek_usage import KekUsage, ProofAccess, kms_envelope, refuse_unknown_providers, scan_sources
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -153,8 +153,7 @@ def pkcs11_key_usage(
         usage = KekUsage(label, target.key_id)
         scanner = _Scanner(keys, target, live, retired, providers, usage)
         scan_sources(sources, scanner.judge, usage, access, demoted_at)
-        for name in sorted(set(providers) - scanner.seen):
-            usage.notes.append(f"--provider {name!r}: no value of the sources is stored under this name")
+        refuse_unknown_providers(providers, scanner.seen)
         if demoted_at is None:
             usage.notes.append(
                 f"when {label} stopped being current is not in the audit log: make sure every SOURCE "

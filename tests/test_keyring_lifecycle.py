@@ -97,6 +97,9 @@ def test_proof_counts_each_kind_of_value(tmp_path: Path, capsys: pytest.CaptureF
     assert res.code == 0 and report["other_kms"] == {"theirs": 1}
     res, report = _proof(capsys, path, a.id, "--proof", snap, "--provider", "theirs")
     assert res.code == 1
+    # --provider narrows what counts as ours: a name no source stores values under is refused.
+    res, _report = _proof(capsys, path, a.id, "--proof", snap, "--provider", "ours", "--provider", "oursx")
+    assert res.code == 2 and "--provider 'oursx': no value of the sources" in res.err
 
     # A foreign-format value is not ours by default, unreadable once --provider says it is.
     foreign = {"/registry/secrets/x/f": kms_prefix("v2", "ours") + _foreign_payload()}

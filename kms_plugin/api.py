@@ -8,9 +8,9 @@
   (:func:`aws_settings`, :class:`AwsKmsKeys`) and a PKCS#11 token (:func:`pkcs11_settings`,
   :class:`Pkcs11Keys`), reading every format the plugin writes.
 
-Running a console script with the shared exit policy and stop signals is
-:mod:`kms_plugin.cli_runner`. Cheap to import: cryptography, grpc and boto3 load when a keyring,
-a client, AWS settings or an AWS reader are first made.
+Running a console script with the shared exit policy is :mod:`kms_plugin.cli_runner`; stop
+signals as exceptions are :mod:`kms_plugin.stop_signals`. Cheap to import: cryptography, grpc
+and boto3 load when a keyring, a client, AWS settings or an AWS reader are first made.
 """
 
 from __future__ import annotations

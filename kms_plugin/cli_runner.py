@@ -5,11 +5,9 @@ with :mod:`kms_plugin.api` it is the public surface ``snapshot_tools`` uses. Eac
 its error classes to exit codes in one table (``errors.exit_code_for``), handed to
 :func:`run_app`. Set ``K8S_AT_REST_DEBUG=1`` to see the traceback of an unexpected error.
 
-A command that must clean up when stopped (a half-written output) runs its work inside
-:func:`stop_signals_raise`: SIGINT, SIGTERM and SIGHUP then raise :class:`Interrupt`, a
-``KeyboardInterrupt`` carrying the signal, so ``finally`` blocks and context managers run; the
-exit status is the shell's 128 + N (:func:`signal_exit_code`), also for a package error that
-carries the signal (``signum``) it was raised for.
+A command stopped by a signal (:mod:`kms_plugin.stop_signals`: an :class:`Interrupt`, a
+``KeyboardInterrupt`` carrying the signal) exits with the shell's 128 + N, also for a package
+error that carries the signal (``signum``) it was raised for.
 
 References: pip ``Command._main`` and ``status_codes.py`` (STYLE.md 8).
 """
@@ -19,9 +17,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import traceback
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -29,6 +26,7 @@ from typer.core import TyperArgument, TyperOption
 
 from kms_plugin import __version__
 from kms_plugin.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Interrupt
+from kms_plugin.stop_signals import INTERRUPTED_EXIT, interrupt_signal, signal_exit_code
 from kms_plugin.terminal import printable
 
 # Typer (>= 0.29) vendors click: its usage errors derive from typer.TyperException, and Exit and
@@ -38,73 +36,14 @@ _ABORT = typer.Abort
 _CLICK_ERRORS = typer.TyperException
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
-    from types import FrameType
+    from collections.abc import Callable, Sequence
 
 __all__ = [
-    "INTERRUPTED_EXIT",
-    "STOP_SIGNALS",
     "Interrupt",
     "add_version_option",
-    "interrupt_signal",
     "printable",
     "run_app",
-    "signal_exit_code",
-    "signals_held",
-    "stop_signals_raise",
 ]
-
-# Signals that ask a command to stop: Ctrl-C, kill/systemd/timeout(1), a closed terminal.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def signal_exit_code(signum: int) -> int:
-    """The exit status of a command stopped by ``signum``: 128 + N, as shells report it."""
-    return 128 + signum
-
-
-INTERRUPTED_EXIT = signal_exit_code(signal.SIGINT)
-
-
-def interrupt_signal(exc: KeyboardInterrupt) -> int:
-    """The signal behind ``exc``: its own for an :class:`Interrupt`, else SIGINT (Ctrl-C)."""
-    return getattr(exc, "signum", signal.SIGINT)
-
-
-@contextmanager
-def stop_signals_raise() -> Iterator[None]:
-    """Within the block, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupt`; restored after.
-
-    A signal the process was started ignoring (``nohup``) stays ignored. Only the first signal
-    raises: later ones are dropped while the block unwinds, so a second SIGTERM cannot cut the
-    clean-up of the first short. Outside the main thread (where Python cannot set handlers)
-    this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    raised = False
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        nonlocal raised
-        if _held.depth:
-            _held.pending = _held.pending or signum  # raised when signals_held() ends
-        elif not raised:
-            raised = True
-            raise Interrupt(signum)
-
-    previous = {}
-    try:
-        for signum in STOP_SIGNALS:
-            old = signal.getsignal(signum)
-            if old is not signal.SIG_IGN:
-                previous[signum] = signal.SIG_DFL if old is None else old
-                signal.signal(signum, handler)
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
 
 def add_version_option(app: typer.Typer, prog: str) -> None:
     """``PROG --version``: the distribution's version (both CLIs ship in one), then exit 0."""
@@ -248,36 +187,3 @@ def run_app(
     if isinstance(rc, int):
         return rc
     return EXIT_OK
-
-
-class _Held:
-    """State of :func:`signals_held` (main thread only, where handlers run)."""
-
-    depth = 0
-    pending: int | None = None
-
-
-_held = _Held()
-
-
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold back :func:`stop_signals_raise`'s :class:`Interrupt` until the block ends.
-
-    For a step that must not be cut between two statements: starting a child process and
-    storing its handle (an Interrupt in between would leave the child running, unknown to the
-    clean-up). The first stop signal that arrives inside is re-raised when the block ends; a
-    system call it interrupted is retried meanwhile (PEP 475). Outside :func:`stop_signals_raise`
-    or the main thread this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _held.depth += 1
-    try:
-        yield
-    finally:
-        _held.depth -= 1
-        if _held.depth == 0 and _held.pending is not None:
-            signum, _held.pending = _held.pending, None
-            signal.raise_signal(signum)  # the handler runs again, now free to raise

@@ -102,7 +102,7 @@ class RpcFailure(Exception):
 
 class Interrupt(KeyboardInterrupt):
     """A stop signal (SIGINT, SIGTERM, SIGHUP) turned into an exception by
-    ``cli_runner.stop_signals_raise``, so clean-up runs; the command exits 128 + N."""
+    ``stop_signals.stop_signals_raise``, so clean-up runs; the command exits 128 + N."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)

@@ -142,9 +142,9 @@ def keyring_retire(
     Every SOURCE is read across all revisions; retiring is refused (exit 1) when a value needs
     the KEK, a value cannot be read, or a source is damaged or older than the KEK's demotion.
     """
-    from kms_plugin.cli_runner import stop_signals_raise
     from kms_plugin.keks.lifecycle import retirable, retire
     from kms_plugin.keks.local import Keyring
+    from kms_plugin.stop_signals import stop_signals_raise
     from snapshot_tools.errors import Error as SnapshotToolsError
     from snapshot_tools.kek_usage import kek_usage
 

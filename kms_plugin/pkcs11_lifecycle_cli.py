@@ -56,10 +56,10 @@ def retire_key(
     Every SOURCE is read across all revisions; retiring is refused (exit 1) when a value needs
     the key, a value cannot be read, or a source is damaged or older than the key's demotion.
     """
-    from kms_plugin.cli_runner import stop_signals_raise
     from kms_plugin.keks.pkcs11life import audit_log_path, demoted_at, read_family, retirable
     from kms_plugin.keks.pkcs11life import retire_key as retire
     from kms_plugin.keyring_cli import _from_snapshot_tools, _Output, _refusal, _render_usage
+    from kms_plugin.stop_signals import stop_signals_raise
     from snapshot_tools.errors import Error as SnapshotToolsError
     from snapshot_tools.kek_usage_pkcs11 import pkcs11_key_usage
 

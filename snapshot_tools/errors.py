@@ -202,7 +202,7 @@ class InterruptedRead(Error):
 
 
 # Most specific first: the first class an error is an instance of decides. Interrupted is not
-# here: it exits 128 + N for its signal (``kms_plugin.cli_runner.signal_exit_code``).
+# here: it exits 128 + N for its signal (``kms_plugin.stop_signals.signal_exit_code``).
 EXIT_CODES: dict[type[Exception], int] = {
     UsageError: EXIT_USAGE,
     ConfigError: EXIT_USAGE,

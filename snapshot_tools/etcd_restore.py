@@ -4,7 +4,7 @@ started on it at 127.0.0.1, and the scratch directory and every etcd process gon
 :func:`restored_etcd` owns the whole lifecycle. etcd runs in a process group of its own (a new
 session), so stopping it means SIGKILL to the whole group and waiting for the leader: nothing
 survives, not even a child etcd might have forked. The ``finally`` runs for a Python exception
-and for the ``Interrupt`` that ``kms_plugin.cli_runner.stop_signals_raise`` turns
+and for the ``Interrupt`` that ``kms_plugin.stop_signals.stop_signals_raise`` turns
 SIGINT/SIGTERM/SIGHUP into. The scratch
 directory comes from ``tempfile.mkdtemp`` (mode 0700, under ``$TMPDIR``): a restored keyspace
 holds every Secret of the cluster.
@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple
 
-from kms_plugin.cli_runner import signals_held
+from kms_plugin.stop_signals import signals_held
 from snapshot_tools.errors import RestoreFailed
 
 if TYPE_CHECKING:

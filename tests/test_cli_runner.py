@@ -1,4 +1,4 @@
-"""``kms_plugin.cli_runner``: stop signals as exceptions, and the one exit-code rule for them.
+"""``kms_plugin.stop_signals`` and ``cli_runner``: stop signals as exceptions, one exit-code rule.
 
 Signals are sent to this very process; each test first installs a handler of its own, so a
 guard that failed to take over could not kill the test run.
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from kms_plugin.cli_runner import (
+from kms_plugin.errors import Interrupt
+from kms_plugin.stop_signals import (
     INTERRUPTED_EXIT,
     STOP_SIGNALS,
-    Interrupt,
     interrupt_signal,
     signal_exit_code,
     signals_held,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kms_plugin.cli_runner import interrupt_signal, stop_signals_raise
+from kms_plugin.stop_signals import interrupt_signal, stop_signals_raise
 from snapshot_tools.atomic_file import AtomicFile, check_target
 from snapshot_tools.cli import app, flag_groups
 from snapshot_tools.cli.check import DEFAULT_LIMIT, render_check

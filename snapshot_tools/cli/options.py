@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from kms_plugin import api as plugin
-from kms_plugin.cli_runner import interrupt_signal, stop_signals_raise
+from kms_plugin.stop_signals import interrupt_signal, stop_signals_raise
 from snapshot_tools.errors import ConfigError, InterruptedRead, UsageError
 from snapshot_tools.inputs import S3Options
 from snapshot_tools.k3s_token import read_token

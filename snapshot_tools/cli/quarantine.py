@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from kms_plugin.cli_runner import interrupt_signal, stop_signals_raise
+from kms_plugin.stop_signals import interrupt_signal, stop_signals_raise
 from snapshot_tools.cli import app
 from snapshot_tools.cli.flag_groups import KeyFlags, S3Flags, expand
 from snapshot_tools.cli.options import (

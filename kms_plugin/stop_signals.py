@@ -26,6 +26,7 @@ __all__ = [
     "interrupt_signal",
     "signal_exit_code",
     "signals_held",
+    "stop_signals_held",
     "stop_signals_raise",
 ]
 
@@ -112,3 +113,12 @@ def signals_held() -> Iterator[None]:
         if _held.depth == 0 and _held.pending is not None:
             signum, _held.pending = _held.pending, None
             signal.raise_signal(signum)  # the handler runs again, now free to raise
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """A step kept whole even where no :func:`stop_signals_raise` is active: a stop signal that
+    arrives inside raises :class:`Interrupt` when the block ends, not before (and does not kill
+    the process outright, as SIGTERM's default action would)."""
+    with stop_signals_raise(), signals_held():
+        yield

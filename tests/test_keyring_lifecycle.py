@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kms_plugin.keks import format as wire
@@ -24,7 +25,6 @@ from tests.support.snapshots import write_snapshot
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import pytest
 
 # The real CLI, started only once the gate file exists (as in test_keyring_concurrency).
 _GATED = (
@@ -263,3 +263,37 @@ def test_the_plugin_does_not_load_snapshot_tools() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_stop_signal_mid_change_waits_for_the_audit_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGTERM arrives between the keyring's rename and its audit line: the change and its line
+    # are both written, then the command stops (Interrupt: exit 143 from the CLI).
+    import signal
+
+    from kms_plugin.errors import Interrupt
+    from kms_plugin.keks import lifecycle
+
+    path = tmp_path / "k.json"
+    before = _keyring(capsys, path, rotations=0)
+    write = lifecycle._write_keyring
+
+    def write_then_signal(*args: Any, **kwargs: Any) -> None:
+        write(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(50):  # let the handler run here, were it free to
+            time.sleep(0.001)
+
+    monkeypatch.setattr(lifecycle, "_write_keyring", write_then_signal)
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))  # never the default kill
+    try:
+        with pytest.raises(Interrupt) as info:
+            lifecycle.rotate(path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert info.value.signum == signal.SIGTERM and seen == []
+    after = Keyring.load(path)
+    assert after.active.id != before.active.id
+    assert [r["action"] for r in read_audit(path)][-1] == "rotate"

@@ -2,7 +2,10 @@
 
 Every change holds the keyring's writer lock (:func:`~kms_plugin.keks.local.keyring_lock`) from
 the read to the atomic rename, opens the audit log (:mod:`.audit`) before it changes anything and
-appends its line before it lets the lock go.
+appends its line before it lets the lock go. Once the lock is held, a stop signal waits until
+the change and its audit line are written (:func:`~kms_plugin.stop_signals.stop_signals_held`:
+a few milliseconds of file work), then stops the command (128 + N), so a SIGTERM cannot leave a
+change without its line; waiting for the lock stays interruptible.
 
 Retired KEKs are kept in the archive (:mod:`.archive`, sealed under the active KEK) until purged.
 Every retire re-seals the whole archive under the current active KEK, so the archive never
@@ -35,6 +38,7 @@ from kms_plugin.keks.local import (
     _write_keyring,
     keyring_lock,
 )
+from kms_plugin.stop_signals import stop_signals_held
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -74,7 +78,7 @@ def init_keyring(path: str | os.PathLike[str], *, force: bool) -> Keyring:
     if not force and (given.exists() or given.is_symlink()):
         raise ConfigError(f"keyring {given}: already exists (use --force to overwrite)")
     keyring = Keyring.generate()
-    with keyring_lock(given) as target, AuditLog(target) as audit:
+    with keyring_lock(given) as target, AuditLog(target) as audit, stop_signals_held():
         replaced = target.exists()
         _write_keyring(target, keyring, replace=force)
         audit.append("init", [keyring.active.id], active=keyring.active.id, replaced=replaced)
@@ -84,7 +88,7 @@ def init_keyring(path: str | os.PathLike[str], *, force: bool) -> Keyring:
 def rotate(path: str | os.PathLike[str]) -> tuple[Keyring, Keyring]:
     """:func:`~kms_plugin.keks.local.rotate_keyring` with an audit line; returns (before, after)."""
     _require_keyring(path)
-    with keyring_lock(path) as target, AuditLog(target) as audit:
+    with keyring_lock(path) as target, AuditLog(target) as audit, stop_signals_held():
         old = Keyring.load(target)
         new = old.rotated()
         _write_keyring(target, new, replace=True)
@@ -130,7 +134,7 @@ def retire(
         InputError: the archive is damaged or does not open with this keyring.
     """
     _require_keyring(path)
-    with keyring_lock(path) as target, AuditLog(target) as audit:
+    with keyring_lock(path) as target, AuditLog(target) as audit, stop_signals_held():
         keyring = Keyring.load(target)
         kek = retirable(keyring, kek_id)
         if kek != proven:
@@ -157,7 +161,7 @@ def restore(path: str | os.PathLike[str], kek_id: str) -> Keyring:
         InputError: the archive is damaged or does not open with this keyring.
     """
     _require_keyring(path)
-    with keyring_lock(path) as target, AuditLog(target) as audit:
+    with keyring_lock(path) as target, AuditLog(target) as audit, stop_signals_held():
         keyring = Keyring.load(target)
         entries = read_archive(target)
         entry = next((e for e in entries if e.id == kek_id), None)
@@ -184,7 +188,7 @@ def purge(path: str | os.PathLike[str], kek_ids: Sequence[str], *, everything: b
     Raises:
         ConfigError: an id the archive does not hold (nothing is purged then), or nothing named.
     """
-    with keyring_lock(path) as target, AuditLog(target) as audit:
+    with keyring_lock(path) as target, AuditLog(target) as audit, stop_signals_held():
         entries = read_archive(target)
         held = {e.id for e in entries}
         if everything:
@@ -249,7 +253,7 @@ def import_keks(
     ids = [k.id for k in keks]
     if activate is not None and activate not in ids:
         raise ConfigError(f"--activate {activate!r}: the export holds {', '.join(ids)}")
-    with keyring_lock(path) as target, AuditLog(target) as audit:
+    with keyring_lock(path) as target, AuditLog(target) as audit, stop_signals_held():
         existing: tuple[Kek, ...] = ()
         if target.exists() or target.is_symlink():
             existing = Keyring.load(target).keks

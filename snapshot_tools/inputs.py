@@ -75,6 +75,10 @@ def s3_client(s3: S3Options) -> Any:
     import boto3
     from botocore.config import Config
 
+    if s3.endpoint_url is not None and not s3.endpoint_url.lower().startswith(("http://", "https://")):
+        # botocore takes ftp://x as a URL and fails only when it connects (read as "unreachable").
+        raise UsageError(f"S3 options: --s3-endpoint-url {s3.endpoint_url!r} is not an http(s)://HOST[:PORT] URL")
+
     # S3 streams without pauses: 20 s with no byte is a stalled endpoint. With botocore's retries
     # a silent endpoint is exit 4 after about 80 s (measured), not the 240 s of its 60 s default.
     config = Config(connect_timeout=10, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"})

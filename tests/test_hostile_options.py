@@ -39,7 +39,9 @@ def test_an_empty_fail_on_is_refused_not_a_gate_that_passes(cli: Cli, command: s
     assert "--fail-on" in _one_error_line(result.err)
 
 
-@pytest.mark.parametrize("argv", [["--s3-endpoint-url", "notaurl"], ["--s3-region", "bad region!"]])
+@pytest.mark.parametrize(
+    "argv", [["--s3-endpoint-url", "notaurl"], ["--s3-endpoint-url", "ftp://x"], ["--s3-region", "bad region!"]]
+)
 @pytest.mark.parametrize("command", ["status", "drill"])
 def test_s3_options_botocore_refuses_are_usage_errors(cli: Cli, command: str, argv: list[str]) -> None:
     extra = ["-c", LOST_KEY, "--no-restore"] if command == "drill" else []

@@ -51,6 +51,7 @@ DEFAULT_ANNOTATION_DOMAIN = "kms-plugin.local"
 MAX_CIPHERTEXT = 1024
 MAX_KEY_ID = 1024
 MAX_ANNOTATIONS = 32 * 1024
+MAX_REQUEST_ID = 128  # characters of a request uid kept in a log line (the apiserver sends a UUID: 36)
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 # The one table of error class -> gRPC code. Any other ``Error`` is INTERNAL with its message;
@@ -239,8 +240,9 @@ class KMSService:
             "code": code,
             "latency_ms": round(seconds * 1000, 3),
             "key_id_hash": key_id_hash(key_id) if key_id else None,
-            # The apiserver sends a fresh UUID per Encrypt/Decrypt; Status carries none.
-            "request_id": getattr(request, "uid", "") or f"gen-{uuid.uuid4()}",
+            # The apiserver sends a fresh UUID per Encrypt/Decrypt; Status carries none. Any
+            # caller of the socket chooses it: bounded, so one call cannot make a huge line.
+            "request_id": str(getattr(request, "uid", ""))[:MAX_REQUEST_ID] or f"gen-{uuid.uuid4()}",
         }
         if failure is None:
             calls_log.info("%s %s OK", api, method, extra=extra)

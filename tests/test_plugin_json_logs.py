@@ -21,6 +21,7 @@ from kms_plugin.client import KMSv2Client
 from kms_plugin.errors import InvalidCiphertext
 from kms_plugin.keks.local import Keyring
 from kms_plugin.metrics import KEY_ID_LABEL_SETS, PluginMetrics
+from kms_plugin.service import MAX_REQUEST_ID
 from tests.support.kms import http_get, make_keyring, short_dir, start_serve, wait_for_socket
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ def test_json_log_line_per_call_and_metrics_without_material() -> None:
             with KMSv2Client(f"unix://{d}/p.sock") as client:
                 st = client.status()
                 enc = client.encrypt(plaintext, uid="uid-encrypt-1")
+                client.encrypt(plaintext, uid="uid-long-" + "x" * 100_000)  # any caller picks the uid
                 assert client.decrypt(enc.ciphertext, enc.key_id, enc.annotations, uid="uid-decrypt-1") == plaintext
                 with pytest.raises(InvalidCiphertext):  # an unknown key_id
                     client.decrypt(enc.ciphertext, "sha256:made-up", uid="uid-decrypt-bad")
@@ -107,6 +109,10 @@ def test_json_log_line_per_call_and_metrics_without_material() -> None:
     assert by_uid["uid-decrypt-bad"]["level"] == "warning"
     assert by_uid["uid-decrypt-bad"]["key_id_hash"] == _sha("sha256:made-up")
     assert by_uid["uid-decrypt-tampered"]["code"] == "INVALID_ARGUMENT"
+    # A caller's uid is kept to MAX_REQUEST_ID characters: one call cannot make a huge line.
+    long_ids = [r["request_id"] for r in calls if r["request_id"].startswith("uid-long-")]
+    assert [len(i) for i in long_ids] == [MAX_REQUEST_ID]
+    assert max(len(line) for line in err.splitlines()) < 2048
     # Status carries no uid: the plugin makes a request id; every Status was answered OK.
     statuses = [r for r in calls if r["method"] == "Status"]
     assert statuses and all(r["request_id"].startswith("gen-") and r["code"] == "OK" for r in statuses)
@@ -130,7 +136,7 @@ def test_json_log_line_per_call_and_metrics_without_material() -> None:
     assert ('kms_plugin_kms_operations_latency_seconds_count{grpc_status_code="INVALID_ARGUMENT",'
             'method_name="/v2.KeyManagementService/Decrypt"} 2.0') in metrics
     assert (f'kms_plugin_key_id_hash_total{{key_id_hash="{_sha(key_id)}",'
-            'transformation_type="to_storage"} 1.0') in metrics
+            'transformation_type="to_storage"} 2.0') in metrics  # two Encrypts
     assert (f'kms_plugin_key_id_hash_total{{key_id_hash="{_sha(key_id)}",'
             'transformation_type="from_storage"} 1.0') in metrics
     assert f'kms_plugin_key_id_hash_last_timestamp_seconds{{key_id_hash="{_sha(key_id)}"' in metrics
@@ -138,7 +144,7 @@ def test_json_log_line_per_call_and_metrics_without_material() -> None:
     # A refused call's made-up key_id never becomes a label.
     assert _sha("sha256:made-up") not in metrics
     # The older names are kept.
-    assert 'kms_plugin_operations_total{api="v2",code="OK",method="Encrypt"} 1.0' in metrics
+    assert 'kms_plugin_operations_total{api="v2",code="OK",method="Encrypt"} 2.0' in metrics
 
 
 def test_text_format_logs_failed_calls_and_successful_ones_only_when_debugging() -> None:

@@ -130,6 +130,12 @@ def list_keys(
         {"label": r.label, "generation": r.generation, "key_id": r.key_id, "current": False, "retired": True}
         for r in read_family(settings).retired
     ]
+    if not rows:  # an empty family is a valid state, but most often a mistyped label
+        typer.echo(
+            f"note: token '{printable(settings.token_label)}' holds no key family "
+            f"'{printable(settings.key_label)}' (kms-plugin pkcs11 init-key makes one)",
+            err=True,
+        )
     if output is Output.json:
         typer.echo(json.dumps(rows, indent=2))
         return

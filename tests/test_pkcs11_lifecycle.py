@@ -193,6 +193,10 @@ def test_concurrent_rotations_make_two_distinct_keys(capsys: pytest.CaptureFixtu
         assert len({r["key_id"] for r in rows}) == 3
         actions = [json.loads(line)["action"] for line in token.audit_log.read_text().splitlines()]
         assert actions == ["init-key", "rotate-key", "rotate-key"]
+        # A mistyped family label lists nothing, and says so on stderr (not a silent empty table).
+        res = run_plugin(capsys, "pkcs11", "list-keys", *token.flags(key_label="kekk"), "-o", "json")
+        assert res.code == 0 and json.loads(res.out) == []
+        assert "holds no key family 'kekk'" in res.err
 
 
 def test_a_value_naming_another_key_must_unwrap(

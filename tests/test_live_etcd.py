@@ -18,7 +18,7 @@ import pytest
 from snapshot_tools.errors import EtcdUnreachable
 from snapshot_tools.live_etcd import EtcdSource, etcd_target, prefix_range
 from snapshot_tools.sources import SnapshotSource
-from tests.support.cli import snapshot_tools_process
+from tests.support.cli import snapshot_tools_process, without_source
 from tests.support.etcd import EtcdServer, etcdutl_restore, start_etcd_on
 from tests.support.etcd_tls import TlsEtcdServer, make_pki
 from tests.support.fixtures import FIXTURE_CASES, KMS_CASE, config_path, kms_flags, snapshot_path
@@ -48,22 +48,6 @@ def restored(etcd_bins: EtcdBinaries, tmp_path_factory: pytest.TempPathFactory) 
     finally:
         for server in servers.values():
             server.cleanup()
-
-
-def _without_source(report: dict[str, Any]) -> dict[str, Any]:
-    """The report minus what names the source (path/URL, trailer state)."""
-    out = dict(report)
-    snap = dict(out.pop("snapshot"))
-    assert snap.pop("path")
-    trailer = snap.pop("trailer")
-    assert trailer in ("valid", "live")
-    # A file's integrity passed; a live read has no file to judge (and says why).
-    assert (snap.pop("integrity"), snap.pop("integrity_reason") is None) in (
-        ("passed", True),
-        ("not-applicable", False),
-    )
-    out["snapshot"] = snap
-    return out
 
 
 # -- the fixtures: live equals the file ------------------------------------------------------
@@ -97,7 +81,7 @@ def test_check_equals_check_on_the_file(
     assert live["snapshot"]["trailer"] == "live"
     assert live["snapshot"]["integrity"] == "not-applicable"  # nothing was hashed: not "passed"
     assert "no snapshot file" in live["snapshot"]["integrity_reason"]
-    assert _without_source(live) == _without_source(on_file)
+    assert without_source(live) == without_source(on_file)
     assert on_file["objects"], "the comparison must cover objects"
     if case == KMS_CASE:
         assert any(o["provider"] == "kms-v2" and o["verdict"] == "current" for o in live["objects"])
@@ -203,7 +187,7 @@ def test_history_equals_a_snapshot_of_the_same_server(etcd_server: EtcdServer, t
     code_file, on_file = cli.check_json(saved, *flags)
     code_live, live_report = cli.check_json("--etcd-endpoint", etcd_server.endpoint, *flags)
     assert code_live == code_file == 0
-    assert _without_source(live_report) == _without_source(on_file)
+    assert without_source(live_report) == without_source(on_file)
     assert any(o["latest"] is False for o in live_report["objects"])
 
 
@@ -306,7 +290,7 @@ def test_tls_with_client_certificates(tls_server: TlsEtcdServer, pki: Pki, cli: 
     code_file, on_file = cli.check_json(snapshot_path(CASE), "-c", config_path(CASE))
     code_live, live = cli.check_json("--etcd-endpoint", tls_server.endpoint, *tls, "-c", config_path(CASE))
     assert code_live == code_file == 0
-    assert _without_source(live) == _without_source(on_file)
+    assert without_source(live) == without_source(on_file)
     status = cli("status", "--etcd-endpoint", tls_server.endpoint, *tls, "-o", "json")
     assert status.code == 0 and status.json()["revision"] == 97
 

@@ -14,7 +14,7 @@ import os
 import signal
 import stat
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,6 +22,7 @@ from snapshot_tools import record_spill
 from snapshot_tools.errors import EtcdUnreachable
 from snapshot_tools.live_etcd import EtcdSource, etcd_target
 from snapshot_tools.sources import SnapshotSource
+from tests.support.cli import without_source
 from tests.support.fixtures import config_path, snapshot_path
 from tests.support.spill import history_dirs, small_runs_process, stop_when_spilling
 
@@ -187,15 +188,6 @@ def _check_argv(endpoint: str) -> list[str]:
     return ["check", "--etcd-endpoint", endpoint, "-c", str(config_path(CASE)), "--all-revisions", "-o", "json"]
 
 
-def _without_source(report: dict[str, Any]) -> dict[str, Any]:
-    out = dict(report)
-    snap = dict(out.pop("snapshot"))
-    snap.pop("path")
-    snap.pop("trailer")
-    out["snapshot"] = snap
-    return out
-
-
 def test_cli_spills_and_leaves_nothing(values: list[bytes], etcd_server: EtcdServer, tmp_path: Path, cli: Cli) -> None:
     _write_history(etcd_server, values, compact=True)
     saved = etcd_server.snapshot_save(tmp_path / "saved.db")
@@ -212,7 +204,7 @@ def test_cli_spills_and_leaves_nothing(values: list[bytes], etcd_server: EtcdSer
             proc.communicate()
     code_file, on_file = cli.check_json(saved, "-c", config_path(CASE), "--all-revisions")
     assert proc.returncode == code_file == 0, err
-    assert _without_source(json.loads(out)) == _without_source(on_file)
+    assert without_source(json.loads(out)) == without_source(on_file)
     assert os.listdir(tmp) == []
 
 

@@ -87,3 +87,19 @@ def snapshot_tools_process(
 def plugin_cli(*argv: str) -> int:
     """``kms-plugin ARGV`` in this process; returns its exit code (output goes to sys.stdout/err)."""
     return run_app(_kms_plugin_app, "kms-plugin", _KmsPluginError, _kms_plugin_exit_code, list(argv))
+
+
+def without_source(report: dict[str, Any]) -> dict[str, Any]:
+    """A ``check -o json`` report minus what names its source: the path or URL, the trailer
+    state and the integrity verdict (a file's ``passed``; ``not-applicable`` for a running etcd,
+    which has no file to hash), so a live read and a snapshot of it compare equal."""
+    out = dict(report)
+    snap = dict(out.pop("snapshot"))
+    assert snap.pop("path")
+    assert snap.pop("trailer") in ("valid", "live")
+    assert (snap.pop("integrity"), snap.pop("integrity_reason") is None) in (
+        ("passed", True),
+        ("not-applicable", False),
+    )
+    out["snapshot"] = snap
+    return out

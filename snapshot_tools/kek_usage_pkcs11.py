@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kms_plugin import api as plugin
-from snapshot_tools.errors import ConfigError, UsageError
+from snapshot_tools.errors import ConfigError, KMSUnavailable, UsageError
 from snapshot_tools.kek_usage import KekUsage, ProofAccess, kms_envelope, refuse_unknown_providers, scan_sources
 
 if TYPE_CHECKING:
@@ -110,6 +110,9 @@ class _Scanner:
             else:
                 self.keys.unwrap(env.wrapped, env.key_id or "", env.annotations)
             failure = None
+        except (plugin.KeyUnavailable, plugin.BackendError) as exc:
+            # The token went away or stopped answering: no verdict, not a value that needs the key.
+            raise KMSUnavailable(f"pkcs11: the token failed during the proof ({exc}); nothing retired") from None
         except plugin.Error as exc:
             failure = f"does not unwrap under PKCS#11 key {named.label} ({type(exc).__name__})"
         if len(self._opened) >= _UNWRAP_CACHE:

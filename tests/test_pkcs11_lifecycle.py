@@ -200,7 +200,7 @@ def test_concurrent_rotations_make_two_distinct_keys(capsys: pytest.CaptureFixtu
 
 
 def test_a_value_naming_another_key_must_unwrap(
-    etcd_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    etcd_server, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An altered value that names the current key (either format) cannot hide a use: unreadable."""
     from kms_plugin.api import Pkcs11Keys
@@ -233,4 +233,19 @@ def test_a_value_naming_another_key_must_unwrap(
         assert report["needing"] == [] and report["values_by_kek"] == {}
         assert sum(row["count"] for row in report["unreadable"]) == 2
         assert all("kek-2" in row["what"] for row in report["unreadable"])
+        assert _labels(capsys, token) == {"kek-1": "decrypt-only", "kek-2": "current"}
+
+        # A token that stops answering during the proof gives no verdict: exit 4 (as an unreachable
+        # KMS), not a refusal that reads as "values need this key". Fault injected at the unwrap.
+        from kms_plugin.errors import KeyUnavailable
+        from kms_plugin.keks.pkcs11 import Pkcs11Backend
+
+        def token_gone(self: Pkcs11Backend, *args: object) -> bytes:
+            raise KeyUnavailable(f"pkcs11: token {token.label!r} stopped answering")
+
+        monkeypatch.setattr(Pkcs11Backend, "_unwrap", token_gone)
+        res = run_plugin(capsys, "pkcs11", "retire-key", *token.flags(), "kek-1", "--proof", snap)
+        assert res.code == 4, res.err
+        assert "the token failed during the proof" in res.err and "nothing retired" in res.err
+        monkeypatch.undo()
         assert _labels(capsys, token) == {"kek-1": "decrypt-only", "kek-2": "current"}

@@ -50,7 +50,7 @@ from snapshot_tools.resources import parse_etcd_key, resource_label
 from snapshot_tools.sources import judged_records, open_source
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Hashable, Mapping, Sequence
 
     from kms_plugin.api import Keyring
     from snapshot_tools.inputs import S3Options
@@ -235,10 +235,10 @@ def _envelope(value: bytes, version: str) -> Envelope:
     return found
 
 
-def kms_envelope(value: bytes, key: bytes, revision: int, source: str, usage: KekUsage) -> Envelope | None:
+def _kms_envelope(value: bytes, key: bytes, revision: int, source: str, usage: KekUsage) -> Envelope | None:
     """The KMS envelope of a stored value, or ``None`` for a value no KEK can need: identity and
     static-key values are counted as not KMS, unknown forms and malformed envelopes as unreadable
-    (both scanners judge the values this leaves them)."""
+    (:meth:`ProofScanner.judge` judges the values this leaves it)."""
     fmt = format_of(value)
     if fmt is IDENTITY or (fmt is not None and fmt.static is not None):
         usage.not_kms += 1
@@ -253,50 +253,103 @@ def kms_envelope(value: bytes, key: bytes, revision: int, source: str, usage: Ke
         return None
 
 
-class _Scanner:
-    def __init__(self, keyring: Keyring, kek_id: str, providers: Sequence[str], usage: KekUsage) -> None:
-        self.keyring = keyring
-        self.kek_id = kek_id
-        self.key_id = keyring.key_id_for(kek_id)
-        self.ids = {str(row["id"]): str(row["key_id"]) for row in keyring.describe()}
+class ProofScanner:
+    """The rules every retire proof shares; a subclass says how a value names its key.
+
+    Per KMS value: naming the target (by the key its wrapped key names, or by the stored v2
+    key_id) is **needing**; not in the plugin's formats is another plugin's, **unreadable** under
+    a ``--provider`` name; naming a key this side does not hold (or cannot use) is **unreadable**,
+    unless ``--provider`` says the provider is another plugin's; naming a held key, the wrapped
+    key must open under it (a failure is **unreadable**: an altered header cannot hide a use).
+    """
+
+    #: How a message names the formats of this plugin (a value outside them is not ours).
+    formats = "the plugin's wrapped format"
+
+    def __init__(self, target: Hashable, target_key_id: str, providers: Sequence[str], usage: KekUsage) -> None:
+        self.target = target
+        self.target_key_id = target_key_id
         self.providers = set(providers)
         self.usage = usage
-        self._opened: dict[tuple[bytes, str | None], str | None] = {}  # -> failure reason or None
         self.seen: set[str] = set()  # KMS provider names met
 
+    def named(self, env: Envelope) -> Hashable | None:
+        """The key ``env``'s wrapped key names (None: not in this plugin's formats)."""
+        raise NotImplementedError
+
+    def unusable(self, named: Hashable) -> str | None:
+        """Why a value naming ``named`` cannot be read whatever its provider (a retired key), or None."""
+        return None
+
+    def held(self, named: Hashable) -> str | None:
+        """The label ``by_kek`` counts values of ``named`` under; None: not held here."""
+        raise NotImplementedError
+
+    def not_held(self, named: Hashable) -> str:
+        """Why a value naming a key that is not held is unreadable."""
+        raise NotImplementedError
+
+    def open(self, env: Envelope, label: str) -> str | None:
+        """Why ``env``'s wrapped key does not open under held key ``label`` (None: it does)."""
+        raise NotImplementedError
+
     def judge(self, key: bytes, revision: int, value: bytes, source: str) -> None:
+        """Count one stored revision in :attr:`usage`."""
         usage = self.usage
-        env = kms_envelope(value, key, revision, source, usage)
+        env = _kms_envelope(value, key, revision, source, usage)
         if env is None:
             return
         self.seen.add(env.provider)
-        named = plugin.wrapped_kek_id(env.wrapped)
-        if named == self.kek_id or env.key_id == self.key_id:
+        named = self.named(env)
+        if (named is not None and named == self.target) or env.key_id == self.target_key_id:
             usage.needing.add_object(key, revision, source)
             return
+        ours = not self.providers or env.provider in self.providers  # --provider: only those are ours
         if named is None:
             if env.provider in self.providers:
                 usage.unreadable.add(
-                    f"provider {env.provider!r}: data key not in the keyring's wrapped format", key, revision, source
+                    f"provider {env.provider!r}: data key not in {self.formats}", key, revision, source
                 )
             else:
                 usage.other_kms[env.provider] += 1
             return
-        if named not in self.ids:
-            if self.providers and env.provider not in self.providers:
-                # --provider names what this keyring serves: another keyring's value.
-                usage.other_kms[env.provider] += 1
-            else:
-                usage.unreadable.add(f"wrapped by KEK {named}, which this keyring does not hold", key, revision, source)
+        why = self.unusable(named)
+        if why is not None:
+            usage.unreadable.add(why, key, revision, source)
             return
-        failure = self._open(env)
+        label = self.held(named)
+        if label is None:
+            if ours:
+                usage.unreadable.add(self.not_held(named), key, revision, source)
+            else:
+                usage.other_kms[env.provider] += 1  # another plugin's value
+            return
+        failure = self.open(env, label)
         if failure is not None:
             usage.unreadable.add(failure, key, revision, source)
             return
-        usage.by_kek[named] += 1
+        usage.by_kek[label] += 1
 
-    def _open(self, env: Envelope) -> str | None:
-        """Why the wrapped key does not open under the KEK its header names (None: it does)."""
+
+class _Scanner(ProofScanner):
+    formats = "the keyring's wrapped format"
+
+    def __init__(self, keyring: Keyring, kek_id: str, providers: Sequence[str], usage: KekUsage) -> None:
+        super().__init__(kek_id, keyring.key_id_for(kek_id), providers, usage)
+        self.keyring = keyring
+        self.ids = {str(row["id"]) for row in keyring.describe()}
+        self._opened: dict[tuple[bytes, str | None], str | None] = {}  # -> failure reason or None
+
+    def named(self, env: Envelope) -> str | None:
+        return plugin.wrapped_kek_id(env.wrapped)
+
+    def held(self, named: Hashable) -> str | None:
+        return named if isinstance(named, str) and named in self.ids else None
+
+    def not_held(self, named: Hashable) -> str:
+        return f"wrapped by KEK {named}, which this keyring does not hold"
+
+    def open(self, env: Envelope, label: str) -> str | None:
         slot = (env.wrapped, env.key_id)
         if slot in self._opened:
             return self._opened[slot]
@@ -304,8 +357,7 @@ class _Scanner:
             self.keyring.unwrap(env.wrapped, key_id=env.key_id, annotations=dict(env.annotations) or None)
             failure = None
         except plugin.Error:
-            named = plugin.wrapped_kek_id(env.wrapped)
-            failure = f"wrapped key does not open under KEK {named} (damaged or altered)"
+            failure = f"wrapped key does not open under KEK {label} (damaged or altered)"
         if len(self._opened) >= _UNWRAP_CACHE:
             self._opened.clear()
         self._opened[slot] = failure

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 
 from kms_plugin import api as plugin
 from snapshot_tools.errors import ConfigError, KMSUnavailable, UsageError
-from snapshot_tools.kek_usage import KekUsage, ProofAccess, kms_envelope, refuse_unknown_providers, scan_sources
+from snapshot_tools.kek_usage import KekUsage, ProofAccess, ProofScanner, refuse_unknown_providers, scan_sources
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Hashable, Sequence
 
     from kms_plugin.api import Pkcs11KeyRef, Pkcs11Keys, Pkcs11Settings
     from snapshot_tools.kek_usage import Envelope
@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 _UNWRAP_CACHE = 1 << 16
 
 
-class _Scanner:
+class _Scanner(ProofScanner):
+    formats = "the PKCS#11 plugin's formats"
+
     def __init__(
         self,
         keys: Pkcs11Keys,
@@ -52,54 +54,28 @@ class _Scanner:
         providers: Sequence[str],
         usage: KekUsage,
     ) -> None:
+        super().__init__(target.ref, target.key_id, providers, usage)
         self.keys = keys
-        self.target = target
         self.live = {r.ref: r for r in live if r.ref != target.ref}
         self.retired = {r.ref: r for r in retired}
-        self.providers = set(providers)
-        self.usage = usage
         self.family = keys.settings.key_label
         self._opened: dict[tuple[bytes, str | None, tuple[tuple[str, bytes], ...]], str | None] = {}
-        self.seen: set[str] = set()
 
-    def judge(self, key: bytes, revision: int, value: bytes, source: str) -> None:
-        usage = self.usage
-        env = kms_envelope(value, key, revision, source, usage)
-        if env is None:
-            return
-        self.seen.add(env.provider)
-        ref = plugin.pkcs11_wrapping_ref(env.wrapped, env.annotations)
-        if ref == self.target.ref or env.key_id == self.target.key_id:
-            usage.needing.add_object(key, revision, source)
-            return
-        if ref is None:
-            if env.provider in self.providers:
-                usage.unreadable.add(
-                    f"provider {env.provider!r}: data key not in the PKCS#11 plugin's formats", key, revision, source
-                )
-            else:
-                usage.other_kms[env.provider] += 1
-            return
-        if ref in self.retired:
-            label = self.retired[ref].label
-            usage.unreadable.add(f"wrapped by PKCS#11 key {label}, which is retired", key, revision, source)
-            return
-        live = self.live.get(ref)
-        if live is None:
-            if self.providers and env.provider not in self.providers:
-                usage.other_kms[env.provider] += 1  # another plugin's (another token or family)
-            else:
-                usage.unreadable.add(
-                    f"wrapped by a PKCS#11 key not in family {self.family!r} of this token", key, revision, source
-                )
-            return
-        failure = self._open(env, live)
-        if failure is not None:
-            usage.unreadable.add(failure, key, revision, source)
-            return
-        usage.by_kek[live.label] += 1
+    def named(self, env: Envelope) -> bytes | None:
+        return plugin.pkcs11_wrapping_ref(env.wrapped, env.annotations)
 
-    def _open(self, env: Envelope, named: Pkcs11KeyRef) -> str | None:
+    def unusable(self, named: Hashable) -> str | None:
+        retired = self.retired.get(named) if isinstance(named, bytes) else None
+        return None if retired is None else f"wrapped by PKCS#11 key {retired.label}, which is retired"
+
+    def held(self, named: Hashable) -> str | None:
+        live = self.live.get(named) if isinstance(named, bytes) else None
+        return None if live is None else live.label
+
+    def not_held(self, named: Hashable) -> str:
+        return f"wrapped by a PKCS#11 key not in family {self.family!r} of this token"
+
+    def open(self, env: Envelope, label: str) -> str | None:
         """Why the value's data key does not unwrap through the token (None: it does)."""
         slot = (env.wrapped, env.key_id, tuple(sorted(env.annotations.items())))
         if slot in self._opened:
@@ -114,7 +90,7 @@ class _Scanner:
             # The token went away or stopped answering: no verdict, not a value that needs the key.
             raise KMSUnavailable(f"pkcs11: the token failed during the proof ({exc}); nothing retired") from None
         except plugin.Error as exc:
-            failure = f"does not unwrap under PKCS#11 key {named.label} ({type(exc).__name__})"
+            failure = f"does not unwrap under PKCS#11 key {label} ({type(exc).__name__})"
         if len(self._opened) >= _UNWRAP_CACHE:
             self._opened.clear()
         self._opened[slot] = failure

@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import tempfile
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from snapshot_tools import archives
 from snapshot_tools.archives import form_of, gunzip_stream, unzip_stream, zip_entry
 from snapshot_tools.errors import Error, InputError, UsageError
+from snapshot_tools.private_temp import new_private_file, private_tempdir
 from snapshot_tools.s3_fetch import S3_PREFIX, fetch, split_s3_url
 from snapshot_tools.stream_trailer import Trailer, TrailerHasher
 
@@ -149,19 +149,12 @@ class _Workdir:
     @property
     def path(self) -> str:
         if self._path is None:
-            try:
-                self._path = tempfile.mkdtemp(prefix="snapshot-tools-")  # mode 0700
-            except OSError as exc:
-                raise InputError(
-                    f"cannot create a temporary directory in {tempfile.gettempdir()}: {exc.strerror}"
-                ) from None
+            self._path = private_tempdir("snapshot-tools-")
         return self._path
 
     def new_file(self, name: str) -> IO[bytes]:
         """``name`` in here, created exclusively with mode 0600, never through a symlink."""
-        extra = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        # "x": O_CREAT | O_EXCL; through open() so that the file object's name is the path
-        return open(os.path.join(self.path, name), "xb", opener=lambda p, f: os.open(p, f | extra, 0o600))
+        return new_private_file(os.path.join(self.path, name))
 
     def budget(self) -> int:
         """Bytes one file here may take: ``archives.MAX_UNPACKED`` or the free space, the smaller."""

@@ -23,12 +23,12 @@ import heapq
 import os
 import shutil
 import struct
-import tempfile
 from operator import attrgetter
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from snapshot_tools.errors import InputError
 from snapshot_tools.mvcc import Record
+from snapshot_tools.private_temp import new_private_file, private_tempdir
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -117,7 +117,7 @@ class RecordSpill:
         self._count += 1
         pack = _HEAD.pack
         try:
-            with _new_file(path) as out:
+            with new_private_file(path, _WRITE_BUFFER) as out:
                 write = out.write
                 for r in records:
                     key, value = r.key, r.value
@@ -148,16 +148,6 @@ class RecordSpill:
 
     def _directory(self) -> str:
         if self.dir is None:
-            try:
-                self.dir = tempfile.mkdtemp(prefix="snapshot-tools-history-")  # mode 0700
-            except OSError as exc:
-                raise InputError(
-                    f"cannot create a temporary directory in {tempfile.gettempdir()}: {exc.strerror}"
-                ) from None
+            self.dir = private_tempdir("snapshot-tools-history-")
         return self.dir
 
-
-def _new_file(path: str) -> IO[bytes]:
-    """``path`` created exclusively with mode 0600, never through a symlink."""
-    extra = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    return open(path, "xb", buffering=_WRITE_BUFFER, opener=lambda p, f: os.open(p, f | extra, 0o600))

@@ -38,16 +38,6 @@ if TYPE_CHECKING:
 CASES = ["b-aescbc", "f-secrets-configmaps"]
 
 
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh $TMPDIR for this test (tempfile caches it, so set both)."""
-    d = tmp_path / "tmpdir"
-    d.mkdir()
-    monkeypatch.setenv("TMPDIR", str(d))
-    monkeypatch.setattr(tempfile, "tempdir", str(d))
-    return d
-
-
 def _without_path(doc: dict[str, Any]) -> dict[str, Any]:
     doc = json.loads(json.dumps(doc))
     doc["snapshot"].pop("path")

@@ -15,7 +15,6 @@ import json
 import os
 import pty
 import subprocess
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -43,15 +42,6 @@ if TYPE_CHECKING:
 
 CASE = "b-aescbc"
 BUCKET = "k3s-snapshots"
-
-
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "tmpdir"
-    d.mkdir()
-    monkeypatch.setenv("TMPDIR", str(d))
-    monkeypatch.setattr(tempfile, "tempdir", str(d))
-    return d
 
 
 @pytest.fixture(scope="module")
